@@ -1,0 +1,47 @@
+"""The ``cxr-triage`` console script: every process of the system is one of its subcommands.
+
+Each service owns its commands (``<service>/cli.py``); this module only wires them together and imports a
+service's module when its command runs, so ``cxr-triage worklist`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import click
+
+from cxr_triage.logs import configure_logging
+
+# command name -> "module:attribute" of a click command or group
+_COMMANDS: dict[str, str] = {
+    "up": "deploy.cli:up",
+    "down": "deploy.cli:down",
+    "status": "deploy.cli:status",
+    "produce": "producers.cli:produce",
+    "model": "inference_worker.cli:model",
+    "worker": "inference_worker.cli:worker",
+    "api": "priority_queue_api.cli:api",
+    "worklist": "priority_queue_api.cli:worklist",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup)
+@click.option("--log-level", default=lambda: os.environ.get("CXR_LOG_LEVEL", "INFO"), show_default="INFO")
+def main(log_level: str) -> None:
+    """cxr-triage: chest X-ray triage worklist."""
+    configure_logging(log_level.upper())

@@ -1,0 +1,96 @@
+"""Versioned event schemas: every message on a cxr topic is one of these, serialised as JSON.
+
+A breaking change gets a new class and a new topic version (``cxr.studies.v2``); fields are only ever added
+with defaults within a version, so old consumers keep reading new messages.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cxr_triage.labels import LABELS
+
+STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+ContentType = Literal["image/png", "image/jpeg", "application/dicom"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Self:
+        return cls.model_validate_json(raw)
+
+
+class StudyEventV1(Event):
+    """A study that arrived and waits to be scored (topic ``cxr.studies.v1``, key = study id)."""
+
+    schema_name: Literal["cxr.study"] = "cxr.study"
+    schema_version: Literal[1] = 1
+    study_id: str = Field(pattern=STUDY_ID_PATTERN)
+    image_uri: str = Field(min_length=1, max_length=2048)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    content_type: ContentType
+    size_bytes: int = Field(ge=1)
+    received_at: datetime
+    source: str = Field(default="unknown", max_length=128)
+
+
+class PredictionEventV1(Event):
+    """The model's reading of one study (topic ``cxr.predictions.v1``, key = study id)."""
+
+    schema_name: Literal["cxr.prediction"] = "cxr.prediction"
+    schema_version: Literal[1] = 1
+    study_id: str = Field(pattern=STUDY_ID_PATTERN)
+    model_name: str
+    model_version: str
+    probabilities: dict[str, float]
+    priority: float = Field(ge=0.0, le=1.0)
+    received_at: datetime
+    scored_at: datetime
+
+    @field_validator("probabilities")
+    @classmethod
+    def _all_labels_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        if set(value) != set(LABELS):
+            missing = sorted(set(LABELS) - set(value))
+            extra = sorted(set(value) - set(LABELS))
+            raise ValueError(f"probabilities must name exactly the 14 labels (missing={missing}, extra={extra})")
+        for label, p in value.items():
+            if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+                raise ValueError(f"probability for {label!r} is {p}, outside [0, 1]")
+        return {label: value[label] for label in LABELS}
+
+
+class DeadLetterEventV1(Event):
+    """Input that could not be processed, with why (topic ``cxr.dlq.v1``).
+
+    ``original`` carries the offending event as text so that an operator can replay it after a fix; for raw
+    files rejected by a producer it is empty and ``sha256`` identifies the content (never the file path,
+    which may carry a patient's name).
+    """
+
+    schema_name: Literal["cxr.dead_letter"] = "cxr.dead_letter"
+    schema_version: Literal[1] = 1
+    stage: Literal["producer", "worker"]
+    reason: str = Field(min_length=1)
+    error_type: str
+    study_id: str | None = None
+    sha256: str | None = None
+    original: str | None = None
+    original_topic: str | None = None
+    original_partition: int | None = None
+    original_offset: int | None = None
+    occurred_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,130 @@
+"""Decoding and preprocessing of chest radiographs: one definition for producer, worker and trainer."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image
+
+from cxr_triage.events import ContentType
+
+# ImageNet statistics: the backbone's convention (DenseNet121 / ViT), applied to the grey value on 3 channels.
+IMAGENET_MEAN: Final = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD: Final = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MAX_PIXELS: Final[int] = 8192 * 8192
+MIN_SIDE: Final[int] = 64
+RADIOGRAPH_MODALITIES: Final[frozenset[str]] = frozenset({"CR", "DX"})
+
+
+class ImageRejected(ValueError):
+    """The bytes are not a chest radiograph we can read; ``reason`` says why in words a user can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DicomIdentity:
+    study_instance_uid: str | None
+    sop_instance_uid: str | None
+
+
+def sniff_content_type(data: bytes) -> ContentType:
+    if not data:
+        raise ImageRejected("empty file")
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "image/png"
+    if data[:3] == b"\xff\xd8\xff":
+        return "image/jpeg"
+    if len(data) > 132 and data[128:132] == b"DICM":
+        return "application/dicom"
+    raise ImageRejected("not a PNG, JPEG or DICOM file (unrecognised signature)")
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_PIXELS:
+        raise ImageRejected(f"image is {width}x{height}, over the {MAX_PIXELS}-pixel limit")
+    if min(width, height) < MIN_SIDE:
+        raise ImageRejected(f"image is {width}x{height}, smaller than {MIN_SIDE} px on a side")
+
+
+def _decode_raster(data: bytes) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                _check_size(*probe.size)
+                probe.verify()
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()  # a truncated file fails here, not later in the worker
+                gray = img.convert("L")
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(f"decompression bomb guard: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from exc
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _read_dicom(data: bytes):  # type: ignore[no-untyped-def]
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, OSError, ValueError, KeyError) as exc:
+        raise ImageRejected(f"unreadable DICOM: {exc}") from exc
+
+
+def dicom_identity(data: bytes) -> DicomIdentity:
+    ds = _read_dicom(data)
+    return DicomIdentity(
+        study_instance_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "") or None,
+    )
+
+
+def _decode_dicom(data: bytes) -> np.ndarray:
+    from pydicom.pixels import apply_voi_lut
+
+    ds = _read_dicom(data)
+    modality = str(ds.get("Modality", "") or "")
+    if modality not in RADIOGRAPH_MODALITIES:
+        raise ImageRejected(f"DICOM modality {modality or 'missing'!r} is not a radiograph (CR or DX)")
+    if "PixelData" not in ds:
+        raise ImageRejected("DICOM has no pixel data")
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise ImageRejected("DICOM must be a single-frame greyscale image")
+    _check_size(int(ds.Columns), int(ds.Rows))
+    try:
+        pixels = np.asarray(apply_voi_lut(ds.pixel_array, ds), dtype=np.float32)
+    except (ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
+        raise ImageRejected(f"DICOM pixel data cannot be decoded: {exc}") from exc
+    if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        pixels = pixels.max() - pixels  # MONOCHROME1 stores bone dark; models expect bone bright
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if hi <= lo:
+        raise ImageRejected("DICOM image is blank (all pixels equal)")
+    return ((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def decode_grayscale(data: bytes, content_type: ContentType | None = None) -> np.ndarray:
+    """Bytes of a PNG, JPEG or DICOM radiograph -> HxW uint8 greyscale, or ``ImageRejected``."""
+    kind = content_type or sniff_content_type(data)
+    if kind == "application/dicom":
+        return _decode_dicom(data)
+    return _decode_raster(data)
+
+
+def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
+    """HxW uint8 greyscale -> 3 x size x size float32, ImageNet-normalised (the model's input)."""
+    resized = Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+    scaled = np.asarray(resized, dtype=np.float32) / 255.0
+    rgb = np.broadcast_to(scaled, (3, size, size))
+    return ((rgb - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
