@@ -67,7 +67,9 @@ class PredictionEventV1(Event):
         if set(value) != set(LABELS):
             missing = sorted(set(LABELS) - set(value))
             extra = sorted(set(value) - set(LABELS))
-            raise ValueError(f"probabilities must name exactly the 14 labels (missing={missing}, extra={extra})")
+            raise ValueError(
+                f"probabilities must name exactly the 14 labels (missing={missing}, extra={extra})"
+            )
         for label, p in value.items():
             if not (math.isfinite(p) and 0.0 <= p <= 1.0):
                 raise ValueError(f"probability for {label!r} is {p}, outside [0, 1]")

@@ -15,6 +15,7 @@ def producer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
+        "message.timeout.ms": 30_000,
         "message.max.bytes": 1_000_000,
     }
 

@@ -1,0 +1,135 @@
+"""Real services for integration tests: each test run gets its own state folder and free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def start(self) -> None:
+        self.process = _spawn_redis(self.port, self.data_dir)
+        wait_for_port(self.port)
+
+
+def _spawn_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir), "--appendonly", "yes", "--save", "", "--daemonize", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (AOF on) on a free port, for one test."""
+    if not Path(REDIS_SERVER).exists():
+        pytest.fail(
+            "redis-server is not installed: run `make setup` (integration tests need the real service)"
+        )
+    port = free_port()
+    server = RedisServer(port=port, process=_spawn_redis(port, tmp_path), data_dir=tmp_path)
+    wait_for_port(port)
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+@dataclass
+class Stack:
+    home: Path
+    env: dict[str, str]
+
+    def cli(
+        self, *args: str, timeout_s: float = 300.0, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "cxr_triage", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"cxr-triage {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['CXR_API_PORT']}"
+
+
+def stack_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
+    env.update(
+        {
+            "CXR_HOME": str(home),
+            "CXR_KAFKA_PORT": str(free_port()),
+            "CXR_KAFKA_CONTROLLER_PORT": str(free_port()),
+            "CXR_KAFKA_PARTITIONS": "6",
+            "CXR_REDIS_PORT": str(free_port()),
+            "CXR_TRITON_HTTP_PORT": str(free_port()),
+            "CXR_TRITON_GRPC_PORT": str(free_port()),
+            "CXR_TRITON_METRICS_PORT": str(free_port()),
+            "CXR_API_PORT": str(free_port()),
+            "CXR_WORKER_METRICS_PORT": str(free_port()),
+            "CXR_WORKER_COUNT": "1",
+            # A small input keeps the untrained model fast on 2 CPU cores; the flow is the same at 224/320.
+            "CXR_MODEL_INPUT_SIZE": "128",
+        }
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole local stack (Kafka, Redis, Triton, worker, API) started by the real ``cxr-triage up``."""
+    home = tmp_path_factory.mktemp("stack")
+    started = Stack(home=home, env=stack_env(home))
+    try:
+        started.cli("up", "--detach", timeout_s=600)
+        yield started
+    finally:
+        started.cli("down", check=False, timeout_s=120)
