@@ -1,0 +1,87 @@
+# cxr-triage: `make demo` and `make test` work on a fresh Debian/Ubuntu machine (setup runs first).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# State folder of the local stack (Kafka log, Redis AOF, models, logs, pids); cxr-triage reads CXR_HOME.
+CXR_HOME ?= .stack
+export CXR_HOME
+DATA ?= ../shared/datasets/cxr-public
+DEMO_WAIT ?= 20
+APT_PACKAGES := openjdk-17-jre-headless maven redis-server
+
+.PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data
+
+help:
+	@echo "make setup   install what is missing: Java 17, Maven, redis-server (as root), .venv, Kafka jars"
+	@echo "make up      start the local stack in the background (cxr-triage up --detach)"
+	@echo "make down    stop it (data stays in $(CXR_HOME))"
+	@echo "make status  state of each component"
+	@echo "make lint    ruff check, ruff format --check, mypy"
+	@echo "make test    setup, lint, then every test (unit + integration against real services)"
+	@echo "make demo    setup, start the stack, score sample radiographs, print the worklist"
+
+setup: system-deps $(STAMP) kafka-jars
+
+# Only what is missing, and only as root; Java must be 17 or newer (Kafka 4 needs it).
+system-deps:
+	@missing=""; \
+	if ! command -v java >/dev/null || ! java -version 2>&1 \
+	    | awk -F'"' '/version/ { split($$2, v, "."); exit !(v[1] >= 17) }'; then \
+	  missing="$$missing openjdk-17-jre-headless"; fi; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "missing system packages:$$missing; run 'sudo apt-get install -y$$missing' or 'make setup' as root" >&2; \
+	  exit 1; fi; \
+	echo "installing$$missing"; \
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls only when pyproject.toml changed since the last install, so a second `make setup` is fast.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+kafka-jars: $(STAMP)
+	@$(BIN)/python -m deploy.kafka_jars
+
+up: setup
+	$(BIN)/cxr-triage up --detach
+
+down:
+	$(BIN)/cxr-triage down
+
+status:
+	$(BIN)/cxr-triage status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup lint
+	$(BIN)/pytest -q tests
+
+# The public sample set when present, else synthetic images (made by demo-data).
+DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample)
+
+demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
+	$(BIN)/cxr-triage up --detach
+	$(BIN)/cxr-triage model init
+	$(BIN)/cxr-triage produce --json $(DEMO_IMAGES) \
+	  || echo "some files were rejected (reasons above); the rest were published"
+	@echo "waiting $(DEMO_WAIT) s for the worker to score the studies..."; sleep $(DEMO_WAIT)
+	$(BIN)/cxr-triage worklist --limit 10
+	@$(BIN)/python -c "from cxr_triage.settings import load_settings as l; s = l(); \
+	  print(f'worklist API: http://{s.host}:{s.api_port}/worklist (docs: /docs; stop with: make down)')"
+
+# Synthetic radiographs for machines without the public sample set.
+demo-data: $(STAMP)
+	$(BIN)/python -m producers.sample_images $(CXR_HOME)/sample

@@ -1,0 +1,206 @@
+"""Single-node Apache Kafka (KRaft, broker and controller in one JVM) under ``$CXR_HOME/kafka``."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+
+from cxr_triage import topics
+from cxr_triage.settings import Settings
+from deploy.kafka_jars import ensure_kafka_jars, libs_dir
+from deploy.probes import kafka_admin
+from deploy.spec import Launch, SetupError
+
+logger = logging.getLogger(__name__)
+
+NODE_ID = 1
+# Kafka's own launcher defaults, minus what only matters for big heaps; G1 starts as fast as Serial here.
+JVM_FLAGS: tuple[str, ...] = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+
+class KafkaSetupError(SetupError):
+    """The broker's storage or topics could not be prepared."""
+
+
+def kafka_dir(settings: Settings) -> Path:
+    return settings.home / "kafka"
+
+
+def data_dir(settings: Settings) -> Path:
+    return kafka_dir(settings) / "data"
+
+
+def log4j_config() -> Path:
+    return Path(str(resources.files("deploy") / "kafka" / "log4j2.properties"))
+
+
+def render_server_properties(settings: Settings) -> str:
+    """server.properties of a combined broker+controller bound to ``settings.host`` only."""
+    host = settings.host
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID),
+        # A static voter set (not --standalone) so that a changed controller port needs no reformat.
+        "controller.quorum.voters": f"{NODE_ID}@{host}:{settings.kafka_controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(data_dir(settings)),
+        "num.partitions": str(settings.kafka_partitions),
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "auto.create.topics.enable": "false",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        # One broker, no peers to wait for: let the first consumer group form at once.
+        "group.initial.rebalance.delay.ms": "0",
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+    }
+    lines = ["# Written by `cxr-triage up` on every start; edit cxr-triage settings (CXR_*) instead."]
+    lines += [f"{key}={value}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool generates)."""
+    while True:
+        cid = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cid.startswith("-"):  # Kafka rejects ids that look like a command-line flag
+            return cid
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaSetupError("java is not installed (Kafka needs Java 17+): run `make setup`")
+    return java
+
+
+def _classpath(settings: Settings) -> str:
+    return f"{libs_dir(settings.home)}/*"
+
+
+def ensure_storage(settings: Settings) -> None:
+    """Format the log directory once, with the cluster id kept in ``$CXR_HOME/kafka/cluster.id``."""
+    if (data_dir(settings) / "meta.properties").is_file():
+        return
+    id_file = kafka_dir(settings) / "cluster.id"
+    if id_file.is_file():
+        cluster_id = id_file.read_text().strip()
+    else:
+        cluster_id = new_cluster_id()
+        id_file.write_text(cluster_id + "\n")
+    cmd = [
+        _java(),
+        f"-Dlog4j2.configurationFile={log4j_config()}",
+        "-cp",
+        _classpath(settings),
+        "kafka.tools.StorageTool",
+        "format",
+        "--ignore-formatted",
+        "-t",
+        cluster_id,
+        "-c",
+        str(kafka_dir(settings) / "server.properties"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise KafkaSetupError(
+            f"formatting Kafka storage failed: {(done.stdout + done.stderr).strip()[-2000:]}"
+        )
+    logger.info("formatted Kafka storage", extra={"dir": str(data_dir(settings)), "cluster_id": cluster_id})
+
+
+def prepare(settings: Settings) -> Launch:
+    """Jars, server.properties and formatted storage in place; return the broker's command line."""
+    ensure_kafka_jars(libs_dir(settings.home))
+    data_dir(settings).mkdir(parents=True, exist_ok=True)
+    config = kafka_dir(settings) / "server.properties"
+    config.write_text(render_server_properties(settings))
+    ensure_storage(settings)
+    argv = [
+        _java(),
+        f"-Xmx{settings.kafka_heap}",
+        *JVM_FLAGS,
+        f"-Dlog4j2.configurationFile={log4j_config()}",
+        f"-Dkafka.logs.dir={settings.logs_dir}",
+        "-cp",
+        _classpath(settings),
+        "kafka.Kafka",
+        str(config),
+    ]
+    return Launch(argv=argv, cwd=kafka_dir(settings))
+
+
+def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
+    """Create every topic of ``cxr_triage.topics.ALL`` that is missing (replication 1); idempotent."""
+    from confluent_kafka import KafkaException
+
+    try:
+        _ensure_topics(settings, timeout_s)
+    except KafkaException as exc:
+        raise KafkaSetupError(f"cannot list or create topics: {exc}") from exc
+
+
+def _ensure_topics(settings: Settings, timeout_s: float) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin = kafka_admin(settings.kafka_bootstrap)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        existing = admin.list_topics(timeout=5).topics
+        missing = [name for name in topics.ALL if name not in existing]
+        if not missing:
+            break
+        futures = admin.create_topics(
+            [
+                NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)
+                for name in missing
+            ],
+            operation_timeout=10,
+        )
+        retry = False
+        for name, future in futures.items():
+            try:
+                future.result()
+                logger.info("created topic", extra={"topic": name, "partitions": settings.kafka_partitions})
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                if not error.retriable() or time.monotonic() > deadline:
+                    raise KafkaSetupError(f"cannot create topic {name}: {error}") from exc
+                retry = True
+        if not retry:
+            break
+        time.sleep(0.2)
+    for name in topics.ALL:
+        meta = admin.list_topics(topic=name, timeout=5).topics[name]
+        if len(meta.partitions) != settings.kafka_partitions:
+            logger.warning(
+                "topic has another partition count than configured (Kafka never shrinks a topic)",
+                extra={
+                    "topic": name,
+                    "partitions": len(meta.partitions),
+                    "configured": settings.kafka_partitions,
+                },
+            )

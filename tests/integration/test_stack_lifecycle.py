@@ -1,0 +1,145 @@
+"""`cxr-triage up | status | down` on the real Kafka, Redis and Triton (one stack start for the module)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from cxr_triage import topics
+from deploy.procs import PidFile, PidRecord, group_members, is_alive
+from deploy.testing import cxr, stack_env
+
+pytestmark = pytest.mark.integration
+
+SERVICES = "kafka,redis,triton"
+PARTITIONS = 3
+
+
+@dataclass
+class LocalStack:
+    home: Path
+    env: dict[str, str]
+
+    def run(self, *args: str) -> str:
+        done = cxr(args, self.env)
+        assert done.returncode == 0, f"cxr-triage {' '.join(args)} exited {done.returncode}:\n{done.stderr}"
+        return done.stdout
+
+    def status(self) -> dict[str, Any]:
+        report: dict[str, Any] = json.loads(self.run("status", "--json"))
+        return report
+
+    def records(self) -> list[PidRecord]:
+        files = [PidFile(self.home / "run", name) for name in SERVICES.split(",")]
+        return [r for r in (f.read() for f in files) if r is not None]
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.env['CXR_KAFKA_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    home = tmp_path_factory.mktemp("stack-lifecycle")
+    env = stack_env(home, worker_count=0, skip_model_init=True)
+    env["CXR_KAFKA_PARTITIONS"] = str(PARTITIONS)
+    stack = LocalStack(home=home, env=env)
+    try:
+        stack.run("up", "--detach", "--only", SERVICES)
+        yield stack
+    finally:
+        cxr(["down"], env)
+
+
+def test_status_reports_every_service_running(local_stack: LocalStack) -> None:
+    report = local_stack.status()
+    assert report["home"] == str(local_stack.home.resolve())
+    main_port = {"kafka": "CXR_KAFKA_PORT", "redis": "CXR_REDIS_PORT", "triton": "CXR_TRITON_HTTP_PORT"}
+    for name, port_setting in main_port.items():
+        entry = report["components"][name]
+        assert entry["state"] == "running", (name, entry)
+        assert isinstance(entry["pid"], int)
+        assert entry["port"] == int(local_stack.env[port_setting])
+    assert report["components"]["api"]["state"] == "stopped"
+
+
+def test_topics_exist_with_the_configured_partitions(local_stack: LocalStack) -> None:
+    metadata = AdminClient({"bootstrap.servers": local_stack.bootstrap}).list_topics(timeout=10)
+    for name in topics.ALL:
+        assert name in metadata.topics, name
+        assert len(metadata.topics[name].partitions) == PARTITIONS
+
+
+def test_services_listen_on_loopback_with_redis_aof_on(local_stack: LocalStack) -> None:
+    client = redis.Redis(port=int(local_stack.env["CXR_REDIS_PORT"]))
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("bind")["bind"] == "127.0.0.1"
+    triton = f"http://127.0.0.1:{local_stack.env['CXR_TRITON_HTTP_PORT']}"
+    assert httpx.get(f"{triton}/v2/health/live", timeout=5).status_code == 200
+
+
+def test_second_up_is_a_no_op(local_stack: LocalStack) -> None:
+    before = {name: entry["pid"] for name, entry in local_stack.status()["components"].items()}
+    out = local_stack.run("up", "--detach", "--only", SERVICES)
+    assert "already running" in out
+    after = {name: entry["pid"] for name, entry in local_stack.status()["components"].items()}
+    assert after == before
+
+
+def _produce(bootstrap: str, value: bytes) -> int:
+    offsets: list[int | None] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    producer.produce(
+        topics.DLQ, value=value, partition=0, on_delivery=lambda err, msg: offsets.append(msg.offset())
+    )
+    assert producer.flush(15) == 0
+    assert offsets and offsets[0] is not None
+    return offsets[0]
+
+
+def _read(bootstrap: str, offset: int) -> bytes | None:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4()}", "enable.auto.commit": False}
+    )
+    try:
+        consumer.assign([TopicPartition(topics.DLQ, 0, offset)])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                value: bytes | None = msg.value()
+                return value
+        return None
+    finally:
+        consumer.close()
+
+
+def test_down_stops_everything_and_up_keeps_kafka_data(local_stack: LocalStack) -> None:
+    payload = f"kept across restarts {uuid.uuid4()}".encode()
+    offset = _produce(local_stack.bootstrap, payload)
+    records = local_stack.records()
+    assert len(records) == 3
+
+    out = local_stack.run("down")
+    assert out.startswith("stopped:")
+    for record in records:
+        assert not is_alive(record), record.name
+        assert group_members(record) == [], record.name
+    assert not list((local_stack.home / "run").glob("*.pid"))
+    assert {e["state"] for e in local_stack.status()["components"].values()} == {"stopped"}
+    assert "nothing was running" in local_stack.run("down")
+
+    out = local_stack.run("up", "--detach", "--only", SERVICES)
+    assert "started" in out
+    assert _read(local_stack.bootstrap, offset) == payload
