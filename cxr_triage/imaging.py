@@ -17,6 +17,8 @@ IMAGENET_MEAN: Final = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD: Final = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 MAX_PIXELS: Final[int] = 8192 * 8192
 MIN_SIDE: Final[int] = 64
+# 16-bit and float rasters: PIL's convert("L") clips them, so they are min-max scaled like DICOM pixels.
+HIGH_DEPTH_MODES: Final[frozenset[str]] = frozenset({"I;16", "I;16B", "I;16L", "I", "F"})
 RADIOGRAPH_MODALITIES: Final[frozenset[str]] = frozenset({"CR", "DX"})
 
 
@@ -62,6 +64,8 @@ def _decode_raster(data: bytes) -> np.ndarray:
                 probe.verify()
             with Image.open(io.BytesIO(data)) as img:
                 img.load()  # a truncated file fails here, not later in the worker
+                if img.mode in HIGH_DEPTH_MODES:
+                    return _scale_to_uint8(np.asarray(img, dtype=np.float32))
                 gray = img.convert("L")
     except ImageRejected:
         raise
@@ -108,9 +112,13 @@ def _decode_dicom(data: bytes) -> np.ndarray:
         raise ImageRejected(f"DICOM pixel data cannot be decoded: {exc}") from exc
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 stores bone dark; models expect bone bright
+    return _scale_to_uint8(pixels)
+
+
+def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
-        raise ImageRejected("DICOM image is blank (all pixels equal)")
+        raise ImageRejected("image is blank (all pixels equal)")
     return ((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 

@@ -1,0 +1,108 @@
+"""Service-level tiers of the worklist and the effective priority that ages waiting studies.
+
+Every scored study gets a tier from its model priority (``critical`` ≥ 0.8, ``urgent`` ≥ 0.5, else
+``routine``; thresholds configurable) and each tier a maximum wait ``T`` (30 min, 2 h, 24 h by default).
+The worklist is read in order of the *effective priority*
+
+    e(t) = priority + waited(t) / T_tier        (waited = t - received_at)
+
+Why this keeps studies within their tier's maximum as long as radiologists keep claiming:
+
+* ``priority`` is in [0, 1], so a study that has waited its whole allowance has ``e ≥ 1``: it ranks above
+  every study that has waited less than ``(1 - p')`` of its own allowance (in particular above every fresh
+  study), so a study near its deadline is never overtaken by new arrivals, however urgent they look.
+* ``e`` grows at ``1/T`` per second: a critical study (T = 30 min) climbs 48 times faster than a routine one
+  (T = 24 h), so lateness is measured relative to each tier's promise. In terms of its own deadline
+  ``D = received_at + T`` a study's rank is ``e = p + 1 + (t - D)/T``: the order is earliest-(relative)-
+  deadline-first, refined by the model priority.
+* Nothing starves: every waiting study's ``e`` grows without bound, so it eventually outranks any study.
+
+The guarantee is conditional on capacity, as any schedule's is: when the studies waiting at a moment can be
+read before their deadlines by the radiologists at hand, they are; under sustained overload no order can keep
+every deadline, and this one spreads the lateness in proportion to each tier's allowance instead of starving
+the routine tier.
+
+Storage (see ``cxr_triage.worklist_index``) needs claims in O(log n): within one tier ``T`` is the same for
+every study, so ``e(t) = (priority - received_ts/T) + t/T``: the first term is a time-invariant score that
+orders the tier's sorted set once and for all; the best study overall is the best of the tier heads after
+adding each tier's ``t/T``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Final, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Tier(StrEnum):
+    CRITICAL = "critical"
+    URGENT = "urgent"
+    ROUTINE = "routine"
+
+
+TIERS: Final[tuple[Tier, ...]] = (Tier.CRITICAL, Tier.URGENT, Tier.ROUTINE)
+
+
+class SlaPolicy(BaseSettings):
+    """Tier thresholds (model priority) and maximum waits (minutes); env ``CXR_SLA_*``.
+
+    The worker (which files studies into tiers) and the API (which reads them) must share these values.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CXR_SLA_", env_file=".env", extra="ignore", frozen=True)
+
+    critical_min_priority: float = Field(default=0.8, gt=0.0, le=1.0)
+    urgent_min_priority: float = Field(default=0.5, gt=0.0, le=1.0)
+    critical_max_wait_min: float = Field(default=30.0, gt=0.0, le=7 * 24 * 60)
+    urgent_max_wait_min: float = Field(default=120.0, gt=0.0, le=7 * 24 * 60)
+    routine_max_wait_min: float = Field(default=24 * 60.0, gt=0.0, le=7 * 24 * 60)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.urgent_min_priority >= self.critical_min_priority:
+            raise ValueError(
+                f"CXR_SLA_URGENT_MIN_PRIORITY ({self.urgent_min_priority}) must be below "
+                f"CXR_SLA_CRITICAL_MIN_PRIORITY ({self.critical_min_priority})"
+            )
+        return self
+
+    def tier_for(self, priority: float) -> Tier:
+        if priority >= self.critical_min_priority:
+            return Tier.CRITICAL
+        if priority >= self.urgent_min_priority:
+            return Tier.URGENT
+        return Tier.ROUTINE
+
+    def max_wait_s(self, tier: Tier) -> float:
+        minutes = {
+            Tier.CRITICAL: self.critical_max_wait_min,
+            Tier.URGENT: self.urgent_max_wait_min,
+            Tier.ROUTINE: self.routine_max_wait_min,
+        }[tier]
+        return minutes * 60.0
+
+    def priority_band(self, tier: Tier) -> tuple[float, float]:
+        """``[low, high)`` of model priority that files a study into ``tier`` (high of critical: above 1)."""
+        return {
+            Tier.CRITICAL: (self.critical_min_priority, 2.0),
+            Tier.URGENT: (self.urgent_min_priority, self.critical_min_priority),
+            Tier.ROUTINE: (0.0, self.urgent_min_priority),
+        }[tier]
+
+    def index_score(self, *, priority: float, tier: Tier, received_ts: float) -> float:
+        """The time-invariant sort key of a study inside its tier's sorted set."""
+        return priority - received_ts / self.max_wait_s(tier)
+
+    def effective_priority(self, *, priority: float, tier: Tier, waited_s: float) -> float:
+        return priority + max(waited_s, 0.0) / self.max_wait_s(tier)
+
+
+def received_timestamp(received_at: datetime) -> float:
+    """Seconds since the epoch of an aware timestamp (what the index scores are built from)."""
+    if received_at.tzinfo is None:
+        raise ValueError("received_at must be timezone-aware")
+    return received_at.timestamp()

@@ -1,0 +1,96 @@
+"""Wires one inference worker process: Kafka consumer and producer, Triton, Redis, image store, metrics."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import redis
+from confluent_kafka import Consumer, Producer
+
+from cxr_triage.image_store import open_image_store
+from cxr_triage.kafka_config import consumer_config, producer_config
+from cxr_triage.redis_keys import RedisKeys
+from cxr_triage.settings import Settings
+from cxr_triage.sla import SlaPolicy
+from inference_worker.consumer import InferenceWorker
+from inference_worker.errors import ModelMismatch
+from inference_worker.metrics import MetricsServer, WorkerMetrics
+from inference_worker.publisher import KafkaPublisher
+from inference_worker.triton_client import TritonScorer
+from inference_worker.worklist import RedisWorklist
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_MODEL_MISMATCH = 2
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        logger.info("stopping after the current batch", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def run_worker(settings: Settings, *, index: int = 0, stop: threading.Event | None = None) -> int:
+    """Run worker ``index`` until SIGTERM/SIGINT (or ``stop``); returns the process exit code."""
+    if stop is None:
+        stop = threading.Event()
+        install_stop_handlers(stop)
+    client_id = f"cxr-worker-{index}"
+    metrics = WorkerMetrics()
+    server: MetricsServer | None = None
+    if settings.worker_metrics_port:
+        server = metrics.serve(host="127.0.0.1", port=settings.worker_metrics_port + index)
+
+    scorer = TritonScorer(settings.triton_grpc_url, settings.model_name)
+    try:
+        if not scorer.wait_until_ready(input_size=settings.model_input_size, stop=stop):
+            return EXIT_OK
+    except ModelMismatch as exc:
+        logger.error("served model does not fit this worker", extra={"error": str(exc)})
+        return EXIT_MODEL_MISMATCH
+
+    kafka_log = logging.getLogger("inference_worker.librdkafka")  # librdkafka's own lines, as JSON logs
+    consumer = Consumer(
+        consumer_config(settings, group_id=settings.worker_group, client_id=client_id), logger=kafka_log
+    )
+    publisher = KafkaPublisher(
+        lambda: Producer(producer_config(settings, client_id=client_id), logger=kafka_log)
+    )
+    redis_client = redis.Redis.from_url(
+        settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
+    )
+    worker = InferenceWorker(
+        consumer=consumer,
+        scorer=scorer,
+        worklist=RedisWorklist(redis_client, RedisKeys(settings.redis_key_prefix), policy=SlaPolicy()),
+        publisher=publisher,
+        store=open_image_store(settings),
+        metrics=metrics,
+        model_name=settings.model_name,
+        input_size=settings.model_input_size,
+        max_batch=settings.worker_max_batch,
+        max_wait_s=settings.worker_max_wait_ms / 1000,
+        stop=stop,
+    )
+    logger.info(
+        "worker started",
+        extra={"index": index, "group": settings.worker_group, "max_batch": settings.worker_max_batch},
+    )
+    try:
+        worker.run()
+    finally:
+        consumer.close()  # leaves the group now, so the partitions move without waiting for a timeout
+        publisher.close()
+        redis_client.close()
+        scorer.close()
+        if server is not None:
+            server.close()
+        logger.info("worker stopped", extra={"index": index})
+    return EXIT_OK

@@ -1,0 +1,121 @@
+"""From Kafka records to model input: parse the event, fetch and check the image, decode and preprocess it.
+
+Each record ends as either ``Prepared`` (a tensor ready for Triton) or ``Rejected`` (a reason for the dead
+letter topic); a bad record never stops the others of its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import ValidationError
+
+from cxr_triage.events import STUDY_ID_PATTERN, StudyEventV1
+from cxr_triage.image_store import ImageNotFound, ImageStore, ImageURIRefused
+from cxr_triage.imaging import ImageRejected, decode_grayscale, preprocess, sniff_content_type
+from inference_worker.records import Record
+
+_STUDY_ID = re.compile(STUDY_ID_PATTERN)
+
+# Reason classes: a small fixed set, used as a metric label and in the dead letter's error_type.
+INVALID_EVENT = "invalid_event"
+IMAGE_UNAVAILABLE = "image_unavailable"
+CHECKSUM_MISMATCH = "checksum_mismatch"
+IMAGE_REJECTED = "image_rejected"
+INVALID_OUTPUT = "invalid_output"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    record: Record
+    study: StudyEventV1
+    tensor: np.ndarray
+
+
+@dataclass(frozen=True)
+class Rejected:
+    record: Record
+    reason_class: str
+    reason: str
+    error_type: str
+    study_id: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class PreparedBatch:
+    prepared: list[Prepared] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def prepare_batch(records: list[Record], *, store: ImageStore, input_size: int) -> PreparedBatch:
+    batch = PreparedBatch()
+    for record in records:
+        outcome = prepare_one(record, store=store, input_size=input_size)
+        if isinstance(outcome, Prepared):
+            batch.prepared.append(outcome)
+        else:
+            batch.rejected.append(outcome)
+    return batch
+
+
+def prepare_one(record: Record, *, store: ImageStore, input_size: int) -> Prepared | Rejected:
+    if not record.value:
+        return _reject(record, INVALID_EVENT, "empty message value", "EmptyMessage")
+    try:
+        study = StudyEventV1.from_bytes(record.value)
+    except ValidationError as exc:
+        return _reject(record, INVALID_EVENT, f"invalid study event: {summarise(exc)}", type(exc).__name__)
+
+    def reject(reason_class: str, reason: str, error_type: str) -> Rejected:
+        return Rejected(
+            record, reason_class, reason, error_type, study_id=study.study_id, sha256=study.sha256
+        )
+
+    try:
+        data = store.get(study.image_uri)
+    except (ImageNotFound, ImageURIRefused) as exc:
+        return reject(IMAGE_UNAVAILABLE, str(exc), type(exc).__name__)
+    except OSError as exc:  # permissions, I/O errors: the message text would echo the path, so it is left out
+        return reject(IMAGE_UNAVAILABLE, f"image could not be read (errno {exc.errno})", type(exc).__name__)
+
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != study.sha256 or len(data) != study.size_bytes:
+        return reject(
+            CHECKSUM_MISMATCH,
+            f"stored image has sha256 {digest} and {len(data)} bytes; the event says {study.sha256} "
+            f"and {study.size_bytes} bytes",
+            "ChecksumMismatch",
+        )
+    try:
+        sniffed = sniff_content_type(data)
+        if sniffed != study.content_type:
+            raise ImageRejected(f"the file is {sniffed} but the event says {study.content_type}")
+        tensor = preprocess(decode_grayscale(data, sniffed), input_size)
+    except ImageRejected as exc:
+        return reject(IMAGE_REJECTED, exc.reason, type(exc).__name__)
+    return Prepared(record, study, tensor)
+
+
+def _reject(record: Record, reason_class: str, reason: str, error_type: str) -> Rejected:
+    return Rejected(record, reason_class, reason, error_type, study_id=_study_id_from_key(record.key))
+
+
+def _study_id_from_key(key: bytes | None) -> str | None:
+    # Producers key study events by study id; it names the study in the dead letter when the value is garbage.
+    if not key:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if _STUDY_ID.match(text) else None
+
+
+def summarise(exc: ValidationError) -> str:
+    """The first few problems of a validation error on one line (field: message), without input values."""
+    problems = [f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()]
+    return "; ".join(problems[:5])

@@ -1,0 +1,287 @@
+"""The consumer loop: micro-batch -> prepare -> Triton -> Redis -> Kafka outputs -> commit (at-least-once).
+
+Offsets are committed only after the worklist write and the delivery of every prediction and dead letter of
+the batch. If Triton, Redis or Kafka fail, nothing is committed: the consumer seeks back to the batch's first
+offsets, waits (exponential backoff) and reads the batch again, so the worker resumes by itself when the
+service returns, keeps polling (no max.poll.interval eviction) and never holds work across a rebalance.
+Processing is synchronous between two ``consume`` calls, and rebalance callbacks run only inside ``consume``,
+so a revoked partition never has processed-but-uncommitted work: its new owner re-reads from the last commit,
+and the worklist writes are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from cxr_triage import topics
+from cxr_triage.events import PredictionEventV1, utcnow
+from cxr_triage.image_store import ImageStore
+from inference_worker.batching import Prepared, Rejected, prepare_batch
+from inference_worker.dead_letters import dead_letter
+from inference_worker.errors import StageUnavailable
+from inference_worker.metrics import WorkerMetrics
+from inference_worker.predictions import ScoredBatch, build_predictions
+from inference_worker.publisher import EventPublisher, Outgoing
+from inference_worker.records import Record
+from inference_worker.triton_client import Scorer
+from inference_worker.worklist import WorklistEntry, WorklistWriter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Backoff:
+    """Exponential delays with jitter, reset by a success."""
+
+    initial_s: float = 0.5
+    maximum_s: float = 10.0  # an outage costs at most ~10 s of extra delay once the service is back
+    factor: float = 2.0
+    _next: float = 0.0
+
+    def next_delay(self) -> float:
+        self._next = self.initial_s if self._next == 0 else min(self._next * self.factor, self.maximum_s)
+        return self._next * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    consumed: int
+    scored: int
+    unchanged: int
+    dead_lettered: int
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        *,
+        consumer: Consumer,
+        scorer: Scorer,
+        worklist: WorklistWriter,
+        publisher: EventPublisher,
+        store: ImageStore,
+        metrics: WorkerMetrics,
+        model_name: str,
+        input_size: int,
+        max_batch: int,
+        max_wait_s: float,
+        stop: threading.Event,
+        priority_weights: Mapping[str, float] | None = None,
+        backoff: Backoff | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._consumer = consumer
+        self._scorer = scorer
+        self._worklist = worklist
+        self._publisher = publisher
+        self._store = store
+        self._metrics = metrics
+        self._model_name = model_name
+        self._input_size = input_size
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._stop = stop
+        self._weights = priority_weights
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self._model_version: str | None = None
+        self._totals: Counter[str] = Counter()
+        self._last_progress = time.monotonic()
+        self._error_logged_at: dict[int, float] = {}
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(
+            [topics.STUDIES], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+
+    def run(self) -> None:
+        """Process batches until ``stop`` is set; the batch in hand is finished (and committed) first."""
+        self.subscribe()
+        while not self._stop.is_set():
+            self.step()
+            self._log_progress()
+
+    def step(self) -> BatchReport | None:
+        """Consume one micro-batch and process it; ``None`` when nothing came or the batch must be retried."""
+        messages = self._consumer.consume(num_messages=self._max_batch, timeout=self._max_wait_s)
+        records = self._records(messages)
+        if not records:
+            return None
+        self._metrics.batch_size.observe(len(records))
+        self._metrics.in_flight.set(len(records))
+        try:
+            report = self.process(records)
+        except StageUnavailable as exc:
+            self._metrics.batch_failures.labels(stage=exc.stage).inc()
+            delay = self._backoff.next_delay()
+            logger.warning(
+                "batch not committed, will retry",
+                extra={
+                    "stage": exc.stage,
+                    "error": str(exc),
+                    "retry_in_s": round(delay, 2),
+                    "size": len(records),
+                },
+            )
+            self._rewind(records)
+            self._stop.wait(delay)
+            return None
+        finally:
+            self._metrics.in_flight.set(0)
+        self._backoff.reset()
+        return report
+
+    def process(self, records: list[Record]) -> BatchReport:
+        """Score, write, publish, then commit one batch; ``StageUnavailable`` leaves it uncommitted."""
+        batch = prepare_batch(records, store=self._store, input_size=self._input_size)
+        scored = self._score(batch.prepared) if batch.prepared else ScoredBatch()
+        entries = [WorklistEntry(item.prepared.study, item.prediction) for item in scored.scored]
+        outcomes = self._worklist.write(entries)
+
+        written_at = self._clock()
+        predictions: list[PredictionEventV1] = []
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if outcome.changed:
+                self._metrics.end_to_end_latency.observe(
+                    (written_at - entry.study.received_at).total_seconds()
+                )
+                predictions.append(entry.prediction)
+            else:  # a replay: republish the prediction as first stored, so consumers see the same event
+                stored = {"scored_at": outcome.scored_at, "priority": outcome.priority}
+                predictions.append(entry.prediction.model_copy(update=stored))
+        rejected = batch.rejected + scored.rejected
+        self._publisher.publish(
+            [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions]
+            + [Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected]
+        )
+        self._commit(records)
+
+        changed = sum(outcome.changed for outcome in outcomes)
+        report = BatchReport(len(records), changed, len(outcomes) - changed, len(rejected))
+        self._account(report, rejected)
+        return report
+
+    def _score(self, prepared: list[Prepared]) -> ScoredBatch:
+        started = time.perf_counter()
+        scores = self._scorer.score(np.stack([item.tensor for item in prepared]))
+        self._metrics.triton_latency.observe(time.perf_counter() - started)
+        version = scores.model_versions[-1]
+        if version != self._model_version:
+            logger.info(
+                "scoring with model", extra={"model_name": self._model_name, "model_version": version}
+            )
+            self._metrics.model.info({"model_name": self._model_name, "model_version": version})
+            self._model_version = version
+        return build_predictions(
+            prepared, scores, model_name=self._model_name, scored_at=self._clock(), weights=self._weights
+        )
+
+    def _commit(self, records: list[Record]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+        offsets = [
+            TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()
+        ]
+        try:
+            results = self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # The results are durable and idempotent: a lost commit only means this batch is read again.
+            logger.warning("offset commit failed; the batch will be redelivered", extra={"error": str(exc)})
+            return
+        for tp in results or []:
+            if tp.error is not None:
+                logger.warning(
+                    "offset commit failed for a partition",
+                    extra={"topic": tp.topic, "partition": tp.partition, "error": str(tp.error)},
+                )
+
+    def _rewind(self, records: list[Record]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for record in records:
+            key = (record.topic, record.partition)
+            first[key] = min(first.get(key, record.offset), record.offset)
+        for (topic, partition), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # revoked meanwhile: its new owner reads from the last commit
+                logger.info(
+                    "could not seek back", extra={"topic": topic, "partition": partition, "error": str(exc)}
+                )
+
+    def _records(self, messages: list[Message]) -> list[Record]:
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(Record.from_message(message))
+            elif error.fatal():
+                raise KafkaException(error)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._log_consumer_error(error)
+        return records
+
+    def _log_consumer_error(self, error: KafkaError, every_s: float = 30.0) -> None:
+        # While a broker is down librdkafka reports the same error on every consume: say it once in a while.
+        now = time.monotonic()
+        if now - self._error_logged_at.get(error.code(), -every_s) >= every_s:
+            self._error_logged_at[error.code()] = now
+            logger.warning("consumer error", extra={"code": error.name(), "error": error.str()})
+
+    def _account(self, report: BatchReport, rejected: list[Rejected]) -> None:
+        self._metrics.scored.inc(report.scored)
+        self._metrics.replayed.inc(report.unchanged)
+        for item in rejected:
+            self._metrics.dead_lettered.labels(reason=item.reason_class).inc()
+            logger.warning(
+                "message dead-lettered",
+                extra={
+                    **item.record.where,
+                    "reason_class": item.reason_class,
+                    "reason": item.reason,
+                    "sha256": item.sha256,
+                },
+            )
+        self._totals.update(
+            consumed=report.consumed,
+            scored=report.scored,
+            unchanged=report.unchanged,
+            dead_lettered=report.dead_lettered,
+            batches=1,
+        )
+        logger.debug("batch committed", extra=report.__dict__)
+
+    def _log_progress(self, every_s: float = 30.0) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= every_s:
+            if self._totals:
+                logger.info("progress", extra={**self._totals, "model_version": self._model_version})
+            self._totals.clear()
+            self._last_progress = now
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        logger.info("partitions assigned", extra={"partitions": _describe(partitions)})
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        logger.info("partitions revoked", extra={"partitions": _describe(partitions)})
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
+
+
+def _describe(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one worker, in a registry of its own (tests and several workers never collide)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.scored = Counter(
+            "cxr_worker_studies_scored", "Studies scored and written to the worklist", registry=r
+        )
+        self.replayed = Counter(
+            "cxr_worker_studies_unchanged",
+            "Studies already scored by the same model version (replays); the worklist was left as it was",
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "cxr_worker_studies_dead_lettered",
+            "Messages sent to the dead letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.batch_failures = Counter(
+            "cxr_worker_batch_failures",
+            "Batches left uncommitted to be retried, by failing stage",
+            ["stage"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "cxr_worker_batch_size", "Messages per consumed micro-batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.triton_latency = Histogram(
+            "cxr_worker_triton_latency_seconds",
+            "Triton inference call per batch",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "cxr_worker_end_to_end_latency_seconds",
+            "From the study's received_at to its worklist write",
+            buckets=_E2E_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("cxr_worker_in_flight", "Messages of the batch being processed", registry=r)
+        self.model = Info("cxr_worker_model", "Model that scored the latest batch", registry=r)
+
+    def serve(self, *, host: str, port: int) -> MetricsServer:
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        logger.info("metrics endpoint listening", extra={"host": host, "port": port})
+        return MetricsServer(server, thread)
+
+
+class MetricsServer:
+    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,156 @@
+"""Triton over gRPC: one inference call per micro-batch, and the version of the model that answered it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
+from tritonclient.utils import InferenceServerException
+
+from cxr_triage.labels import NUM_LABELS
+from inference_worker.errors import ModelMismatch, StageUnavailable
+from inference_worker.export import INPUT_NAME, OUTPUT_NAME
+from inference_worker.model_repo import MAX_BATCH_SIZE
+
+logger = logging.getLogger(__name__)
+
+STAGE = "triton"
+_CHANNEL_ARGS = [
+    # tritonclient's defaults (it drops them all when channel_args is given)...
+    ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    # ...and a short reconnect backoff: gRPC's own grows to 2 min, so a restarted Triton would sit unused.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+]
+
+
+@dataclass(frozen=True)
+class Scores:
+    probabilities: np.ndarray  # [N, 14] float32, label order
+    model_versions: list[str]  # per row: the version that served it (a reload can land between chunks)
+
+
+class Scorer(Protocol):
+    def score(self, images: np.ndarray) -> Scores: ...
+
+
+class TritonScorer:
+    """Scores [N, 3, S, S] batches on ``model_name``; every Triton failure becomes ``StageUnavailable``."""
+
+    def __init__(
+        self,
+        url: str,
+        model_name: str,
+        *,
+        timeout_s: float = 30.0,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        version_ttl_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self.max_batch_size = max_batch_size
+        self.version_ttl_s = version_ttl_s
+        self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
+        self._ready_version: str | None = None
+        self._ready_version_at = 0.0
+
+    def score(self, images: np.ndarray) -> Scores:
+        if images.ndim != 4 or len(images) == 0:
+            raise ValueError(f"expected a non-empty [N, 3, S, S] batch, got {list(images.shape)}")
+        chunks = [
+            self._infer(images[i : i + self.max_batch_size])
+            for i in range(0, len(images), self.max_batch_size)
+        ]
+        probabilities = np.concatenate([p for p, _ in chunks], axis=0)
+        versions = [version for p, version in chunks for _ in range(len(p))]
+        return Scores(probabilities=probabilities, model_versions=versions)
+
+    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        request = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        request.set_data_from_numpy(batch)
+        try:
+            result = self._client.infer(
+                self.model_name,
+                inputs=[request],
+                outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise StageUnavailable(STAGE, f"inference failed: {exc.message()} ({exc.status()})") from exc
+        probabilities = result.as_numpy(OUTPUT_NAME)
+        if probabilities is None or probabilities.shape != (len(batch), NUM_LABELS):
+            shape = None if probabilities is None else list(probabilities.shape)
+            raise StageUnavailable(STAGE, f"model returned {shape}, expected [{len(batch)}, {NUM_LABELS}]")
+        version = result.get_response().model_version or self.ready_version() or "unknown"
+        return probabilities, version
+
+    def ready_version(self) -> str | None:
+        """The newest version Triton reports ready (model metadata), cached for a few seconds."""
+        now = time.monotonic()
+        if self._ready_version is None or now - self._ready_version_at > self.version_ttl_s:
+            try:
+                metadata = self._client.get_model_metadata(self.model_name, client_timeout=self.timeout_s)
+            except InferenceServerException:
+                return self._ready_version
+            versions = sorted(metadata.versions, key=lambda v: int(v) if v.isdigit() else -1)
+            self._ready_version = versions[-1] if versions else None
+            self._ready_version_at = now
+        return self._ready_version
+
+    def wait_until_ready(self, *, input_size: int, stop: threading.Event, log_every_s: float = 10.0) -> bool:
+        """Block until the model is ready (False if ``stop`` is set first); ``ModelMismatch`` on wrong input."""
+        started = time.monotonic()
+        last_log = -log_every_s
+        while not stop.is_set():
+            try:
+                if self._client.is_model_ready(self.model_name, client_timeout=5.0):
+                    self._check_input(input_size)
+                    logger.info(
+                        "Triton model ready",
+                        extra={
+                            "model_name": self.model_name,
+                            "version": self.ready_version(),
+                            "url": self.url,
+                        },
+                    )
+                    return True
+                state = "model not ready"
+            except InferenceServerException as exc:
+                state = f"{exc.message()} ({exc.status()})"
+            waited = time.monotonic() - started
+            if waited - last_log >= log_every_s:
+                logger.info(
+                    "waiting for Triton",
+                    extra={
+                        "model_name": self.model_name,
+                        "url": self.url,
+                        "state": state,
+                        "waited_s": round(waited),
+                    },
+                )
+                last_log = waited
+            stop.wait(1.0)
+        return False
+
+    def _check_input(self, input_size: int) -> None:
+        metadata = self._client.get_model_metadata(self.model_name, client_timeout=5.0)
+        shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in metadata.inputs}
+        expected = [3, input_size, input_size]
+        if shapes.get(INPUT_NAME, [])[-3:] != expected:
+            raise ModelMismatch(
+                f"model {self.model_name!r} takes {shapes}, but this worker prepares {INPUT_NAME!r} as "
+                f"[N, {', '.join(map(str, expected))}] (CXR_MODEL_INPUT_SIZE)"
+            )
+
+    def close(self) -> None:
+        self._client.close()

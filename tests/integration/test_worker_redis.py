@@ -1,0 +1,186 @@
+"""The worklist Lua script on a real redis-server (started here on a free port, no persistence)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+
+from cxr_triage.events import PredictionEventV1, StudyEventV1
+from cxr_triage.labels import LABELS
+from cxr_triage.redis_keys import RedisKeys
+from cxr_triage.sla import SlaPolicy, Tier
+from cxr_triage.worklist_index import WorklistKeys, complete
+from inference_worker.errors import StageUnavailable
+from inference_worker.worklist import RedisWorklist, WorklistEntry
+
+pytestmark = pytest.mark.integration
+
+RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).exists():
+        pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    yield url
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def keys() -> RedisKeys:
+    return RedisKeys(f"test-{uuid.uuid4().hex[:8]}")
+
+
+def entry(
+    study_id: str, *, version: str = "1", priority: float = 0.5, scored_at: datetime | None = None
+) -> WorklistEntry:
+    sha = "ab" * 32
+    study = StudyEventV1(
+        study_id=study_id,
+        image_uri=f"file:///images/ab/ab/{sha}.png",
+        sha256=sha,
+        content_type="image/png",
+        size_bytes=10,
+        received_at=RECEIVED,
+    )
+    prediction = PredictionEventV1(
+        study_id=study_id,
+        model_name="cxr_classifier",
+        model_version=version,
+        probabilities={label: priority for label in LABELS},
+        priority=priority,
+        received_at=RECEIVED,
+        scored_at=scored_at or RECEIVED + timedelta(seconds=1),
+    )
+    return WorklistEntry(study, prediction)
+
+
+def writer(client: redis.Redis, keys: RedisKeys) -> RedisWorklist:
+    return RedisWorklist(client, keys, policy=SlaPolicy())
+
+
+def test_new_studies_are_written_to_hash_worklist_and_tier(client: redis.Redis, keys: RedisKeys) -> None:
+    outcomes = writer(client, keys).write([entry("S-1", priority=0.9), entry("S-2", priority=0.2)])
+    assert [(o.changed, o.status, o.priority) for o in outcomes] == [
+        (True, "waiting", 0.9),
+        (True, "waiting", 0.2),
+    ]
+    assert client.zrevrange(keys.worklist, 0, -1, withscores=True) == [("S-1", 0.9), ("S-2", 0.2)]
+    index = WorklistKeys(keys.prefix)
+    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1) == ["S-1"]
+    assert client.zrange(index.unread(Tier.ROUTINE), 0, -1) == ["S-2"]
+    stored = client.hgetall(keys.study("S-1"))
+    assert stored["study_id"] == "S-1" and stored["model_version"] == "1" and float(stored["priority"]) == 0.9
+    assert list(json.loads(stored["probabilities"])) == list(LABELS)
+    assert datetime.fromisoformat(stored["scored_at"]) == RECEIVED + timedelta(seconds=1)
+    assert datetime.fromisoformat(stored["received_at"]) == RECEIVED
+    assert stored["content_type"] == "image/png" and stored["sha256"] == "ab" * 32
+    assert stored["model_name"] == "cxr_classifier" and stored["image_uri"].startswith("file://")
+
+
+def test_replay_by_the_same_version_changes_nothing(client: redis.Redis, keys: RedisKeys) -> None:
+    worklist = writer(client, keys)
+    worklist.write([entry("S-1", priority=0.9)])
+    index = WorklistKeys(keys.prefix)
+    before = client.hgetall(keys.study("S-1"))
+    filed = client.zrange(index.unread(Tier.CRITICAL), 0, -1, withscores=True)
+    later = RECEIVED + timedelta(hours=2)
+    # the same version may differ in the last bits (scored in another batch): the stored values win
+    (outcome,) = worklist.write([entry("S-1", priority=0.9000001, scored_at=later)])
+    assert not outcome.changed
+    assert (outcome.scored_at, outcome.priority, outcome.status) == (
+        RECEIVED + timedelta(seconds=1),
+        0.9,
+        "waiting",
+    )
+    assert client.hgetall(keys.study("S-1")) == before
+    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1, withscores=True) == filed
+    assert client.zrange(keys.worklist, 0, -1, withscores=True) == [("S-1", 0.9)]
+
+
+def test_a_study_lost_between_the_two_writes_is_filed_on_replay(client: redis.Redis, keys: RedisKeys) -> None:
+    worklist = writer(client, keys)
+    worklist.write([entry("S-1", priority=0.6)])
+    index = WorklistKeys(keys.prefix)
+    client.delete(index.unread(Tier.URGENT))  # as if the worker died after the hash, before the tier index
+    (outcome,) = worklist.write([entry("S-1", priority=0.6)])
+    assert not outcome.changed and outcome.status == "waiting"
+    assert client.zrange(index.unread(Tier.URGENT), 0, -1) == ["S-1"]
+
+
+def test_new_version_rescores_but_never_puts_back_a_read_study(client: redis.Redis, keys: RedisKeys) -> None:
+    worklist = writer(client, keys)
+    worklist.write([entry("S-open", priority=0.3), entry("S-read", priority=0.3)])
+    index = WorklistKeys(keys.prefix)
+    complete(client, keys=index, study_id="S-read")  # a radiologist's verdict took it off the worklist
+    later = RECEIVED + timedelta(hours=1)
+    rescored = [entry(s, version="2", priority=0.8, scored_at=later) for s in ("S-open", "S-read")]
+    outcomes = worklist.write(rescored)
+    assert [(o.changed, o.status) for o in outcomes] == [(True, "waiting"), (True, "read")]
+    assert client.zrange(keys.worklist, 0, -1, withscores=True) == [("S-open", 0.8)]
+    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1) == ["S-open"]
+    assert client.zcard(index.unread(Tier.ROUTINE)) == 0
+    assert client.hget(keys.study("S-read"), "model_version") == "2"
+
+
+def test_redis_down_is_stage_unavailable(keys: RedisKeys) -> None:
+    dead = redis.Redis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=0.5)
+    with pytest.raises(StageUnavailable) as info:
+        writer(dead, keys).write([entry("S-1")])
+    assert info.value.stage == "redis"

@@ -1,0 +1,200 @@
+"""The served model on a real tritonserver (the nvidia-pytriton wheel's, Python backend only).
+
+The server is started here on ports 18100-18102 with a model exported at a small input size for speed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from cxr_triage.imaging import decode_grayscale, preprocess
+from cxr_triage.labels import NUM_LABELS
+from cxr_triage.settings import Settings
+from inference_worker.errors import ModelMismatch, StageUnavailable
+from inference_worker.export import export_untrained
+from inference_worker.model_repo import ONNX_FILE, ensure_model, publish_version, staging_dir
+from inference_worker.priority import priorities
+from inference_worker.triton_client import TritonScorer
+
+pytestmark = pytest.mark.integration
+
+SIZE = 64
+MODEL = "cxr_it"
+HTTP, GRPC, METRICS = 18100, 18101, 18102
+DATASET = Path("/work/shared/datasets/cxr-public/images")
+
+
+def _server_dir(workdir: Path) -> Path:
+    """A copy of the wheel's tritonserver whose Python backend has the stub of this interpreter's version."""
+    import pytriton
+
+    source = Path(pytriton.__file__).parent / "tritonserver"
+    target = workdir / "tritonserver"
+    for name in ("bin", "backends", "caches"):
+        shutil.copytree(source / name, target / name)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy2(
+        source / "python_backend_stubs" / version / "triton_python_backend_stub",
+        target / "backends" / "python",
+    )
+    return target
+
+
+def _server_env() -> dict[str, str]:
+    site = Path(sysconfig.get_paths()["purelib"])
+    env = dict(os.environ)
+    # The interpreter's own libpython first, or the stub loads the system one and the model fails to load.
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [
+            str(sysconfig.get_config_var("LIBDIR")),
+            str(site / "nvidia_pytriton.libs"),
+            env.get("LD_LIBRARY_PATH", ""),
+        ]
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _ready(path: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP}{path}", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    home = tmp_path_factory.mktemp("triton-home")
+    settings = Settings(home=home, model_name=MODEL, model_input_size=SIZE, triton_grpc_port=GRPC)
+    ensure_model(settings)
+    return settings
+
+
+@pytest.fixture(scope="module")
+def triton(repository: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float]]:
+    server = _server_dir(tmp_path_factory.mktemp("triton-bin"))
+    log = (repository.home / "tritonserver.log").open("w")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [
+            str(server / "bin" / "tritonserver"),
+            f"--model-repository={repository.model_repository}",
+            f"--backend-directory={server / 'backends'}",
+            f"--http-port={HTTP}",
+            f"--grpc-port={GRPC}",
+            f"--metrics-port={METRICS}",
+            "--model-control-mode=poll",
+            "--repository-poll-secs=2",
+        ],
+        env=_server_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = started + 120
+        while not _ready(f"/v2/models/{MODEL}/ready"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(
+                    f"tritonserver did not get ready:\n{(repository.home / 'tritonserver.log').read_text()}"
+                )
+            time.sleep(0.1)
+        yield {"load_s": time.monotonic() - started}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def reference(repository: Settings) -> ort.InferenceSession:
+    path = repository.model_repository / MODEL / "1" / ONNX_FILE
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def scorer(repository: Settings, triton: dict[str, float]) -> Iterator[TritonScorer]:
+    client = TritonScorer(repository.triton_grpc_url, MODEL, timeout_s=60)
+    yield client
+    client.close()
+
+
+def test_server_loads_the_python_backend_model(triton: dict[str, float], scorer: TritonScorer) -> None:
+    assert scorer.wait_until_ready(input_size=SIZE, stop=threading.Event())
+    assert scorer.ready_version() == "1"
+    print(f"tritonserver start + model load: {triton['load_s']:.2f} s")
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])
+def test_probabilities_match_onnxruntime(
+    scorer: TritonScorer, reference: ort.InferenceSession, batch: int
+) -> None:
+    images = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    scores = scorer.score(images)  # 40 > max_batch_size 32: sent as two requests
+    (expected,) = reference.run(["probabilities"], {"image": images})
+    assert scores.probabilities.shape == (batch, NUM_LABELS)
+    assert scores.probabilities.dtype == np.float32
+    assert np.abs(scores.probabilities - expected).max() <= 1e-5
+    assert scores.model_versions == ["1"] * batch
+
+
+def test_real_radiographs_score_to_valid_priorities(scorer: TritonScorer) -> None:
+    files = sorted(DATASET.glob("*.jpg"))[:8]
+    if not files:
+        pytest.skip(f"shared dataset not present at {DATASET}")
+    batch = np.stack([preprocess(decode_grayscale(f.read_bytes(), "image/jpeg"), SIZE) for f in files])
+    scores = scorer.score(batch)
+    values = priorities(scores.probabilities)
+    assert values.shape == (len(files),)
+    assert ((values >= 0) & (values <= 1)).all()
+
+
+def test_wrong_input_size_is_a_model_mismatch(scorer: TritonScorer) -> None:
+    with pytest.raises(ModelMismatch, match="CXR_MODEL_INPUT_SIZE"):
+        scorer.wait_until_ready(input_size=SIZE * 2, stop=threading.Event())
+
+
+def test_unreachable_triton_is_stage_unavailable() -> None:
+    client = TritonScorer("127.0.0.1:18109", MODEL, timeout_s=5)
+    with pytest.raises(StageUnavailable) as info:
+        client.score(np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))
+    assert info.value.stage == "triton"
+    stop = threading.Event()
+    stop.set()
+    assert client.wait_until_ready(input_size=SIZE, stop=stop) is False
+    client.close()
+
+
+def test_a_new_version_is_picked_up_and_reported(repository: Settings, scorer: TritonScorer) -> None:
+    # Last in this module: it replaces version 1.
+    staged = staging_dir(repository.model_repository)
+    export_untrained(staged / ONNX_FILE, input_size=SIZE, seed=99)
+    publish_version(staged, repository.model_repository / MODEL, 2)
+    images = np.zeros((2, 3, SIZE, SIZE), dtype=np.float32)
+    deadline = time.monotonic() + 60
+    while scorer.score(images).model_versions != ["2", "2"]:
+        assert time.monotonic() < deadline, "Triton did not serve version 2 within 60 s"
+        time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while scorer.ready_version() != "2":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)

@@ -1,0 +1,380 @@
+"""The worker's batch handling with in-memory fakes for Kafka, Triton and Redis (no services needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import KafkaError, Message, TopicPartition
+from PIL import Image
+
+from cxr_triage import topics
+from cxr_triage.events import DeadLetterEventV1, PredictionEventV1, StudyEventV1
+from cxr_triage.image_store import LocalImageStore
+from cxr_triage.labels import LABELS, NUM_LABELS
+from inference_worker.consumer import Backoff, InferenceWorker
+from inference_worker.errors import StageUnavailable
+from inference_worker.metrics import WorkerMetrics
+from inference_worker.publisher import Outgoing
+from inference_worker.triton_client import Scores
+from inference_worker.worklist import WorklistEntry, WriteOutcome
+
+SIZE = 32
+RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+NOW = RECEIVED + timedelta(seconds=2)
+
+
+class FakeConsumer:
+    """Partitions as lists (offset = index), positions moved by consume and seek, commits recorded."""
+
+    def __init__(self, journal: list[str], messages: Sequence[Message]) -> None:
+        self.journal = journal
+        self.log: dict[int, list[Message]] = {}
+        for message in messages:
+            self.log.setdefault(message.partition() or 0, []).append(message)
+        self.position = dict.fromkeys(self.log, 0)
+        self.commits: list[list[tuple[str, int, int]]] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self.after_commit: list[threading.Event] = []
+
+    def subscribe(self, topic_names: list[str], **callbacks: object) -> None:
+        assert topic_names == [topics.STUDIES]
+        assert set(callbacks) == {"on_assign", "on_revoke", "on_lost"}
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        batch: list[Message] = []
+        for partition, messages in self.log.items():
+            take = messages[self.position[partition] : self.position[partition] + num_messages - len(batch)]
+            self.position[partition] += len(take)
+            batch.extend(take)
+        return batch
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool = True) -> list[TopicPartition]:
+        assert asynchronous is False
+        self.journal.append("commit")
+        self.commits.append(sorted((tp.topic, tp.partition, tp.offset) for tp in offsets))
+        for event in self.after_commit:
+            event.set()
+        return offsets
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.seeks.append((partition.topic, partition.partition, partition.offset))
+        self.position[partition.partition] = partition.offset
+
+
+class FakeScorer:
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.failures = 0
+        self.rows: dict[int, np.ndarray] = {}
+        self.version = "1"
+
+    def score(self, images: np.ndarray) -> Scores:
+        self.journal.append(f"triton:{len(images)}")
+        if self.failures:
+            self.failures -= 1
+            raise StageUnavailable("triton", "connection refused")
+        probabilities = np.full((len(images), NUM_LABELS), 0.1, dtype=np.float32)
+        for i, row in self.rows.items():
+            probabilities[i] = row
+        return Scores(probabilities, [self.version] * len(images))
+
+
+class FakeWorklist:
+    """The Redis script's rules, in memory."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.failures = 0
+        self.hashes: dict[str, dict[str, object]] = {}
+
+    def write(self, entries: Sequence[WorklistEntry]) -> list[WriteOutcome]:
+        self.journal.append(f"redis:{len(entries)}")
+        if self.failures:
+            self.failures -= 1
+            raise StageUnavailable("redis", "connection refused")
+        outcomes = []
+        for entry in entries:
+            p = entry.prediction
+            current = self.hashes.get(p.study_id)
+            if current and current["model_version"] == p.model_version:
+                outcomes.append(WriteOutcome(False, current["scored_at"], current["priority"]))  # type: ignore[arg-type]
+                continue
+            self.hashes[p.study_id] = {
+                "model_version": p.model_version,
+                "scored_at": p.scored_at,
+                "priority": p.priority,
+            }
+            outcomes.append(WriteOutcome(True, p.scored_at, p.priority))
+        return outcomes
+
+
+class FakePublisher:
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+        self.failures = 0
+        self.sent: list[Outgoing] = []
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        self.journal.append(f"kafka:{len(messages)}")
+        if self.failures:
+            self.failures -= 1
+            raise StageUnavailable("kafka", "all brokers down")
+        self.sent.extend(messages)
+
+    def close(self) -> None:
+        pass
+
+    def of(self, topic: str) -> list[Outgoing]:
+        return [m for m in self.sent if m.topic == topic]
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (80, 80), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def study_message(
+    store: LocalImageStore,
+    study_id: str,
+    offset: int,
+    *,
+    partition: int = 0,
+    data: bytes | None = None,
+    **over: object,
+) -> Message:
+    data = png(offset) if data is None else data
+    fields: dict[str, object] = {
+        "study_id": study_id,
+        "image_uri": store.put(data, suffix=".png"),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "content_type": "image/png",
+        "size_bytes": len(data),
+        "received_at": RECEIVED,
+        "source": "test",
+    }
+    fields.update(over)
+    value = StudyEventV1.model_validate(fields).to_bytes()
+    return raw_message(value, offset, key=study_id.encode(), partition=partition)
+
+
+def raw_message(value: bytes | None, offset: int, *, key: bytes | None = None, partition: int = 0) -> Message:
+    return Message(topic=topics.STUDIES, partition=partition, offset=offset, key=key, value=value)
+
+
+class Rig:
+    def __init__(self, tmp_path: Path) -> None:
+        self.journal: list[str] = []
+        self.store = LocalImageStore(tmp_path / "images")
+        self.scorer = FakeScorer(self.journal)
+        self.worklist = FakeWorklist(self.journal)
+        self.publisher = FakePublisher(self.journal)
+        self.metrics = WorkerMetrics()
+        self.stop = threading.Event()
+        self.consumer: FakeConsumer | None = None
+
+    def worker(self, messages: Sequence[Message], *, max_batch: int = 8) -> InferenceWorker:
+        self.consumer = FakeConsumer(self.journal, messages)
+        return InferenceWorker(
+            consumer=self.consumer,  # type: ignore[arg-type]
+            scorer=self.scorer,
+            worklist=self.worklist,
+            publisher=self.publisher,
+            store=self.store,
+            metrics=self.metrics,
+            model_name="cxr_classifier",
+            input_size=SIZE,
+            max_batch=max_batch,
+            max_wait_s=0.01,
+            stop=self.stop,
+            backoff=Backoff(initial_s=0.001, maximum_s=0.002),
+            clock=lambda: NOW,
+        )
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return Rig(tmp_path)
+
+
+def test_bad_messages_are_dead_lettered_while_the_others_are_scored(rig: Rig) -> None:
+    store = rig.store
+    text = b"this is not an image at all" * 4
+    messages = [
+        study_message(store, "S-good-1", 0),
+        raw_message(b"{not json", 1, key=b"S-garbage"),
+        study_message(store, "S-good-2", 2),
+        study_message(store, "S-missing", 3, image_uri=(store.root / "ab" / "cd" / ("ab" * 32)).as_uri()),
+        study_message(store, "S-tampered", 4, sha256="0" * 64),
+        study_message(store, "S-text", 5, data=text),
+        raw_message(None, 6),
+        study_message(store, "S-good-3", 7),
+    ]
+    report = rig.worker(messages).step()
+
+    assert report is not None
+    assert (report.consumed, report.scored, report.unchanged, report.dead_lettered) == (8, 3, 0, 5)
+    predictions = [
+        PredictionEventV1.model_validate(m.event.model_dump()) for m in rig.publisher.of(topics.PREDICTIONS)
+    ]
+    assert [p.study_id for p in predictions] == ["S-good-1", "S-good-2", "S-good-3"]
+    assert all(
+        p.model_version == "1" and p.scored_at == NOW and p.received_at == RECEIVED for p in predictions
+    )
+    assert [m.key for m in rig.publisher.of(topics.PREDICTIONS)] == ["S-good-1", "S-good-2", "S-good-3"]
+
+    letters = {m.event.original_offset: m.event for m in rig.publisher.of(topics.DLQ)}  # type: ignore[attr-defined]
+    assert sorted(letters) == [1, 3, 4, 5, 6]
+    assert all(isinstance(d, DeadLetterEventV1) and d.stage == "worker" for d in letters.values())
+    assert letters[1].error_type.startswith("invalid_event:") and letters[1].study_id == "S-garbage"
+    assert letters[1].original == "{not json" and letters[1].original_topic == topics.STUDIES
+    assert letters[3].error_type == "image_unavailable:ImageNotFound" and letters[3].study_id == "S-missing"
+    assert letters[4].error_type.startswith("checksum_mismatch:") and letters[4].sha256 == "0" * 64
+    assert letters[5].error_type == "image_rejected:ImageRejected" and "signature" in letters[5].reason
+    assert letters[6].error_type == "invalid_event:EmptyMessage" and letters[6].original is None
+    assert json.loads(letters[5].original or "")["study_id"] == "S-text"
+
+    # one Triton call for the good ones; durable writes, then outputs, then the commit
+    assert rig.journal == ["triton:3", "redis:3", "kafka:8", "commit"]
+    assert rig.consumer is not None and rig.consumer.commits == [[(topics.STUDIES, 0, 8)]]
+    assert rig.metric("cxr_worker_studies_scored_total") == 3
+    assert rig.metric("cxr_worker_studies_dead_lettered_total", reason="image_rejected") == 1
+    assert rig.metric("cxr_worker_studies_dead_lettered_total", reason="invalid_event") == 2
+    assert rig.metric("cxr_worker_batch_size_count") == 1
+    assert rig.metric("cxr_worker_end_to_end_latency_seconds_sum") == pytest.approx(3 * 2.0)
+    assert rig.metric("cxr_worker_model_info", model_name="cxr_classifier", model_version="1") == 1
+    assert rig.metric("cxr_worker_in_flight") == 0
+
+
+def test_priority_and_probabilities_follow_the_model(rig: Rig) -> None:
+    urgent = np.full(NUM_LABELS, 0.05, dtype=np.float32)
+    urgent[LABELS.index("No Finding")] = 0.7
+    urgent[LABELS.index("Pneumothorax")] = 0.95
+    normal = np.full(NUM_LABELS, 0.02, dtype=np.float32)
+    normal[LABELS.index("No Finding")] = 0.97
+    rig.scorer.rows = {0: normal, 1: urgent}
+    rig.worker([study_message(rig.store, "S-normal", 0), study_message(rig.store, "S-urgent", 1)]).step()
+    by_id = {m.event.study_id: m.event for m in rig.publisher.of(topics.PREDICTIONS)}  # type: ignore[attr-defined]
+    assert by_id["S-urgent"].priority == pytest.approx(0.95)
+    assert by_id["S-normal"].priority == pytest.approx(0.03, abs=1e-6)
+    assert list(by_id["S-urgent"].probabilities) == list(LABELS)
+
+
+def test_batches_of_a_whole_batch_all_bad_still_commit(rig: Rig) -> None:
+    worker = rig.worker([raw_message(b"[]", 0), raw_message(b"null", 1)])
+    report = worker.step()
+    assert report is not None and report.dead_lettered == 2
+    assert rig.journal == ["redis:0", "kafka:2", "commit"]  # no Triton call for an empty batch
+
+
+def test_triton_failure_commits_nothing_and_the_batch_is_retried(rig: Rig) -> None:
+    messages = [study_message(rig.store, f"S-{i}", i // 2, partition=i % 2) for i in range(4)]
+    worker = rig.worker(messages)
+    rig.scorer.failures = 2
+
+    assert worker.step() is None
+    assert worker.step() is None
+    assert rig.consumer is not None
+    assert rig.consumer.commits == [] and rig.publisher.sent == [] and rig.worklist.hashes == {}
+    assert rig.consumer.seeks[:2] == [(topics.STUDIES, 0, 0), (topics.STUDIES, 1, 0)]
+    assert rig.metric("cxr_worker_batch_failures_total", stage="triton") == 2
+
+    report = worker.step()  # Triton is back: the same messages, scored once, committed once
+    assert report is not None and report.scored == 4
+    assert rig.consumer.commits == [[(topics.STUDIES, 0, 2), (topics.STUDIES, 1, 2)]]
+    assert sorted(m.key or "" for m in rig.publisher.of(topics.PREDICTIONS)) == ["S-0", "S-1", "S-2", "S-3"]
+    assert rig.journal.count("commit") == 1 and rig.journal[-1] == "commit"
+
+
+@pytest.mark.parametrize("stage", ["redis", "kafka"])
+def test_write_or_publish_failure_commits_nothing(rig: Rig, stage: str) -> None:
+    messages = [study_message(rig.store, "S-1", 0), raw_message(b"bad", 1)]
+    worker = rig.worker(messages)
+    if stage == "redis":
+        rig.worklist.failures = 1
+    else:
+        rig.publisher.failures = 1
+    assert worker.step() is None
+    assert rig.consumer is not None and rig.consumer.commits == []
+    assert "commit" not in rig.journal
+    if stage == "redis":
+        assert rig.publisher.sent == []  # nothing announced that is not in the worklist
+
+    assert worker.step() is not None
+    assert rig.consumer.commits == [[(topics.STUDIES, 0, 2)]]
+    assert len(rig.publisher.of(topics.DLQ)) == 1
+
+
+def test_replay_changes_nothing_and_republishes_the_same_prediction(rig: Rig) -> None:
+    message = study_message(rig.store, "S-1", 0)
+    first_clock = NOW
+    rig.worker([message]).step()
+    first = rig.publisher.of(topics.PREDICTIONS)[0].event
+
+    replay = rig.worker([message])
+    replay._clock = lambda: first_clock + timedelta(hours=1)  # a later replay
+    report = replay.step()
+    assert report is not None and (report.scored, report.unchanged) == (0, 1)
+    second = rig.publisher.of(topics.PREDICTIONS)[1].event
+    assert second == first  # same scored_at as stored, same probabilities and version
+    assert rig.metric("cxr_worker_studies_unchanged_total") == 1
+
+    rig.scorer.version = "2"  # a new model version re-scores
+    third_worker = rig.worker([message])
+    third_worker.step()
+    assert rig.publisher.of(topics.PREDICTIONS)[2].event.model_version == "2"  # type: ignore[attr-defined]
+
+
+def test_invalid_model_output_dead_letters_only_that_study(rig: Rig) -> None:
+    rig.scorer.rows = {1: np.full(NUM_LABELS, np.nan, dtype=np.float32)}
+    messages = [study_message(rig.store, f"S-{i}", i) for i in range(3)]
+    report = rig.worker(messages).step()
+    assert report is not None and (report.scored, report.dead_lettered) == (2, 1)
+    (letter,) = rig.publisher.of(topics.DLQ)
+    assert letter.event.error_type.startswith("invalid_output:")  # type: ignore[attr-defined]
+    assert letter.key == "S-1"
+
+
+def test_run_finishes_and_commits_the_batch_in_hand_when_stopped(rig: Rig) -> None:
+    messages = [study_message(rig.store, f"S-{i}", i) for i in range(5)]
+    worker = rig.worker(messages, max_batch=2)
+    assert rig.consumer is not None
+    rig.consumer.after_commit.append(rig.stop)  # SIGTERM arrives while the first batch is processed
+    worker.run()
+    assert rig.consumer.commits == [[(topics.STUDIES, 0, 2)]]
+    assert len(rig.publisher.of(topics.PREDICTIONS)) == 2
+
+
+def test_consumer_errors_are_skipped(rig: Rig) -> None:
+    error = Message(topic=topics.STUDIES, partition=0, error=KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+    worker = rig.worker([])
+    assert rig.consumer is not None
+    rig.consumer.log = {0: [error]}
+    rig.consumer.position = {0: 0}
+    assert worker.step() is None
+    assert rig.journal == []
+
+
+def test_stage_unavailable_names_its_stage() -> None:
+    exc = StageUnavailable("redis", "down")
+    assert exc.stage == "redis" and str(exc) == "redis: down"
+
+
+def test_declared_content_type_must_match_the_file(rig: Rig) -> None:
+    message = study_message(rig.store, "S-1", 0, content_type="image/jpeg")
+    rig.worker([message]).step()
+    (letter,) = rig.publisher.of(topics.DLQ)
+    assert letter.event.reason == "the file is image/png but the event says image/jpeg"  # type: ignore[attr-defined]
