@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cxr_triage.imaging import IMAGENET_MEAN, IMAGENET_STD, ImageRejected, decode_grayscale, preprocess
+from tests.conftest import PUBLIC_DATA
+from tests.factories import dicom_bytes
 
-DATASET = Path("/work/shared/datasets/cxr-public/images")
+DATASET = PUBLIC_DATA / "images"
 
 
 def encode(img: Image.Image, fmt: str) -> bytes:
@@ -22,33 +23,6 @@ def encode(img: Image.Image, fmt: str) -> bytes:
 
 def gradient(height: int = 96, width: int = 128) -> np.ndarray:
     return np.tile(np.linspace(0, 255, width, dtype=np.float32), (height, 1)).astype(np.uint8)
-
-
-def dicom_bytes(pixels: np.ndarray, *, modality: str = "DX", photometric: str = "MONOCHROME2") -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def test_preprocess_shape_dtype_and_normalisation() -> None:
@@ -113,14 +87,14 @@ def test_tiny_image_is_rejected() -> None:
 
 
 def test_ct_dicom_is_rejected() -> None:
-    data = dicom_bytes(np.arange(64 * 64).reshape(64, 64) % 4096, modality="CT")
+    data = dicom_bytes(pixels=np.arange(64 * 64).reshape(64, 64) % 4096, modality="CT")
     with pytest.raises(ImageRejected, match="modality 'CT'"):
         decode_grayscale(data)
 
 
 def test_dx_dicom_decodes_to_full_range() -> None:
     pixels = np.tile(np.linspace(0, 4095, 80), (64, 1))
-    gray = decode_grayscale(dicom_bytes(pixels))
+    gray = decode_grayscale(dicom_bytes(pixels=pixels))
     assert gray.shape == (64, 80)
     assert gray.dtype == np.uint8
     assert gray[:, 0].max() == 0 and gray[:, -1].min() == 255
@@ -129,14 +103,14 @@ def test_dx_dicom_decodes_to_full_range() -> None:
 
 def test_monochrome1_is_inverted() -> None:
     pixels = np.tile(np.linspace(0, 4095, 80), (64, 1))
-    mono2 = decode_grayscale(dicom_bytes(pixels, photometric="MONOCHROME2"))
-    mono1 = decode_grayscale(dicom_bytes(pixels, photometric="MONOCHROME1"))
+    mono2 = decode_grayscale(dicom_bytes(pixels=pixels, photometric="MONOCHROME2"))
+    mono1 = decode_grayscale(dicom_bytes(pixels=pixels, photometric="MONOCHROME1"))
     assert np.abs(mono1.astype(int) - (255 - mono2.astype(int))).max() <= 1
 
 
 def test_blank_dicom_is_rejected() -> None:
     with pytest.raises(ImageRejected, match="blank"):
-        decode_grayscale(dicom_bytes(np.full((64, 64), 100)))
+        decode_grayscale(dicom_bytes(pixels=np.full((64, 64), 100)))
 
 
 def test_sixteen_bit_png_keeps_its_contrast() -> None:
