@@ -13,7 +13,7 @@ DATA ?= ../shared/datasets/cxr-public
 DEMO_WAIT ?= 20
 APT_PACKAGES := openjdk-17-jre-headless maven redis-server
 
-.PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data
+.PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data bench
 
 help:
 	@echo "make setup   install what is missing: Java 17, Maven, redis-server (as root), .venv, Kafka jars"
@@ -22,6 +22,7 @@ help:
 	@echo "make status  state of each component"
 	@echo "make lint    ruff check, ruff format --check, mypy"
 	@echo "make test    setup, lint, then every test (unit + integration against real services)"
+	@echo "make bench   inference benchmark -> docs/bench/inference.{json,md} (~5 min)"
 	@echo "make demo    setup, start the stack, score sample radiographs, print the worklist"
 
 setup: system-deps $(STAMP) kafka-jars
@@ -85,3 +86,7 @@ demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
 # Synthetic radiographs for machines without the public sample set.
 demo-data: $(STAMP)
 	$(BIN)/python -m producers.sample_images $(CXR_HOME)/sample
+
+# Inference benchmark: raw ONNX Runtime, Triton gRPC, full pipeline, FP32 vs INT8 (docs/bench/).
+bench: setup
+	$(BIN)/cxr-triage bench all

@@ -23,6 +23,7 @@ _COMMANDS: dict[str, str] = {
     "worker": "inference_worker.cli:worker",
     "api": "priority_queue_api.cli:api",
     "worklist": "priority_queue_api.cli:worklist",
+    "bench": "inference_worker.bench.cli:bench",
 }
 
 
