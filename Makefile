@@ -11,6 +11,8 @@ CXR_HOME ?= .stack
 export CXR_HOME
 DATA ?= ../shared/datasets/cxr-public
 DEMO_WAIT ?= 20
+# The demo model is trained and served at this input size (every process of the stack must agree on it).
+demo up: export CXR_MODEL_INPUT_SIZE ?= 128
 APT_PACKAGES := openjdk-17-jre-headless maven redis-server
 
 .PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data bench
@@ -76,6 +78,8 @@ DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample
 demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
 	$(BIN)/cxr-triage up --detach
 	$(BIN)/cxr-triage model init
+	$(if $(wildcard $(DATA)/labels.csv),$(BIN)/cxr-triage train --data $(DATA) --if-no-champion --promote \
+	  --epochs 12 --lr 1e-3 --batch-size 8 --workers 2 --max-minutes 7)
 	$(BIN)/cxr-triage produce --json $(DEMO_IMAGES) \
 	  || echo "some files were rejected (reasons above); the rest were published"
 	@echo "waiting $(DEMO_WAIT) s for the worker to score the studies..."; sleep $(DEMO_WAIT)

@@ -24,6 +24,10 @@ _COMMANDS: dict[str, str] = {
     "api": "priority_queue_api.cli:api",
     "worklist": "priority_queue_api.cli:worklist",
     "bench": "inference_worker.bench.cli:bench",
+    "train": "trainer.cli:train",
+    "evaluate": "trainer.cli:evaluate",
+    "promote": "trainer.cli:promote",
+    "rollback": "trainer.cli:rollback",
 }
 
 

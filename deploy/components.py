@@ -9,13 +9,13 @@ from collections.abc import Iterable, Mapping
 from functools import partial
 
 from cxr_triage.settings import Settings
-from deploy import kafka_broker, redis_server, triton_server
+from deploy import kafka_broker, mlflow_server, redis_server, triton_server
 from deploy.probes import http_ok, kafka_ready, port_open, redis_ping
 from deploy.spec import Component, Launch
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("kafka", "redis", "triton", "worker", "api")
+KINDS: tuple[str, ...] = ("kafka", "redis", "mlflow", "triton", "worker", "api")
 SKIP_MODEL_INIT_ENV = "CXR_SKIP_MODEL_INIT"
 
 
@@ -53,6 +53,7 @@ def _cxr_command(*args: str) -> Launch:
 def build_components(settings: Settings, env: Mapping[str, str]) -> list[Component]:
     """Every component, in start order (stop order is the reverse)."""
     host = settings.host
+    mlflow_port = mlflow_server.mlflow_port(settings)
     components = [
         Component(
             name="kafka",
@@ -70,6 +71,14 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
             prepare=lambda: redis_server.prepare(settings),
             probe=lambda: redis_ping(host, settings.redis_port),
             start_timeout_s=20.0,
+        ),
+        Component(
+            name="mlflow",
+            port=mlflow_port,
+            ports=(mlflow_port,),
+            prepare=lambda: mlflow_server.prepare(settings),
+            probe=lambda: http_ok(f"http://{host}:{mlflow_port}/health"),
+            start_timeout_s=90.0,  # the first start creates and migrates the SQLite database
         ),
         Component(
             name="triton",

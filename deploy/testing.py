@@ -20,6 +20,7 @@ PORT_SETTINGS: tuple[str, ...] = (
     "TRITON_METRICS_PORT",
     "API_PORT",
     "WORKER_METRICS_PORT",
+    "MLFLOW_PORT",
 )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -13,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from deploy.testing import stack_env
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -115,25 +116,10 @@ class Stack:
         return f"http://127.0.0.1:{self.env['CXR_API_PORT']}"
 
 
-def stack_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")}
-    env.update(
-        {
-            "CXR_HOME": str(home),
-            "CXR_KAFKA_PORT": str(free_port()),
-            "CXR_KAFKA_CONTROLLER_PORT": str(free_port()),
-            "CXR_KAFKA_PARTITIONS": "6",
-            "CXR_REDIS_PORT": str(free_port()),
-            "CXR_TRITON_HTTP_PORT": str(free_port()),
-            "CXR_TRITON_GRPC_PORT": str(free_port()),
-            "CXR_TRITON_METRICS_PORT": str(free_port()),
-            "CXR_API_PORT": str(free_port()),
-            "CXR_WORKER_METRICS_PORT": str(free_port()),
-            "CXR_WORKER_COUNT": "1",
-            # A small input keeps the untrained model fast on 2 CPU cores; the flow is the same at 224/320.
-            "CXR_MODEL_INPUT_SIZE": "128",
-        }
-    )
+def e2e_env(home: Path) -> dict[str, str]:
+    env = stack_env(home, worker_count=1, skip_model_init=False)
+    # A small input keeps the untrained model fast on 2 CPU cores; the flow is the same at 224/320.
+    env["CXR_MODEL_INPUT_SIZE"] = "128"
     return env
 
 
@@ -141,7 +127,7 @@ def stack_env(home: Path) -> dict[str, str]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole local stack (Kafka, Redis, Triton, worker, API) started by the real ``cxr-triage up``."""
     home = tmp_path_factory.mktemp("stack")
-    started = Stack(home=home, env=stack_env(home))
+    started = Stack(home=home, env=e2e_env(home))
     try:
         started.cli("up", "--detach", timeout_s=600)
         yield started

@@ -106,7 +106,15 @@ def test_triton_dist_is_copied_once_with_only_this_pythons_stub(tmp_path: Path) 
 def test_components_come_in_start_order_with_one_per_worker(tmp_path: Path) -> None:
     settings = _settings(tmp_path, worker_count=2, worker_metrics_port=9200)
     components = build_components(settings, settings_env(settings, {}))
-    assert [c.name for c in components] == ["kafka", "redis", "triton", "worker-0", "worker-1", "api"]
+    assert [c.name for c in components] == [
+        "kafka",
+        "redis",
+        "mlflow",
+        "triton",
+        "worker-0",
+        "worker-1",
+        "api",
+    ]
     assert [c.port for c in components if c.kind == "worker"] == [9200, 9201]
 
 

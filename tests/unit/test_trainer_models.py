@@ -1,0 +1,132 @@
+"""Networks, local pretrained weights, fine-tune modes, the masked loss, and the ONNX export parity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models import densenet121
+
+from trainer.export_model import export_trained, parity
+from trainer.losses import masked_bce, positive_weights
+from trainer.models import FineTune, ModelError, ModelSpec, build_model, count_parameters, servable
+
+
+def _legacy_imagenet_file(folder: Path, name: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A state dict shaped like torchvision's ImageNet DenseNet121 file (old 'norm.1' keys, 1000 classes)."""
+    torch.manual_seed(11)
+    state = densenet121(weights=None).state_dict()
+    legacy = {}
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # the real file has none
+        for part in ("norm1", "relu1", "conv1", "norm2", "relu2", "conv2"):
+            if f".{part}." in key and "denselayer" in key:
+                key = key.replace(f".{part}.", f".{part[:-1]}.{part[-1]}.")
+        legacy[key] = value
+    path = folder / name
+    torch.save(legacy, path)
+    return path, state
+
+
+def test_densenet_loads_imagenet_weights_from_a_local_file_and_keeps_a_new_head(tmp_path: Path) -> None:
+    path, original = _legacy_imagenet_file(tmp_path, "densenet121-imagenet.pth")
+    model = build_model(ModelSpec(weights=str(path), input_size=64))
+    loaded = model.state_dict()
+    key = "features.denseblock1.denselayer1.norm1.weight"
+    assert torch.equal(loaded[key], original[key])
+    assert torch.equal(loaded["features.conv0.weight"], original["features.conv0.weight"])
+    assert loaded["classifier.weight"].shape == (14, 1024)  # the 1000-class head is dropped
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 14)
+
+
+def test_weights_file_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="weights file not found"):
+        build_model(ModelSpec(weights=str(tmp_path / "absent.pth")))
+    path, _ = _legacy_imagenet_file(
+        tmp_path, "densenet121-deadbeef.pth"
+    )  # hash in the name that does not match
+    with pytest.raises(ModelError, match="does not match"):
+        build_model(ModelSpec(weights=str(path)))
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    with pytest.raises(ModelError, match="not a DenseNet121 checkpoint"):
+        build_model(ModelSpec(weights=str(tmp_path / "other.pth")))
+
+
+def test_vit_fine_tune_modes_train_decreasing_fractions() -> None:
+    fractions = {}
+    for mode in FineTune:
+        model = build_model(ModelSpec("vit-tiny", finetune=mode, last_k=1, input_size=32))
+        fractions[mode] = count_parameters(model).fraction
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 14)
+    assert fractions[FineTune.FULL] == 1.0
+    assert fractions[FineTune.LORA] < fractions[FineTune.LAST_K] < fractions[FineTune.FULL]
+    assert fractions[FineTune.LORA] < 0.03
+
+
+def test_lora_merge_keeps_the_function() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("vit-tiny", finetune=FineTune.LORA, input_size=32)).eval()
+    with torch.no_grad():  # make the adapters non-trivial (B starts at zero)
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+        images = torch.randn(2, 3, 32, 32)
+        before = model(images)
+        merged = servable(model).eval()
+        assert not any("lora" in n for n, _ in merged.named_parameters())
+        assert torch.allclose(merged(images), before, atol=1e-5)
+
+
+def test_masked_bce_ignores_masked_entries() -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    mask = torch.tensor([[1.0, 0.0, 1.0]])
+    a = masked_bce(logits, torch.tensor([[1.0, 0.0, 0.0]]), mask)
+    b = masked_bce(logits, torch.tensor([[1.0, 1.0, 0.0]]), mask)  # only the masked target changed
+    assert torch.equal(a, b)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:, [0, 2]], torch.tensor([[1.0, 0.0]])
+    )
+    assert torch.allclose(a, expected)
+    assert masked_bce(logits, torch.zeros(1, 3), torch.zeros(1, 3)) == 0  # nothing observed: no loss
+
+
+def test_positive_weights_balance_observed_labels() -> None:
+    targets = np.array([[1, 0], [0, 0], [0, 0], [0, 1]], dtype=np.float32)
+    mask = np.array([[1, 1], [1, 1], [1, 0], [1, 0]], dtype=np.float32)
+    np.testing.assert_allclose(positive_weights(targets, mask), [3.0, 1.0])
+
+
+@pytest.mark.parametrize("architecture", ["densenet121", "vit-tiny"])
+def test_export_matches_pytorch_and_records_metadata(tmp_path: Path, architecture: str) -> None:
+    torch.manual_seed(1)
+    model = build_model(ModelSpec(architecture, input_size=64)).eval()
+    exported = export_trained(
+        model,
+        tmp_path / "m.onnx",
+        input_size=64,
+        architecture=architecture,
+        metadata={"cxr.threshold": "0.3"},
+    )
+    assert exported.metadata["cxr.threshold"] == "0.3"
+    assert exported.metadata["cxr.architecture"] == architecture
+    assert exported.metadata["cxr.cam"] == ("class-activation" if architecture == "densenet121" else "none")
+    images = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    assert parity(model, exported.path, images) <= 1e-4
+
+
+def test_vit_loads_a_local_timm_checkpoint_at_another_input_size(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    source = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False
+    )  # ImageNet shape: 1000 classes, 224 px
+    torch.save(source.state_dict(), tmp_path / "vit_tiny.pth")
+    model = build_model(ModelSpec("vit-tiny", weights=str(tmp_path / "vit_tiny.pth"), input_size=64))
+    loaded = model.state_dict()
+    assert torch.equal(loaded["blocks.0.attn.qkv.weight"], source.state_dict()["blocks.0.attn.qkv.weight"])
+    assert loaded["pos_embed"].shape == (1, 1 + (64 // 16) ** 2, 192)  # resampled by timm for 64 px
+    assert loaded["head.weight"].shape == (14, 192)

@@ -1,0 +1,321 @@
+"""Commands of the trainer: ``cxr-triage train | evaluate | promote | rollback``.
+
+Heavy imports (torch, Ray, MLflow) happen inside each command, so listing commands stays fast. Trainer errors
+are shown as one message (exit 1); anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trainer.settings import load_trainer_settings
+
+SPLITS = ("all", "train", "val", "test")
+
+
+@contextmanager
+def _errors_as_messages() -> Iterator[None]:
+    from trainer.errors import TrainerError
+
+    try:
+        yield
+    except TrainerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str) if as_json else text(payload))
+
+
+@click.command()
+@click.option(
+    "--data",
+    "data",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    multiple=True,
+    required=True,
+    help="CheXpert-layout or NIH ChestX-ray14 folder (repeat to combine sources).",
+)
+@click.option(
+    "--model",
+    "architecture",
+    type=click.Choice(["densenet121", "vit-tiny", "vit-base", "vit-large"]),
+    default="densenet121",
+    show_default=True,
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    default=None,
+    help="Local pretrained weights (ImageNet or CheXpert); default: random initialisation.",
+)
+@click.option("--finetune", type=click.Choice(["full", "last-k", "lora"]), default="full", show_default=True)
+@click.option(
+    "--last-k", type=int, default=2, show_default=True, help="Blocks trained with --finetune last-k."
+)
+@click.option("--lora-rank", type=int, default=8, show_default=True)
+@click.option(
+    "--input-size", type=int, default=None, help="Image side in pixels (default: CXR_MODEL_INPUT_SIZE)."
+)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Per worker.")
+@click.option("--grad-accum", type=int, default=1, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Micro-batches per epoch at most (bounded runs).")
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option(
+    "--policy", type=click.Choice(["u-ignore", "u-ones", "u-zeros"]), default="u-ignore", show_default=True
+)
+@click.option("--class-weights", is_flag=True, help="Weight positives by negatives/positives per label.")
+@click.option("--no-augment", is_flag=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray Train workers (0 = in-process).")
+@click.option("--cpus-per-worker", type=int, default=1, show_default=True)
+@click.option("--gpu", is_flag=True, help="One GPU per worker (NCCL).")
+@click.option(
+    "--loader-workers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="DataLoader processes per Ray worker (decoding in parallel with the GPU).",
+)
+@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]), default="ddp", show_default=True)
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", show_default=True)
+@click.option("--seed", type=int, default=20240601, show_default=True)
+@click.option(
+    "--max-minutes",
+    type=float,
+    default=None,
+    help="Time budget of the training loop: no epoch starts that would overrun it.",
+)
+@click.option("--experiment", default=None, help="MLflow experiment (default: CXR_MLFLOW_EXPERIMENT).")
+@click.option("--run-name", default=None)
+@click.option(
+    "--resume-from",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="A checkpoint folder of an earlier run: continue from its epoch.",
+)
+@click.option("--int8", is_flag=True, help="Also quantise to INT8 and record its AUROC change.")
+@click.option("--no-register", is_flag=True, help="Do not register the model (no challenger alias).")
+@click.option(
+    "--verify",
+    type=click.Choice(["decode", "exists", "none"]),
+    default="decode",
+    show_default=True,
+    help="Check images before training: decode all, only existence, or not at all.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal)."
+)
+@click.option(
+    "--if-no-champion", is_flag=True, help="Do nothing when a champion exists (first-run bootstrap)."
+)
+@click.option(
+    "--promote", "then_promote", is_flag=True, help="Promote the new challenger right away (gated)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def train(**options: Any) -> None:  # fmt: skip
+    """Train a classifier with Ray Train, track it in MLflow and register it as the challenger."""
+    from trainer.config import TrainConfig
+    from trainer.data.manifest import Verify
+    from trainer.train import run_training
+
+    settings = load_trainer_settings()
+    with _errors_as_messages():
+        if options["if_no_champion"] and _champion(settings) is not None:
+            _emit(
+                {"trained": False, "reason": "a champion exists"},
+                options["as_json"],
+                lambda p: "a champion exists: nothing to do",
+            )
+            return
+        progress = sys.stderr.isatty() if options["progress"] is None else options["progress"]
+        cfg = TrainConfig(
+            architecture=options["architecture"],
+            weights=str(options["weights"]) if options["weights"] else None,
+            finetune=options["finetune"],
+            last_k=options["last_k"],
+            lora_rank=options["lora_rank"],
+            input_size=options["input_size"] or settings.model_input_size,
+            epochs=options["epochs"],
+            batch_size=options["batch_size"],
+            grad_accum=options["grad_accum"],
+            max_steps_per_epoch=options["max_steps"],
+            lr=options["lr"],
+            policy=options["policy"],
+            class_weights=options["class_weights"],
+            augment=not options["no_augment"],
+            num_workers=options["workers"],
+            cpus_per_worker=options["cpus_per_worker"],
+            loader_workers=options["loader_workers"],
+            use_gpu=options["gpu"],
+            strategy=options["strategy"],
+            amp=options["amp"],
+            seed=options["seed"],
+            progress=progress,
+            max_minutes=options["max_minutes"],
+        )
+        outcome = run_training(
+            cfg=cfg,
+            data=list(options["data"]),
+            settings=settings,
+            experiment=options["experiment"],
+            run_name=options["run_name"],
+            resume_from=options["resume_from"],
+            register=not options["no_register"],
+            int8=options["int8"],
+            verify=Verify(options["verify"]),
+        )
+        from trainer.evaluate import summary
+
+        payload: dict[str, Any] = {
+            "trained": True,
+            "run_id": outcome.run_id,
+            "model_version": outcome.model_version,
+            "checkpoint": str(outcome.checkpoint),
+            "validation": summary(outcome.validation),
+            "onnx_parity_max_abs_diff": outcome.parity_max_abs_diff,
+            "train_seconds": round(outcome.train_seconds, 1),
+            "total_seconds": round(outcome.total_seconds, 1),
+        }
+        if options["then_promote"] and outcome.model_version is not None:
+            payload["promotion"] = _promote(settings, data=None, split=None).to_dict()
+    _emit(payload, options["as_json"], _train_text)
+
+
+def _train_text(p: dict[str, Any]) -> str:
+    v = p["validation"]
+    lines = [
+        f"run {p['run_id']}: model version {p['model_version']} (challenger), {p['total_seconds']} s",
+        f"validation: n={v['n']} macro AUROC {v['auroc_macro']} abnormal AUROC {v['auroc_abnormal']} "
+        f"sensitivity {v['sensitivity']} specificity {v['specificity']} at threshold {v['threshold']}",
+    ]
+    if "promotion" in p:
+        lines.append(_promote_text(p["promotion"]))
+    return "\n".join(lines)
+
+
+def _champion(settings: Any) -> Any:
+    from trainer import tracking
+
+    client = tracking.client_for(settings.mlflow_tracking_uri)
+    return tracking.version_by_alias(client, settings.registered_model, tracking.CHAMPION)
+
+
+@click.command()
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@click.option(
+    "--model",
+    "model_uri",
+    default=None,
+    help="models:/NAME@ALIAS, models:/NAME/VERSION, an MLflow artifact URI or a .onnx file "
+    "(default: the champion).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(SPLITS),
+    default="all",
+    show_default=True,
+    help="Patient-level split of the folder to score (val = the training runs' validation split).",
+)
+@click.option(
+    "--predictions-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write one CSV row per image: Path and the 14 probabilities.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(data: Path, model_uri: str | None, split: str, predictions_out: Path | None, as_json: bool) -> None:  # fmt: skip
+    """Score a CheXpert-layout folder: AUROCs, and sensitivity/specificity at the model's threshold."""
+    from trainer.data.splits import Split
+    from trainer.evaluate import evaluate as run_evaluate
+
+    settings = load_trainer_settings()
+    with _errors_as_messages(), tempfile.TemporaryDirectory(prefix="cxr-evaluate-") as tmp:
+        result = run_evaluate(
+            data=data, model_uri=model_uri, settings=settings, split=Split(split), workdir=Path(tmp),
+            predictions_out=predictions_out,
+        )  # fmt: skip
+    _emit(result, as_json, _evaluate_text)
+
+
+def _evaluate_text(r: dict[str, Any]) -> str:
+    lines = [
+        f"model {r['model_uri']} (version {r['model_version']}) on {r['data']} [{r['split']}], n={r['n']}",
+        f"  macro AUROC {r['auroc_macro']}  abnormal AUROC {r['auroc_abnormal']}",
+        f"  at threshold {r['threshold']} ({r['threshold_source']}): sensitivity {r['sensitivity']} "
+        f"specificity {r['specificity']}",
+    ]
+    for source, s in r["per_source"].items():
+        lines.append(f"  {source}: n={s['n']} macro AUROC {s['auroc_macro']} sensitivity {s['sensitivity']}")
+    return "\n".join(lines)
+
+
+def _promote(settings: Any, *, data: Path | None, split: str | None) -> Any:
+    from trainer import tracking
+    from trainer.data.splits import Split
+    from trainer.promote import load_eval_split, promote
+    from trainer.serving import TritonRepository
+
+    evaluation = load_eval_split(settings, data=data, split=Split(split) if split else None)
+    return promote(
+        client=tracking.client_for(settings.mlflow_tracking_uri),
+        settings=settings,
+        serving=TritonRepository(settings),
+        evaluation=evaluation,
+    )
+
+
+def _promote_text(p: dict[str, Any]) -> str:
+    if p["promoted"]:
+        return f"version {p['challenger_version']} is champion; Triton serves it as version {p['served_version']}"
+    return f"version {p['challenger_version']} NOT promoted: " + "; ".join(p["gate"]["reasons"])
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    default=None,
+    help="Evaluation folder (default: CXR_EVAL_DATA, the public set).",
+)
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Default: CXR_EVAL_SPLIT (val).")
+@click.option("--json", "as_json", is_flag=True)
+def promote(data: Path | None, split: str | None, as_json: bool) -> None:  # fmt: skip
+    """Gate the challenger against the champion; if it passes, serve it in Triton and make it champion."""
+    settings = load_trainer_settings()
+    with _errors_as_messages():
+        result = _promote(settings, data=data, split=split).to_dict()
+    _emit(result, as_json, _promote_text)
+    if not result["promoted"]:
+        sys.exit(2)  # distinct from errors (1): the gate said no
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def rollback(as_json: bool) -> None:
+    """Serve the previous champion again and make it champion."""
+    from trainer import tracking
+    from trainer.promote import rollback as run_rollback
+    from trainer.serving import TritonRepository
+
+    settings = load_trainer_settings()
+    with _errors_as_messages():
+        result = run_rollback(
+            client=tracking.client_for(settings.mlflow_tracking_uri),
+            settings=settings,
+            serving=TritonRepository(settings),
+        ).to_dict()
+    _emit(result, as_json, _rollback_text)
+
+
+def _rollback_text(r: dict[str, Any]) -> str:
+    now = f"version {r['champion_version']} is champion again" if r["champion_version"] else "no champion"
+    return f"{now}; Triton serves version {r['served_version']}; version {r['replaced_version']} retired"

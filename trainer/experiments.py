@@ -1,0 +1,278 @@
+"""The seed's experiments: bounded runs tracked in MLflow, and ``docs/experiments.md`` generated from them.
+
+    python -m trainer.experiments run [--study NAME ...] [--data DIR] [--densenet-weights FILE] [--gpu]
+    python -m trainer.experiments report [--out docs/experiments.md]
+
+Every run is tagged ``cxr.study`` / ``cxr.variant`` in the ``cxr-experiments`` MLflow experiment; the report
+reads only MLflow (no numbers are typed by hand) and draws one PNG per study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from trainer.settings import DEFAULT_DATA, TrainerSettings, load_trainer_settings
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT = "cxr-experiments"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    study: str
+    variant: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# Bounded for the 2-core CPU: 128 px, a few steps per epoch. The GPU study uses 224 px and larger batches.
+CPU_BASE: dict[str, Any] = {
+    "input_size": 128,
+    "batch_size": 8,
+    "epochs": 2,
+    "max_steps_per_epoch": 20,
+    "progress": False,
+}
+STUDIES: dict[str, list[Variant]] = {
+    "densenet-init": [
+        Variant("densenet-init", "scratch", {"lr": 1e-3}),
+        Variant("densenet-init", "imagenet", {"lr": 1e-4, "weights": "<densenet-weights>"}),
+    ],
+    "vit-finetune": [
+        Variant("vit-finetune", "full", {"architecture": "vit-tiny", "finetune": "full", "lr": 5e-4}),
+        Variant("vit-finetune", "last-2", {"architecture": "vit-tiny", "finetune": "last-k", "last_k": 2, "lr": 5e-4}),
+        Variant("vit-finetune", "lora-r8", {"architecture": "vit-tiny", "finetune": "lora", "lora_rank": 8, "lr": 5e-4}),
+    ],
+    "ddp-workers": [
+        Variant("ddp-workers", "1 worker x 2 CPU", {"num_workers": 1, "cpus_per_worker": 2, "epochs": 1, "max_steps_per_epoch": 12}),
+        Variant("ddp-workers", "2 workers x 1 CPU", {"num_workers": 2, "cpus_per_worker": 1, "epochs": 1, "max_steps_per_epoch": 12}),
+    ],
+}  # fmt: skip
+GPU_BASE: dict[str, Any] = {
+    "input_size": 224, "batch_size": 32, "epochs": 1, "max_steps_per_epoch": 40, "num_workers": 1,
+    "use_gpu": True, "cpus_per_worker": 4, "loader_workers": 4, "progress": False, "lr": 1e-4,
+}  # fmt: skip
+GPU_STUDIES: dict[str, list[Variant]] = {
+    "amp": [Variant("amp", amp, {"amp": amp}) for amp in ("off", "bf16", "fp16")],
+}
+
+
+def run_studies(
+    *, names: Sequence[str], data: Path, settings: TrainerSettings, densenet_weights: Path | None, gpu: bool
+) -> list[str]:
+    """Run each variant of the named studies (``register=False``: experiments never become challengers)."""
+    from trainer.config import TrainConfig
+    from trainer.train import run_training
+
+    catalogue, base = (GPU_STUDIES, GPU_BASE) if gpu else (STUDIES, CPU_BASE)
+    run_ids = []
+    for name in names:
+        for variant in catalogue[name]:
+            options = {**base, **variant.options}
+            if options.get("weights") == "<densenet-weights>":
+                if densenet_weights is None:
+                    logger.warning("skipped: no --densenet-weights file", extra={"variant": variant.variant})
+                    continue
+                options["weights"] = str(densenet_weights)
+            cfg = TrainConfig.model_validate(options)
+            outcome = run_training(
+                cfg=cfg,
+                data=[data],
+                settings=settings,
+                experiment=EXPERIMENT,
+                run_name=f"{variant.study}/{variant.variant}",
+                register=False,
+                tags={"cxr.study": variant.study, "cxr.variant": variant.variant},
+            )
+            run_ids.append(outcome.run_id)
+    return run_ids
+
+
+@dataclass(frozen=True)
+class Row:
+    study: str
+    variant: str
+    values: dict[str, float]
+    params: dict[str, str]
+    started: int
+
+
+def collect(settings: TrainerSettings) -> list[Row]:
+    from trainer import tracking
+
+    client = tracking.client_for(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=500
+    )
+    latest: dict[tuple[str, str], Row] = {}
+    for run in runs:
+        study, variant = run.data.tags.get("cxr.study"), run.data.tags.get("cxr.variant")
+        if not study or not variant:
+            continue
+        values = dict(run.data.metrics)
+        # The last epoch's throughput: the first one also pays for warm-up (allocations, thread pools).
+        for key in ("images_per_second", "epoch_seconds", "peak_memory_mb"):
+            history = client.get_metric_history(run.info.run_id, key)
+            if history:
+                values[key] = max(history, key=lambda m: m.step).value
+        row = Row(study, variant, values, dict(run.data.params), run.info.start_time)
+        if (study, variant) not in latest or latest[(study, variant)].started < row.started:
+            latest[(study, variant)] = row
+    return sorted(latest.values(), key=lambda r: (r.study, r.started))
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| variant | workers x CPUs | trainable params (fraction) | images/s | epoch s | peak memory MB / worker | val macro AUROC | val abnormal AUROC | sensitivity / specificity | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v, p = r.values, r.params
+        fraction = float(p.get("trainable_fraction", "nan"))
+        lines.append(
+            f"| {r.variant} | {p.get('num_workers')} x {p.get('cpus_per_worker')} "
+            f"| {int(p.get('trainable_params', 0)):,} ({100 * fraction:.2f}%) "
+            f"| {_fmt(v.get('images_per_second'), 1)} | {_fmt(v.get('epoch_seconds'), 1)} "
+            f"| {_fmt(v.get('peak_memory_mb'), 0)} | {_fmt(v.get('final_val_auroc_macro'))} "
+            f"| {_fmt(v.get('final_val_auroc_abnormal'))} "
+            f"| {_fmt(v.get('final_val_sensitivity'), 2)} / {_fmt(v.get('final_val_specificity'), 2)} "
+            f"| {_fmt(v.get('train_seconds'), 0)} |"
+        )
+    return lines
+
+
+def _plot(rows: list[Row], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    from trainer import plots  # noqa: F401  (selects the headless backend)
+
+    names = [r.variant for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, key, label in zip(
+        axes,
+        ("images_per_second", "peak_memory_mb", "final_val_auroc_macro"),
+        ("images / s (last epoch)", "peak memory (MB)", "val macro AUROC"),
+        strict=True,
+    ):
+        ax.bar(names, [r.values.get(key, float("nan")) for r in rows], color="#4C72B0")
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=15)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+NOTES: dict[str, str] = {
+    "densenet-init": (
+        "DenseNet121 from random initialisation vs ImageNet weights. No ImageNet weights file exists on this "
+        "machine (nothing is downloaded), so only the scratch variant ran unless a row for `imagenet` is shown; "
+        "`python -m trainer.experiments run --study densenet-init --densenet-weights densenet121-a639ec97.pth` "
+        "adds it."
+    ),
+    "vit-finetune": (
+        "ViT-Tiny/16 at 128 px: full fine-tuning, the last 2 blocks (+ final norm and head), LoRA rank 8 on the "
+        "fused qkv projections (+ head). **No pretrained ViT weights are available here**, so every variant starts "
+        "from random weights: trainable fraction, speed and memory are the findings; the AUROCs after 40 steps are "
+        "not a verdict on the fine-tuning methods (with frozen random layers they cannot be)."
+    ),
+    "ddp-workers": (
+        "Throughput of DDP over gloo on the 2-core CPU, the same two cores either way: one worker with 2 threads "
+        "vs two workers with one thread each (global batch 8 vs 16). images/s counts every worker's images."
+    ),
+    "amp": (
+        "AMP vs FP32 on one GPU (`trainer/gpu.sh`): DenseNet121 at 224 px, batch 32, 40 steps. Peak memory is "
+        "the CUDA allocator's."
+    ),
+}
+
+
+def write_report(rows: list[Row], out: Path) -> Path:
+    figures = out.parent / "experiments"
+    lines = [
+        "# Experiments",
+        "",
+        f"Generated by `python -m trainer.experiments report` from the MLflow experiment `{EXPERIMENT}` "
+        f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC); rerun `python -m trainer.experiments run` to refresh. "
+        "Data: the public sample set (435 training / 99 validation images, patient-level split). All runs are "
+        "bounded (a few steps at small input size) so that they fit a shared 2-core CPU: they measure the "
+        "machinery (trainable fraction, throughput, memory), not the accuracy a full training would reach. "
+        "The CPU was shared with other engineers' test runs, so speeds vary by about 30% between runs. "
+        "images/s is the last epoch's over all workers; peak memory is the largest worker's (RSS on CPU). "
+        "Metric definitions: `docs/training.md`.",
+        "",
+    ]
+    for study in [*STUDIES, *GPU_STUDIES]:
+        lines += [f"## {study}", "", NOTES.get(study, ""), ""]
+        chosen = [r for r in rows if r.study == study]
+        if not chosen:
+            lines += [
+                "Not run yet in this MLflow instance." + (" (Needs a GPU.)" if study in GPU_STUDIES else ""),
+                "",
+            ]
+            continue
+        cfg = chosen[0].params
+        lines += [
+            f"Setup: {cfg.get('architecture')} at {cfg.get('input_size')} px, batch {cfg.get('batch_size')} per "
+            f"worker, {cfg.get('epochs')} epoch(s) of at most {cfg.get('max_steps_per_epoch')} steps.",
+            "",
+            *_table(chosen),
+            "",
+        ]
+        _plot(chosen, figures / f"{study}.png", study)
+        lines += [f"![{study}](experiments/{study}.png)", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
+
+
+@click.group()
+def main() -> None:
+    """Run the seed's experiments and write docs/experiments.md from MLflow."""
+    logging.basicConfig(level=logging.INFO)
+
+
+@main.command("run")
+@click.option(
+    "--study", "studies", multiple=True, help="Default: every CPU study (or every GPU study with --gpu)."
+)
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_DATA)
+@click.option(
+    "--densenet-weights", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None
+)
+@click.option("--gpu", is_flag=True)
+def run_command(studies: tuple[str, ...], data: Path, densenet_weights: Path | None, gpu: bool) -> None:
+    names = list(studies) or list(GPU_STUDIES if gpu else STUDIES)
+    run_ids = run_studies(
+        names=names, data=data, settings=load_trainer_settings(), densenet_weights=densenet_weights, gpu=gpu
+    )
+    click.echo(f"{len(run_ids)} run(s) in MLflow experiment {EXPERIMENT}")
+
+
+@main.command("report")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=DOCS / "experiments.md")
+def report_command(out: Path) -> None:
+    path = write_report(collect(load_trainer_settings()), out)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
