@@ -13,7 +13,7 @@ DATA ?= ../shared/datasets/cxr-public
 DEMO_WAIT ?= 20
 # The demo model is trained and served at this input size (every process of the stack must agree on it).
 demo up: export CXR_MODEL_INPUT_SIZE ?= 128
-APT_PACKAGES := openjdk-17-jre-headless maven redis-server
+APT_PACKAGES := openjdk-17-jre-headless maven redis-server chromium
 
 .PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data bench
 
@@ -37,6 +37,7 @@ system-deps:
 	  missing="$$missing openjdk-17-jre-headless"; fi; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || missing="$$missing redis-server"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 	  echo "missing system packages:$$missing; run 'sudo apt-get install -y$$missing' or 'make setup' as root" >&2; \
@@ -83,9 +84,13 @@ demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
 	$(BIN)/cxr-triage produce --json $(DEMO_IMAGES) \
 	  || echo "some files were rejected (reasons above); the rest were published"
 	@echo "waiting $(DEMO_WAIT) s for the worker to score the studies..."; sleep $(DEMO_WAIT)
-	$(BIN)/cxr-triage worklist --limit 10
+	@token=$$($(BIN)/cxr-triage users add demo --role radiologist --json 2>/dev/null \
+	    || $(BIN)/cxr-triage users add demo --role radiologist --rotate --json); \
+	  token=$$(echo "$$token" | $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['token'])"); \
+	  CXR_API_TOKEN=$$token $(BIN)/cxr-triage worklist --limit 10; \
+	  echo "sign in at the web page with the demo radiologist's token: $$token"
 	@$(BIN)/python -c "from cxr_triage.settings import load_settings as l; s = l(); \
-	  print(f'worklist API: http://{s.host}:{s.api_port}/worklist (docs: /docs; stop with: make down)')"
+	  print(f'worklist page: http://{s.host}:{s.api_port}/ (API docs: /docs; stop with: make down)')"
 
 # Synthetic radiographs for machines without the public sample set.
 demo-data: $(STAMP)
@@ -94,3 +99,4 @@ demo-data: $(STAMP)
 # Inference benchmark: raw ONNX Runtime, Triton gRPC, full pipeline, FP32 vs INT8 (docs/bench/).
 bench: setup
 	$(BIN)/cxr-triage bench all
+	$(BIN)/cxr-triage bench api

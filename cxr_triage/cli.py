@@ -23,12 +23,25 @@ _COMMANDS: dict[str, str] = {
     "worker": "inference_worker.cli:worker",
     "api": "priority_queue_api.cli:api",
     "worklist": "priority_queue_api.cli:worklist",
+    "users": "priority_queue_api.cli:users",
     "bench": "inference_worker.bench.cli:bench",
     "train": "trainer.cli:train",
     "evaluate": "trainer.cli:evaluate",
     "promote": "trainer.cli:promote",
     "rollback": "trainer.cli:rollback",
 }
+
+# Subcommands that another service adds to a group: "group": {"name": "module:attribute"}
+_EXTRA_SUBCOMMANDS: dict[str, dict[str, str]] = {
+    "bench": {"api": "priority_queue_api.cli:bench_api"},
+}
+
+
+def _load(target: str) -> click.Command:
+    module_name, attr = target.split(":")
+    command = getattr(importlib.import_module(module_name), attr)
+    assert isinstance(command, click.Command)
+    return command
 
 
 class LazyGroup(click.Group):
@@ -39,9 +52,11 @@ class LazyGroup(click.Group):
         target = _COMMANDS.get(cmd_name)
         if target is None:
             return None
-        module_name, attr = target.split(":")
-        command = getattr(importlib.import_module(module_name), attr)
-        assert isinstance(command, click.Command)
+        command = _load(target)
+        extras = _EXTRA_SUBCOMMANDS.get(cmd_name, {})
+        if extras and isinstance(command, click.Group):
+            for name, extra in extras.items():
+                command.add_command(_load(extra), name)
         return command
 
 

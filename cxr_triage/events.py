@@ -96,3 +96,69 @@ class DeadLetterEventV1(Event):
     original_partition: int | None = None
     original_offset: int | None = None
     occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class VerdictEventV1(Event):
+    """A radiologist's reading of one study (topic ``cxr.verdicts.v1``, key = study id).
+
+    Per (study, radiologist) the first verdict has ``kind="verdict"``; a later different one is an
+    ``"amendment"`` naming the verdict it replaces in ``amends``. ``labels`` holds the 14 findings as 1/0,
+    ``uncertain`` those the radiologist marked as uncertain. The note is free text: never logged.
+    """
+
+    schema_name: Literal["cxr.verdict"] = "cxr.verdict"
+    schema_version: Literal[1] = 1
+    verdict_id: str = Field(min_length=8, max_length=64)
+    kind: Literal["verdict", "amendment"]
+    amends: str | None = None
+    study_id: str = Field(pattern=STUDY_ID_PATTERN)
+    radiologist: str = Field(min_length=1, max_length=64)
+    labels: dict[str, Literal[0, 1]]
+    uncertain: tuple[str, ...] = ()
+    note: str | None = Field(default=None, max_length=2000)
+    agreed_with_model: bool = False
+    model_name: str
+    model_version: str
+    received_at: datetime
+    scored_at: datetime
+    claimed_at: datetime | None = None
+    decided_at: datetime
+
+    @field_validator("labels")
+    @classmethod
+    def _all_labels(cls, value: dict[str, Literal[0, 1]]) -> dict[str, Literal[0, 1]]:
+        if set(value) != set(LABELS):
+            missing = sorted(set(LABELS) - set(value))
+            extra = sorted(set(value) - set(LABELS))
+            raise ValueError(f"labels must name exactly the 14 findings (missing={missing}, extra={extra})")
+        return {label: value[label] for label in LABELS}
+
+    @field_validator("uncertain")
+    @classmethod
+    def _known_uncertain(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(LABELS))
+        if unknown:
+            raise ValueError(f"uncertain names unknown findings: {unknown}")
+        return tuple(label for label in LABELS if label in value)
+
+
+AuditAction = Literal["view", "claim", "release", "verdict", "upload", "amend"]
+AuditOutcome = Literal["ok", "denied", "not_found", "conflict", "invalid", "unavailable", "error"]
+
+
+class AuditEventV1(Event):
+    """Who did what to which study, and how it ended (topic ``cxr.audit.v1``, key = actor).
+
+    Carries user names and study ids only: never image paths, notes or patient identifiers.
+    """
+
+    schema_name: Literal["cxr.audit"] = "cxr.audit"
+    schema_version: Literal[1] = 1
+    actor: str
+    role: str
+    action: AuditAction
+    resource: str = Field(description="what was acted on: worklist, study, image, heatmap, verdict, upload")
+    study_id: str | None = None
+    outcome: AuditOutcome
+    status_code: int | None = None
+    at: datetime = Field(default_factory=utcnow)

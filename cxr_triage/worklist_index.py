@@ -17,6 +17,7 @@ Like the rest of Redis this is a projection: it can be rebuilt from ``cxr.predic
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -184,7 +185,7 @@ return holder
 
 # ARGV: prefix, now, offset, limit, include_waiting, include_leased, min_priority,
 #       (tier, max_wait_s, band_low)... of the selected tiers
-# Returns {total, {id, status, tier, effective, holder, claimed_at, expires_at, {study hash...}}...}
+# Returns {total, {JSON of {id, tier, effective, holder, claimed_at, expires_at, study: {hash}}}...}
 _PAGE = """
 local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local want_waiting, want_leased, minp = ARGV[5] == '1', ARGV[6] == '1', tonumber(ARGV[7])
@@ -257,10 +258,13 @@ while n < want do
   if n > offset then
     local id = best[1]
     local lease = redis.call('HMGET', p .. ':lease:' .. id, 'radiologist', 'claimed_at', 'expires_at')
-    local status = lease[1] and 'claimed' or 'unclaimed'
-    page[#page + 1] = {id, status, best[3], string.format('%.17g', best[2]),
-                       lease[1] or '', lease[2] or '', lease[3] or '',
-                       redis.call('HGETALL', p .. ':study:' .. id)}
+    local flat = redis.call('HGETALL', p .. ':study:' .. id)
+    local study = {}
+    for j = 1, #flat, 2 do study[flat[j]] = flat[j + 1] end
+    -- one JSON document per row: far cheaper for the client to parse than nested multi-bulk replies
+    page[#page + 1] = cjson.encode({id = id, tier = best[3], effective = string.format('%.17g', best[2]),
+                                    holder = lease[1] or '', claimed_at = lease[2] or '',
+                                    expires_at = lease[3] or '', study = study})
   end
 end
 return {total, page}
@@ -538,19 +542,20 @@ def _page_args(
 def _page_from(reply: Any) -> Page:
     total, rows = reply
     out = []
-    for row in rows:
-        study_id, status, tier, effective, holder, claimed_at, expires_at = (_text(v) for v in row[:7])
-        flat = [_text(v) for v in row[7]]
+    for raw in rows:
+        row = json.loads(raw)
+        holder = row["holder"]
         out.append(
             PageRow(
-                study_id=study_id,
-                status=status,
-                tier=Tier(tier),
-                effective_priority=float(effective),
+                study_id=row["id"],
+                status="claimed" if holder else "unclaimed",
+                tier=Tier(row["tier"]),
+                effective_priority=float(row["effective"]),
                 claimed_by=holder or None,
-                claimed_at=float(claimed_at) if claimed_at else None,
-                expires_at=float(expires_at) if expires_at else None,
-                study=dict(zip(flat[::2], flat[1::2], strict=True)),
+                claimed_at=float(row["claimed_at"]) if row["claimed_at"] else None,
+                expires_at=float(row["expires_at"]) if row["expires_at"] else None,
+                # cjson writes an empty table as {} but a missing hash could come back as []
+                study=row["study"] if isinstance(row["study"], dict) else {},
             )
         )
     return Page(total=int(total), rows=out)

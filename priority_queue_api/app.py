@@ -1,52 +1,89 @@
-"""Wiring of the worklist API: settings, Redis, metrics, routers, error translation."""
+"""Wiring of the worklist API: settings, Redis, Kafka producers, users, metrics, routers, error translation."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from cxr_triage import __version__
+from cxr_triage.image_store import open_image_store
 from cxr_triage.settings import Settings
-from priority_queue_api.metrics import ApiMetrics
-from priority_queue_api.routes import health, studies, worklist
-from priority_queue_api.service import StudyNotFound
+from cxr_triage.sla import SlaPolicy
+from cxr_triage.worklist_index import WorklistKeys
+from priority_queue_api.config import ApiPolicy
+from priority_queue_api.errors import install_error_handlers
+from priority_queue_api.events_out import Auditor, EventSink
+from priority_queue_api.metrics import ApiMetrics, MetricsMiddleware
+from priority_queue_api.routes import health, me, page, studies, uploads, worklist
+from priority_queue_api.routes.page import STATIC_DIR
+from priority_queue_api.uploads import UploadPublisher
+from priority_queue_api.users import UserDirectory, users_file
 
 log = logging.getLogger(__name__)
 
+# Audit records outlive a short Kafka outage in the producer's queue; verdicts wait ApiPolicy's timeout.
+AUDIT_MESSAGE_TIMEOUT_S = 120.0
 
-def create_app(settings: Settings) -> FastAPI:
+
+def create_app(
+    settings: Settings, *, policy: ApiPolicy | None = None, sla: SlaPolicy | None = None
+) -> FastAPI:
+    policy = policy or ApiPolicy()
+    sla = sla or SlaPolicy()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = Redis.from_url(
             settings.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
         )
+        app.state.redis_bytes = Redis.from_url(
+            settings.redis_url, decode_responses=False, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        app.state.image_store = open_image_store(settings)
+        app.state.verdict_sink = EventSink(
+            settings, client_id="cxr-api-verdicts", timeout_s=policy.verdict_timeout_s
+        )
+        audit_sink = EventSink(settings, client_id="cxr-api-audit", timeout_s=AUDIT_MESSAGE_TIMEOUT_S)
+        app.state.auditor = Auditor(audit_sink, on_undelivered=app.state.metrics.audit_undelivered.inc)
+        app.state.uploads = UploadPublisher(
+            settings, app.state.image_store, timeout_s=policy.upload_timeout_s
+        )
+        # ~100k long-lived objects (FastAPI, pydantic, clients) make a full collection take tens of ms: move
+        # them out of the collector's way so a gen-2 pass during a request scans only request garbage.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            await asyncio.to_thread(app.state.uploads.close, policy.shutdown_flush_s)
+            await asyncio.to_thread(app.state.verdict_sink.close, policy.shutdown_flush_s)
+            await asyncio.to_thread(audit_sink.close, policy.shutdown_flush_s)
             await app.state.redis.aclose()
+            await app.state.redis_bytes.aclose()
 
-    app = FastAPI(title="cxr-triage worklist API", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="cxr-triage worklist API",
+        version=__version__,
+        lifespan=lifespan,
+        description="Chest X-ray worklist for radiologists. Every endpoint except /healthz and /metrics needs "
+        "`Authorization: Bearer <token>` (tokens: `cxr-triage users add NAME --role ROLE`).",
+    )
     app.state.settings = settings
+    app.state.policy = policy
+    app.state.sla = sla
+    app.state.wkeys = WorklistKeys(settings.redis_key_prefix)
+    app.state.users = UserDirectory(users_file(settings.home))
     app.state.metrics = ApiMetrics()
-    app.middleware("http")(app.state.metrics.middleware)
-
-    @app.exception_handler(StudyNotFound)
-    async def _not_found(request: Request, exc: StudyNotFound) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(RedisError)
-    async def _redis_down(request: Request, exc: RedisError) -> JSONResponse:
-        log.error("worklist store unavailable", extra={"error": type(exc).__name__})
-        return JSONResponse(
-            status_code=503, content={"detail": "worklist store (Redis) is unavailable; retry"}
-        )
-
-    for module in (health, worklist, studies):
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    install_error_handlers(app)
+    for module in (health, me, worklist, studies, uploads, page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

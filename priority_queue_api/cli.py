@@ -1,13 +1,17 @@
-"""``cxr-triage api run`` serves the worklist API; ``cxr-triage worklist`` prints it."""
+"""``cxr-triage api run`` serves the worklist API; ``cxr-triage worklist`` prints it; ``cxr-triage users``
+manages who may call it."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import click
 import httpx
 
 from cxr_triage.settings import load_settings
+from priority_queue_api.users import Role, UserStoreError, add_user, list_users, remove_user, users_file
 
 
 @click.group()
@@ -23,18 +27,33 @@ def run() -> None:
     from priority_queue_api.app import create_app
 
     settings = load_settings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.api_port, log_config=None)
+    # No access log: request paths carry study ids. Requests are counted by route template in /metrics.
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.api_port, log_config=None, access_log=False
+    )
 
 
 @click.command()
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
-def worklist(limit: int, as_json: bool) -> None:
-    """Print the top of the worklist, highest priority first."""
+@click.option(
+    "--token",
+    default=lambda: os.environ.get("CXR_API_TOKEN", ""),
+    show_default="$CXR_API_TOKEN",
+    help="Bearer token of a radiologist or engineer.",
+)
+def worklist(limit: int, as_json: bool, token: str) -> None:
+    """Print the top of the worklist, most urgent first."""
     settings = load_settings()
     url = f"http://{settings.host}:{settings.api_port}/worklist"
+    if not token:
+        raise click.ClickException(
+            "a token is needed: pass --token or set CXR_API_TOKEN (cxr-triage users add NAME --role engineer)"
+        )
     try:
-        response = httpx.get(url, params={"limit": limit}, timeout=10.0)
+        response = httpx.get(
+            url, params={"limit": limit}, headers={"Authorization": f"Bearer {token}"}, timeout=10.0
+        )
     except httpx.HTTPError as exc:
         raise click.ClickException(f"worklist API at {url} is unreachable: {exc}") from exc
     if response.status_code != 200:
@@ -44,10 +63,81 @@ def worklist(limit: int, as_json: bool) -> None:
         click.echo(json.dumps(body, indent=2))
         return
     click.echo(f"{body['total']} studies on the worklist; top {len(body['items'])}:")
-    click.echo(f"{'priority':>8}  {'study':<20}  {'model':<8}  top findings")
+    click.echo(
+        f"{'tier':<8}  {'eff.':>5}  {'prio.':>5}  {'left':>7}  {'study':<20}  {'model':<6}  top findings"
+    )
     for item in body["items"]:
-        top = sorted(item["probabilities"].items(), key=lambda kv: kv[1], reverse=True)[:3]
-        findings = ", ".join(f"{name} {p:.2f}" for name, p in top)
+        sla = item["sla"]
+        findings = ", ".join(f"{f['label']} {f['probability']:.2f}" for f in item["top_findings"])
         click.echo(
-            f"{item['priority']:8.3f}  {item['study_id'][:20]:<20}  v{item['model_version']:<7}  {findings}"
+            f"{sla['tier']:<8}  {sla['effective_priority']:5.2f}  {item['priority']:5.3f}  "
+            f"{sla['time_left_s'] / 60:6.0f}m  {item['study_id'][:20]:<20}  v{item['model_version']:<5}  {findings}"
         )
+
+
+@click.group()
+def users() -> None:
+    """Users of the worklist API and their tokens ($CXR_HOME/auth/users.json, tokens stored hashed)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option(
+    "--rotate", is_flag=True, help="The user exists: issue a new token (the old one stops working)."
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"name", "role", "token"}.')
+def add(name: str, role: str, rotate: bool, as_json: bool) -> None:
+    """Create a user and print its token, once."""
+    path = users_file(load_settings().home)
+    try:
+        issued = add_user(path, name=name, role=Role(role), rotate=rotate)
+    except UserStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"name": issued.name, "role": issued.role.value, "token": issued.token}))
+        return
+    verb = "new token for" if rotate else "created"
+    click.echo(f"{verb} {issued.name} ({issued.role.value}); token, shown only now:")
+    click.echo(issued.token)
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def list_(as_json: bool) -> None:
+    """Names and roles (never tokens)."""
+    try:
+        found = list_users(users_file(load_settings().home))
+    except UserStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([{"name": u.name, "role": u.role.value} for u in found]))
+        return
+    for user in found:
+        click.echo(f"{user.name}\t{user.role.value}")
+
+
+@users.command("remove")
+@click.argument("name")
+def remove(name: str) -> None:
+    """Delete a user; its token stops working at once."""
+    try:
+        remove_user(users_file(load_settings().home), name=name)
+    except UserStoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"removed {name}")
+
+
+# A subcommand for the `cxr-triage bench` group: `cxr-triage bench api`.
+@click.command("api")
+@click.option("--studies", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(1, 2000), help="Requests/s.")
+@click.option("--duration", "duration_s", default=15.0, show_default=True, type=click.FloatRange(1, 300))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500), help="Page size.")
+@click.option("--out", "out_dir", default="docs/bench", show_default=True, type=click.Path(path_type=Path))
+def bench_api(studies: int, rate: float, duration_s: float, limit: int, out_dir: Path) -> None:
+    """GET /worklist p50/p99 at a fixed rate with STUDIES queued; writes OUT/api.json and OUT/api.md."""
+    from priority_queue_api.bench import run_api_bench
+
+    report = run_api_bench(studies=studies, rate=rate, duration_s=duration_s, limit=limit, out_dir=out_dir)
+    click.echo(json.dumps(report, indent=2))

@@ -1,27 +1,21 @@
-"""Response schemas of the worklist API."""
+"""Request and response schemas of the worklist API."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cxr_triage.labels import LABELS
+from cxr_triage.sla import Tier
 
-class StudyPublic(BaseModel):
-    study_id: str
-    priority: float = Field(description="Model priority in [0, 1]; higher is read first")
-    probabilities: dict[str, float] = Field(description="The 14 CheXpert findings, in label order")
-    model_name: str
-    model_version: str
-    received_at: datetime
-    scored_at: datetime
+StudyStatus = Literal["unclaimed", "claimed", "read", "unindexed"]
 
 
-class WorklistPublic(BaseModel):
-    items: list[StudyPublic]
-    total: int = Field(description="Studies on the worklist in all")
-    limit: int
-    offset: int
+class ErrorPublic(BaseModel):
+    detail: str = Field(description="What went wrong, in words a user can act on")
+    errors: list[dict[str, object]] | None = Field(default=None, description="Field errors (422 only)")
 
 
 class HealthPublic(BaseModel):
@@ -29,5 +23,144 @@ class HealthPublic(BaseModel):
     redis: str
 
 
-class ErrorPublic(BaseModel):
-    detail: str
+class MePublic(BaseModel):
+    name: str
+    role: str
+
+
+class TopFinding(BaseModel):
+    label: str
+    probability: float
+
+
+class LeasePublic(BaseModel):
+    radiologist: str
+    claimed_at: datetime
+    expires_at: datetime
+    expires_in_s: float
+
+
+class SlaPublic(BaseModel):
+    tier: Tier
+    max_wait_s: float
+    waited_s: float = Field(description="Since the study was received (until it was read, once read)")
+    time_left_s: float = Field(description="Until the tier's maximum wait; negative when overdue")
+    due_at: datetime
+    overdue: bool
+    effective_priority: float = Field(description="priority + waited_s / max_wait_s: the worklist order")
+
+
+class StudyPublic(BaseModel):
+    study_id: str
+    priority: float = Field(description="Model priority in [0, 1]")
+    probabilities: dict[str, float] = Field(description="The 14 CheXpert findings, in label order")
+    model_name: str
+    model_version: str
+    received_at: datetime
+    scored_at: datetime
+
+
+class WorklistItem(StudyPublic):
+    status: Literal["unclaimed", "claimed"]
+    sla: SlaPublic
+    lease: LeasePublic | None
+    top_findings: list[TopFinding]
+
+
+class WorklistPublic(BaseModel):
+    items: list[WorklistItem]
+    total: int = Field(description="Unread studies matching the filters, in all")
+    limit: int
+    offset: int
+    generated_at: datetime
+
+
+class VerdictSummary(BaseModel):
+    verdict_id: str
+    radiologist: str
+    kind: Literal["verdict", "amendment"]
+    decided_at: datetime
+
+
+class StudyDetail(StudyPublic):
+    status: StudyStatus
+    sla: SlaPublic
+    lease: LeasePublic | None
+    top_findings: list[TopFinding]
+    content_type: str | None
+    scoring_latency_s: float = Field(description="scored_at - received_at")
+    read_at: datetime | None
+    heatmap_available: bool
+    verdicts: list[VerdictSummary]
+
+
+class ClaimCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lease_s: int | None = Field(
+        default=None, ge=10, description="Lease length; the server's default if absent"
+    )
+
+
+class VerdictCreate(BaseModel):
+    """A radiologist's reading: each of the 14 findings present (1) or absent (0)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "labels": {label: int(label == "No Finding") for label in LABELS},
+                "uncertain": [],
+                "note": None,
+                "agreed_with_model": False,
+            }
+        },
+    )
+
+    labels: dict[str, Literal[0, 1]] = Field(description="All 14 CheXpert findings, 1 = present, 0 = absent")
+    uncertain: list[str] = Field(default_factory=list, max_length=14, description="Findings marked uncertain")
+    note: str | None = Field(default=None, max_length=2000)
+    agreed_with_model: bool = Field(default=False, description="Set by the 'agree with model' button")
+    model_version_seen: str | None = Field(
+        default=None, max_length=64, description="Model version shown to the radiologist (default: current)"
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _all_labels(cls, value: dict[str, Literal[0, 1]]) -> dict[str, Literal[0, 1]]:
+        missing = [label for label in LABELS if label not in value]
+        extra = sorted(set(value) - set(LABELS))
+        if missing or extra:
+            raise ValueError(f"labels must name exactly the 14 findings (missing={missing}, unknown={extra})")
+        return {label: value[label] for label in LABELS}
+
+    @field_validator("uncertain")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(LABELS))
+        if unknown:
+            raise ValueError(f"uncertain names unknown findings: {unknown}")
+        return [label for label in LABELS if label in value]
+
+
+class VerdictPublic(BaseModel):
+    verdict_id: str
+    study_id: str
+    radiologist: str
+    kind: Literal["verdict", "amendment"]
+    amends: str | None
+    labels: dict[str, int]
+    uncertain: list[str]
+    note: str | None
+    model_version: str
+    decided_at: datetime
+    replayed: bool = Field(description="True when this exact verdict had been recorded before (no new event)")
+
+
+class UploadPublic(BaseModel):
+    study_id: str
+    sha256: str
+    content_type: str
+    size_bytes: int
+    received_at: datetime
+    status: Literal["queued"] = "queued"

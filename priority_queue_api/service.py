@@ -1,54 +1,206 @@
-"""Reading the worklist projection from Redis (written by the inference workers)."""
+"""Reading the worklist projection (written by the workers, reading state kept by ``worklist_index``)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
-from datetime import datetime
-from typing import cast
+from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 
-from cxr_triage.labels import LABELS
-from cxr_triage.redis_keys import RedisKeys
-from priority_queue_api.models import StudyPublic, WorklistPublic
+from cxr_triage.labels import LABELS, NO_FINDING
+from cxr_triage.sla import TIERS, SlaPolicy, Tier
+from cxr_triage.worklist_index import Claim, PageRow, WorklistKeys, aclaim_next, aread_page
+from priority_queue_api.errors import StudyNotFound
+from priority_queue_api.models import (
+    StudyDetail,
+    VerdictSummary,
+    WorklistPublic,
+)
+
+TOP_FINDINGS = 3
 
 
-class StudyNotFound(LookupError):
-    def __init__(self, study_id: str) -> None:
-        super().__init__(f"study {study_id!r} is not on the worklist")
-        self.study_id = study_id
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
 
 
-def _study_from_hash(fields: Mapping[str, str]) -> StudyPublic:
+def study_fields(fields: Mapping[str, str]) -> dict[str, Any]:
+    """The worker's hash as the fields of ``StudyPublic`` (not yet validated)."""
     probabilities = json.loads(fields["probabilities"])
-    return StudyPublic(
-        study_id=fields["study_id"],
-        priority=float(fields["priority"]),
-        probabilities={label: float(probabilities[label]) for label in LABELS},
-        model_name=fields["model_name"],
-        model_version=fields["model_version"],
-        received_at=datetime.fromisoformat(fields["received_at"]),
-        scored_at=datetime.fromisoformat(fields["scored_at"]),
+    return {
+        "study_id": fields["study_id"],
+        "priority": float(fields["priority"]),
+        "probabilities": {label: float(probabilities[label]) for label in LABELS},
+        "model_name": fields["model_name"],
+        "model_version": fields["model_version"],
+        "received_at": datetime.fromisoformat(fields["received_at"]),
+        "scored_at": datetime.fromisoformat(fields["scored_at"]),
+    }
+
+
+def top_findings(probabilities: Mapping[str, float]) -> list[dict[str, Any]]:
+    ranked = sorted(
+        ((label, p) for label, p in probabilities.items() if label != NO_FINDING),
+        key=lambda kv: kv[1],
+        reverse=True,
+    )
+    return [{"label": label, "probability": p} for label, p in ranked[:TOP_FINDINGS]]
+
+
+def sla_fields(
+    priority: float, received_at: datetime, sla: SlaPolicy, *, now: float, tier: Tier | None = None
+) -> dict[str, Any]:
+    tier = tier or sla.tier_for(priority)
+    max_wait = sla.max_wait_s(tier)
+    received = received_at.timestamp()
+    waited = max(now - received, 0.0)
+    return {
+        "tier": tier,
+        "max_wait_s": max_wait,
+        "waited_s": waited,
+        "time_left_s": max_wait - waited,
+        "due_at": _ts(received + max_wait),
+        "overdue": waited > max_wait,
+        "effective_priority": sla.effective_priority(priority=priority, tier=tier, waited_s=waited),
+    }
+
+
+def lease_fields(radiologist: str, claimed_at: float, expires_at: float, *, now: float) -> dict[str, Any]:
+    return {
+        "radiologist": radiologist,
+        "claimed_at": _ts(claimed_at),
+        "expires_at": _ts(expires_at),
+        "expires_in_s": max(expires_at - now, 0.0),
+    }
+
+
+def _item(row: PageRow, sla: SlaPolicy, now: float) -> dict[str, Any]:
+    fields = study_fields(row.study)
+    lease = None
+    if row.claimed_by and row.claimed_at is not None and row.expires_at is not None:
+        lease = lease_fields(row.claimed_by, row.claimed_at, row.expires_at, now=now)
+    return fields | {
+        "status": "claimed" if lease else "unclaimed",
+        "sla": sla_fields(fields["priority"], fields["received_at"], sla, now=now, tier=row.tier),
+        "lease": lease,
+        "top_findings": top_findings(fields["probabilities"]),
+    }
+
+
+async def fetch_worklist(
+    *,
+    redis: Redis,
+    keys: WorklistKeys,
+    sla: SlaPolicy,
+    limit: int,
+    offset: int,
+    tiers: tuple[Tier, ...] = TIERS,
+    status: str | None = None,
+    min_priority: float = 0.0,
+) -> WorklistPublic:
+    now = time.time()
+    page = await aread_page(
+        redis,
+        keys=keys,
+        policy=sla,
+        offset=offset,
+        limit=limit,
+        tiers=tiers,
+        waiting=status in (None, "unclaimed"),
+        leased=status in (None, "claimed"),
+        min_priority=min_priority,
+        now=now,
+    )
+    # A study whose hash vanished (removed by hand) is skipped rather than failing the whole page.
+    items = [_item(row, sla, now) for row in page.rows if row.study]
+    # One validation of the whole page (the hashes come from another service, so they are checked).
+    return WorklistPublic.model_validate(
+        {"items": items, "total": page.total, "limit": limit, "offset": offset, "generated_at": _ts(now)}
     )
 
 
-async def fetch_worklist(*, redis: Redis, keys: RedisKeys, limit: int, offset: int) -> WorklistPublic:
+async def fetch_study(*, redis: Redis, keys: WorklistKeys, sla: SlaPolicy, study_id: str) -> StudyDetail:
+    now = time.time()
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zcard(keys.worklist)
-        pipe.zrevrange(keys.worklist, offset, offset + limit - 1)
-        total, study_ids = await pipe.execute()
-    async with redis.pipeline(transaction=False) as pipe:
-        for study_id in study_ids:
-            pipe.hgetall(keys.study(study_id))
-        records = await pipe.execute()
-    # A study whose hash vanished between the two reads is skipped rather than failing the whole page.
-    items = [_study_from_hash(fields) for fields in records if fields]
-    return WorklistPublic(items=items, total=total, limit=limit, offset=offset)
-
-
-async def fetch_study(*, redis: Redis, keys: RedisKeys, study_id: str) -> StudyPublic:
-    fields = cast(dict[str, str], await redis.hgetall(keys.study(study_id)))
+        pipe.hgetall(keys.study(study_id))
+        pipe.hgetall(keys.lease(study_id))
+        pipe.zscore(keys.read, study_id)
+        pipe.zscore(keys.worklist, study_id)
+        pipe.zscore(keys.claims, study_id)
+        pipe.exists(keys.cam(study_id))
+        pipe.hvals(keys.verdicts(study_id))
+        fields, lease, read_at, on_worklist, lease_end, has_cam, verdicts = await pipe.execute()
     if not fields:
         raise StudyNotFound(study_id)
-    return _study_from_hash(fields)
+    # The claims set's score is the lease's real end (what expiry acts on); an expired lease shows as none.
+    active = lease if lease and lease_end is not None and lease_end > now else {}
+    return detail_from(fields, active, read_at, on_worklist, bool(has_cam), verdicts, sla=sla, now=now)
+
+
+def detail_from(
+    fields: Mapping[str, str],
+    lease: Mapping[str, str],
+    read_at: float | None,
+    on_worklist: float | None,
+    has_cam: bool,
+    verdicts: list[str],
+    *,
+    sla: SlaPolicy,
+    now: float,
+) -> StudyDetail:
+    study = study_fields(fields)
+    lease_public = None
+    if lease:
+        lease_public = lease_fields(
+            lease["radiologist"], float(lease["claimed_at"]), float(lease["expires_at"]), now=now
+        )
+    status: Any
+    if read_at is not None:
+        status = "read"
+    elif lease_public is not None:
+        status = "claimed"
+    elif on_worklist is not None:
+        status = "unclaimed"
+    else:
+        status = "unindexed"
+    tier = Tier(lease["tier"]) if lease.get("tier") else None
+    summaries = sorted((_summary(raw) for raw in verdicts), key=lambda v: v.decided_at)
+    at = read_at if read_at is not None else now
+    return StudyDetail.model_validate(
+        study
+        | {
+            "status": status,
+            "sla": sla_fields(study["priority"], study["received_at"], sla, now=at, tier=tier),
+            "lease": lease_public,
+            "top_findings": top_findings(study["probabilities"]),
+            "content_type": fields.get("content_type"),
+            "scoring_latency_s": (study["scored_at"] - study["received_at"]).total_seconds(),
+            "read_at": _ts(read_at) if read_at is not None else None,
+            "heatmap_available": has_cam and "cam_h" in fields and "cam_w" in fields,
+            "verdicts": summaries,
+        }
+    )
+
+
+def _summary(raw: str) -> VerdictSummary:
+    data = json.loads(raw)
+    return VerdictSummary(
+        verdict_id=data["verdict_id"],
+        radiologist=data["radiologist"],
+        kind=data["kind"],
+        decided_at=datetime.fromisoformat(data["decided_at"]),
+    )
+
+
+async def claim(
+    *, redis: Redis, keys: WorklistKeys, sla: SlaPolicy, radiologist: str, lease_s: int
+) -> StudyDetail | None:
+    taken: Claim | None = await aclaim_next(
+        redis, keys=keys, policy=sla, radiologist=radiologist, lease_s=lease_s
+    )
+    if taken is None:
+        return None
+    return await fetch_study(redis=redis, keys=keys, sla=sla, study_id=taken.study_id)

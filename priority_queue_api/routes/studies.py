@@ -2,23 +2,163 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query, Response
 
 from cxr_triage.events import STUDY_ID_PATTERN
-from priority_queue_api.deps import KeysDep, RedisDep
-from priority_queue_api.models import ErrorPublic, StudyPublic
+from cxr_triage.labels import LABELS
+from cxr_triage.worklist_index import arelease
+from priority_queue_api.deps import (
+    AuditorDep,
+    PolicyDep,
+    Radiologist,
+    RedisBytesDep,
+    RedisDep,
+    Releaser,
+    SlaDep,
+    StoreDep,
+    VerdictSinkDep,
+    Viewer,
+    WorklistKeysDep,
+)
+from priority_queue_api.errors import Conflict, StudyNotFound, Unprocessable, error_responses
+from priority_queue_api.images import heatmap_png, image_png
+from priority_queue_api.models import StudyDetail, VerdictCreate, VerdictPublic
 from priority_queue_api.service import fetch_study
+from priority_queue_api.users import Role
+from priority_queue_api.verdicts import record_verdict
 
 router = APIRouter(tags=["studies"])
 
+StudyId = Annotated[
+    str, Path(pattern=STUDY_ID_PATTERN, description="Study id (DICOM StudyInstanceUID or content sha256)")
+]
+MaxSide = Annotated[
+    int | None, Query(ge=64, le=4096, description="Longest side of the PNG (default: the server's)")
+]
+_PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG"}
+# Patient images must not linger in shared caches.
+_NO_STORE = {"Cache-Control": "private, no-store"}
+
+
+@router.get("/studies/{study_id}", response_model=StudyDetail, responses=error_responses(401, 403, 404))
+async def get_study(
+    user: Viewer, redis: RedisDep, keys: WorklistKeysDep, sla: SlaDep, auditor: AuditorDep, study_id: StudyId
+) -> StudyDetail:
+    """One study: probabilities, top findings, model version, timings, SLA and lease state, verdicts."""
+    with auditor.recording(user, "view", "study", study_id):
+        return await fetch_study(redis=redis, keys=keys, sla=sla, study_id=study_id)
+
 
 @router.get(
-    "/studies/{study_id}",
-    response_model=StudyPublic,
-    responses={404: {"model": ErrorPublic}, 503: {"model": ErrorPublic}},
+    "/studies/{study_id}/image",
+    response_class=Response,
+    responses={200: _PNG, **error_responses(401, 403, 404)},
 )
-async def get_study(
-    redis: RedisDep, keys: KeysDep, study_id: Annotated[str, Path(pattern=STUDY_ID_PATTERN)]
-) -> StudyPublic:
-    """One scored study."""
-    return await fetch_study(redis=redis, keys=keys, study_id=study_id)
+async def get_image(
+    user: Viewer,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    max_side: MaxSide = None,
+) -> Response:
+    """The study's radiograph as a greyscale PNG."""
+    with auditor.recording(user, "view", "image", study_id):
+        png = await image_png(
+            redis=redis, keys=keys, store=store, study_id=study_id, max_side=max_side or policy.image_max_side
+        )
+    return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
+@router.get(
+    "/studies/{study_id}/heatmap",
+    response_class=Response,
+    responses={200: _PNG, **error_responses(401, 403, 404)},
+)
+async def get_heatmap(
+    user: Viewer,
+    redis: RedisDep,
+    redis_bytes: RedisBytesDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    finding: Annotated[
+        str, Query(description="One of the 14 findings", json_schema_extra={"enum": list(LABELS)})
+    ],
+    max_side: MaxSide = None,
+) -> Response:
+    """The radiograph with the model's class-activation map for ``finding`` blended over it (PNG)."""
+    with auditor.recording(user, "view", "heatmap", study_id):
+        if finding not in LABELS:
+            raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
+        png = await heatmap_png(
+            redis=redis,
+            redis_bytes=redis_bytes,
+            keys=keys,
+            store=store,
+            study_id=study_id,
+            finding=finding,
+            max_side=max_side or policy.image_max_side,
+        )
+    return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
+@router.post(
+    "/studies/{study_id}/release", response_model=StudyDetail, responses=error_responses(401, 403, 404, 409)
+)
+async def release_study(
+    user: Releaser,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    sla: SlaDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+) -> StudyDetail:
+    """Give a claimed study back to the worklist before its lease ends (engineers may release any lease)."""
+    with auditor.recording(user, "release", "study", study_id):
+        if not await redis.exists(keys.study(study_id)):
+            raise StudyNotFound(study_id)
+        outcome = await arelease(
+            redis, keys=keys, study_id=study_id, radiologist=user.name, force=user.role is Role.ENGINEER
+        )
+        if outcome.status == "conflict":
+            raise Conflict(f"study {study_id!r} is claimed by {outcome.holder}, not by you")
+        if outcome.status == "not_claimed":
+            raise Conflict(f"study {study_id!r} is not claimed (its lease ended or it was never claimed)")
+        return await fetch_study(redis=redis, keys=keys, sla=sla, study_id=study_id)
+
+
+@router.post(
+    "/studies/{study_id}/verdict",
+    response_model=VerdictPublic,
+    responses=error_responses(400, 401, 403, 404, 409),
+)
+async def post_verdict(
+    user: Radiologist,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    sink: VerdictSinkDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    body: VerdictCreate,
+) -> VerdictPublic:
+    """Record the radiologist's 14 findings. Answered only once Kafka (``cxr.verdicts.v1``) has the verdict;
+    the same verdict again is a no-op, a different one from the same radiologist is an amendment."""
+    with auditor.recording(user, "verdict", "study", study_id):
+        verdict = await record_verdict(
+            redis=redis,
+            keys=keys,
+            sink=sink,
+            radiologist=user.name,
+            study_id=study_id,
+            body=body,
+            lease_s=policy.lease_s,
+        )
+    if verdict.kind == "amendment" and not verdict.replayed:
+        auditor.record(user, "amend", "verdict", "ok", study_id=study_id, status_code=200)
+    return verdict

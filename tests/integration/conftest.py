@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -94,6 +95,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 class Stack:
     home: Path
     env: dict[str, str]
+    _token: str | None = None
+
+    def token(self) -> str:
+        """Bearer token of an engineer (read-only views), created on first use."""
+        if self._token is None:
+            created = self.cli("users", "add", "integration", "--role", "engineer", "--json")
+            self._token = str(json.loads(created.stdout)["token"])
+        return self._token
 
     def cli(
         self, *args: str, timeout_s: float = 300.0, check: bool = True

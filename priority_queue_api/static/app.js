@@ -1,0 +1,302 @@
+// cxr-triage worklist page: plain JavaScript, no build step. The token lives in sessionStorage only.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh_ms")) || 5000;
+const state = { token: sessionStorage.getItem("cxr-token"), me: null, study: null, timer: null, labels: [] };
+
+function say(text, isError = false) {
+  const el = $("#status");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: `Bearer ${state.token}` }, options.headers || {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
+  if (response.status === 401) {
+    signOut("Your token was not accepted; sign in again.");
+    throw new Error("unauthorized");
+  }
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    const error = new Error(detail);
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+function fmtDuration(seconds) {
+  const sign = seconds < 0 ? "−" : "";
+  let s = Math.abs(Math.round(seconds));
+  const h = Math.floor(s / 3600); s -= h * 3600;
+  const m = Math.floor(s / 60); s -= m * 60;
+  return sign + (h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`);
+}
+
+function show(view) {
+  for (const id of ["signin-view", "list-view", "study-view"]) $(`#${id}`).hidden = id !== view;
+}
+
+function applyRole() {
+  document.querySelectorAll("[data-role]").forEach((el) => {
+    el.hidden = !el.dataset.role.split(" ").includes(state.me.role);
+  });
+}
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    state.me = await (await api("/me")).json();
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Sign-in failed: ${error.message}`, true);
+    return;
+  }
+  sessionStorage.setItem("cxr-token", token);
+  $("#who").textContent = `${state.me.name} (${state.me.role})`;
+  $("#signout").hidden = false;
+  applyRole();
+  say("");
+  if (state.me.role === "producer") { show("list-view"); $("#worklist").hidden = true; return; }
+  await showList();
+}
+
+function signOut(message = "") {
+  sessionStorage.removeItem("cxr-token");
+  Object.assign(state, { token: null, me: null, study: null });
+  clearInterval(state.timer);
+  $("#who").textContent = "";
+  $("#signout").hidden = true;
+  show("signin-view");
+  say(message, Boolean(message));
+  $("#token").focus();
+}
+
+async function showList() {
+  state.study = null;
+  show("list-view");
+  await refreshList();
+  clearInterval(state.timer);
+  state.timer = setInterval(refreshList, REFRESH_MS);
+  const first = $("#worklist tbody tr");
+  if (first) first.focus();
+}
+
+async function refreshList() {
+  if (!state.token || state.study) return;
+  const tier = $("#tier-filter").value;
+  const query = new URLSearchParams({ limit: "100" });
+  if (tier) query.append("tier", tier);
+  let body;
+  try {
+    body = await (await api(`/worklist?${query}`)).json();
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Worklist unavailable: ${error.message}`, true);
+    return;
+  }
+  const focused = document.activeElement && document.activeElement.dataset.study;
+  const tbody = $("#worklist tbody");
+  tbody.replaceChildren(...body.items.map(rowFor));
+  $("#total").textContent = `${body.total} unread`;
+  if (focused) {
+    const again = tbody.querySelector(`tr[data-study="${CSS.escape(focused)}"]`);
+    if (again) again.focus();
+  }
+}
+
+function rowFor(item) {
+  const tr = document.createElement("tr");
+  tr.dataset.study = item.study_id;
+  tr.tabIndex = 0;
+  tr.className = `tier-${item.sla.tier}` + (item.sla.overdue ? " overdue" : "");
+  const status = item.lease ? `claimed by ${item.lease.radiologist}` : "waiting";
+  const cells = [
+    item.sla.tier, item.priority.toFixed(2), item.sla.effective_priority.toFixed(2),
+    fmtDuration(item.sla.waited_s), fmtDuration(item.sla.time_left_s), status,
+    item.top_findings.map((f) => `${f.label} ${f.probability.toFixed(2)}`).join(", "),
+    item.study_id.slice(0, 16),
+  ];
+  for (const text of cells) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    tr.appendChild(td);
+  }
+  tr.addEventListener("click", () => openStudy(item.study_id));
+  return tr;
+}
+
+async function claimNext() {
+  say("Claiming…");
+  try {
+    const response = await api("/worklist/claim", { method: "POST" });
+    if (response.status === 204) { say("No study is waiting."); return; }
+    const study = await response.json();
+    say(`Claimed ${study.study_id.slice(0, 16)} until ${new Date(study.lease.expires_at).toLocaleTimeString()}.`);
+    await openStudy(study.study_id, study);
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Claim failed: ${error.message}`, true);
+  }
+}
+
+async function openStudy(studyId, known = null) {
+  try {
+    state.study = known || await (await api(`/studies/${encodeURIComponent(studyId)}`)).json();
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Cannot open the study: ${error.message}`, true);
+    return;
+  }
+  const s = state.study;
+  show("study-view");
+  $("#study-title").textContent = `Study ${s.study_id.slice(0, 24)} — ${s.sla.tier}`;
+  const facts = {
+    Priority: s.priority.toFixed(3), "Effective priority": s.sla.effective_priority.toFixed(3),
+    Model: `${s.model_name} v${s.model_version}`, Waited: fmtDuration(s.sla.waited_s),
+    "Time left": fmtDuration(s.sla.time_left_s), Received: new Date(s.received_at).toLocaleString(),
+    "Scored in": `${s.scoring_latency_s.toFixed(1)} s`,
+    Lease: s.lease ? `${s.lease.radiologist}, ${fmtDuration(s.lease.expires_in_s)} left` : s.status,
+  };
+  $("#study-facts").replaceChildren(...Object.entries(facts).flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    return [dt, dd];
+  }));
+  $("#top-findings").replaceChildren(...s.top_findings.map((f) => {
+    const li = document.createElement("li"); li.textContent = `${f.label}: ${f.probability.toFixed(2)}`; return li;
+  }));
+  fillVerdictForm(s);
+  const select = $("#heatmap-finding");
+  select.replaceChildren(...Object.keys(s.probabilities).map((label) => new Option(label, label)));
+  select.value = s.top_findings.length ? s.top_findings[0].label : "No Finding";
+  $("#heatmap-toggle").checked = false;
+  $("#heatmap-toggle").disabled = !s.heatmap_available;
+  $("#image-note").textContent = s.heatmap_available ? "" : "No activation maps for this study.";
+  await loadImage();
+  const agree = $("#agree");
+  if (!agree.closest("[hidden]")) agree.focus(); else $("#back").focus();
+}
+
+function fillVerdictForm(s) {
+  state.labels = Object.keys(s.probabilities);
+  $("#labels tbody").replaceChildren(...state.labels.map((label, i) => {
+    const tr = document.createElement("tr");
+    const p = s.probabilities[label];
+    tr.innerHTML = `<td></td><td>${p.toFixed(2)}</td>` +
+      `<td><input type="checkbox" class="present" id="present-${i}"></td>` +
+      `<td><input type="checkbox" class="uncertain" id="uncertain-${i}"></td>`;
+    tr.firstChild.textContent = label;
+    tr.querySelector(".present").checked = p >= 0.5;
+    tr.querySelector(".present").setAttribute("aria-label", `${label} present`);
+    tr.querySelector(".uncertain").setAttribute("aria-label", `${label} uncertain`);
+    return tr;
+  }));
+  $("#note").value = "";
+}
+
+async function loadImage() {
+  const s = state.study;
+  const finding = $("#heatmap-finding").value;
+  const path = $("#heatmap-toggle").checked
+    ? `/studies/${encodeURIComponent(s.study_id)}/heatmap?finding=${encodeURIComponent(finding)}`
+    : `/studies/${encodeURIComponent(s.study_id)}/image`;
+  try {
+    const blob = await (await api(path)).blob();
+    const img = $("#study-image");
+    if (img.src) URL.revokeObjectURL(img.src);
+    img.src = URL.createObjectURL(blob);
+  } catch (error) {
+    if (error.message !== "unauthorized") $("#image-note").textContent = `Image unavailable: ${error.message}`;
+  }
+}
+
+async function submitVerdict(agreed) {
+  const s = state.study;
+  const rows = [...$("#labels tbody").children];
+  const labels = {};
+  const uncertain = [];
+  rows.forEach((tr, i) => {
+    const label = state.labels[i];
+    labels[label] = agreed ? (s.probabilities[label] >= 0.5 ? 1 : 0) : (tr.querySelector(".present").checked ? 1 : 0);
+    if (!agreed && tr.querySelector(".uncertain").checked) uncertain.push(label);
+  });
+  const body = {
+    labels, uncertain, note: $("#note").value || null, agreed_with_model: agreed,
+    model_version_seen: s.model_version,
+  };
+  say("Saving verdict…");
+  try {
+    const verdict = await (await api(`/studies/${encodeURIComponent(s.study_id)}/verdict`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    })).json();
+    say(`Verdict saved (${verdict.kind}${verdict.replayed ? ", already recorded" : ""}).`);
+    await showList();
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Verdict not saved: ${error.message}`, true);
+  }
+}
+
+async function release() {
+  try {
+    await api(`/studies/${encodeURIComponent(state.study.study_id)}/release`, { method: "POST" });
+    say("Study released to the worklist.");
+    await showList();
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Release failed: ${error.message}`, true);
+  }
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const file = $("#upload-file").files[0];
+  if (!file) { say("Choose a file first.", true); return; }
+  say("Uploading…");
+  try {
+    const result = await (await api("/studies", {
+      method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file,
+    })).json();
+    say(`Uploaded as study ${result.study_id.slice(0, 16)}; it appears once scored.`);
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Upload refused: ${error.message}`, true);
+  }
+}
+
+function onKey(event) {
+  if (!state.me || event.altKey || event.ctrlKey || event.metaKey) return;
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName) && event.target.type !== "checkbox";
+  if (typing) return;
+  const inList = !$("#list-view").hidden;
+  const inStudy = !$("#study-view").hidden;
+  const row = event.target.closest && event.target.closest("#worklist tbody tr");
+  if (inList && event.key === "c" && !$("#claim").hidden) { event.preventDefault(); claimNext(); }
+  else if (inList && row && event.key === "Enter") { event.preventDefault(); openStudy(row.dataset.study); }
+  else if (inList && row && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
+    event.preventDefault();
+    const next = event.key === "ArrowDown" ? row.nextElementSibling : row.previousElementSibling;
+    if (next) next.focus();
+  }
+  else if (inStudy && event.key === "Escape") { event.preventDefault(); showList(); }
+  else if (inStudy && event.key === "a" && !$("#verdict-form").hidden) { event.preventDefault(); submitVerdict(true); }
+  else if (inStudy && event.key === "r" && !$("#release").hidden) { event.preventDefault(); release(); }
+  else if (inStudy && event.key === "h" && !$("#heatmap-toggle").disabled) {
+    event.preventDefault();
+    $("#heatmap-toggle").checked = !$("#heatmap-toggle").checked;
+    loadImage();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("#token").value.trim()); });
+  $("#signout").addEventListener("click", () => signOut());
+  $("#claim").addEventListener("click", claimNext);
+  $("#tier-filter").addEventListener("change", refreshList);
+  $("#back").addEventListener("click", showList);
+  $("#release").addEventListener("click", release);
+  $("#agree").addEventListener("click", () => submitVerdict(true));
+  $("#verdict-form").addEventListener("submit", (e) => { e.preventDefault(); submitVerdict(false); });
+  $("#heatmap-toggle").addEventListener("change", loadImage);
+  $("#heatmap-finding").addEventListener("change", () => { if ($("#heatmap-toggle").checked) loadImage(); });
+  $("#upload-form").addEventListener("submit", upload);
+  document.addEventListener("keydown", onKey);
+  if (state.token) signIn(state.token); else show("signin-view");
+});

@@ -1,0 +1,182 @@
+"""End to end in a real browser: sign in, claim the top study, agree or disagree, see the verdict on Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from playwright.sync_api import Browser, Page, expect
+
+from cxr_triage import topics
+from cxr_triage.image_store import LocalImageStore
+from cxr_triage.labels import LABELS
+from cxr_triage.worklist_index import WorklistKeys
+from priority_queue_api.app import create_app
+from priority_queue_api.config import ApiPolicy
+from tests.factories import png_bytes
+from tests.integration.conftest import _spawn_redis, free_port, wait_for_port
+from tests.integration.test_api_kafka import KafkaBroker, _shared_jars, start_kafka
+from tests.integration.test_api_worklist import api_settings, make_users, put_study, serve
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Site:
+    url: str
+    tokens: dict[str, str]
+    kafka: KafkaBroker
+    redis: redis.Redis
+    keys: WorklistKeys
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    home = tmp_path_factory.mktemp("browser")
+    jars = _shared_jars(tmp_path_factory.getbasetemp())
+    port = free_port()
+    redis_proc = _spawn_redis(port, home)
+    try:
+        wait_for_port(port)
+        with start_kafka(home / "kafka-home", jars) as kafka:
+            keys = WorklistKeys(f"web{uuid.uuid4().hex[:6]}")
+            settings = api_settings(home / "api", port, keys.prefix, kafka_port=kafka.settings.kafka_port)
+            tokens = make_users(settings.home)
+            r = redis.Redis(port=port, decode_responses=True)
+            store = LocalImageStore(settings.image_store_dir)
+            probabilities = {label: 0.1 for label in LABELS} | {"Pneumothorax": 0.92, "No Finding": 0.05}
+            put_study(
+                r,
+                keys,
+                "top-critical",
+                0.92,
+                age=timedelta(minutes=5),
+                probabilities=probabilities,
+                image_uri=store.put(png_bytes(seed=1, size=320), suffix=".png"),
+            )
+            put_study(
+                r, keys, "urgent-one", 0.6, image_uri=store.put(png_bytes(seed=2, size=320), suffix=".png")
+            )
+            put_study(
+                r, keys, "routine-one", 0.2, image_uri=store.put(png_bytes(seed=3, size=320), suffix=".png")
+            )
+            cams = np.zeros((len(LABELS), 8, 8), dtype=np.float16)
+            cams[LABELS.index("Pneumothorax"), :3, :3] = 4.0
+            r.hset(keys.study("top-critical"), mapping={"cam_h": 8, "cam_w": 8})
+            r.set(keys.cam("top-critical"), cams.tobytes())
+            with serve(create_app(settings, policy=ApiPolicy(verdict_timeout_s=10.0))) as url:
+                yield Site(url, tokens, kafka, r, keys)
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def page(browser: Browser, site: Site) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    yield page
+    context.close()
+
+
+def _rows(page: Page) -> Any:
+    return page.locator("#worklist tbody tr")
+
+
+def _verdict_of(site: Site, study_id: str) -> dict[str, Any]:
+    def mine(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in found if e["study_id"] == study_id]
+
+    events = mine(site.kafka.read(topics.VERDICTS, lambda found: bool(mine(found))))
+    assert len(events) == 1, events
+    return events[0]
+
+
+def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site, tmp_path: Path) -> None:
+    page.goto(f"{site.url}/?refresh_ms=1000")
+    page.fill("#token", "wrong-token")
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_contain_text("not accepted")
+
+    page.fill("#token", site.tokens["rad"])
+    page.keyboard.press("Enter")
+    expect(page.locator("#who")).to_have_text("rad (radiologist)")
+    expect(_rows(page)).to_have_count(3)
+    first = _rows(page).first
+    expect(first).to_have_attribute("data-study", "top-critical")
+    expect(first).to_have_class("tier-critical")
+    expect(_rows(page).nth(1)).to_have_class("tier-urgent")
+    expect(first).to_contain_text("Pneumothorax 0.92")
+
+    page.keyboard.press("c")  # claim the top study, from the keyboard
+    expect(page.locator("#study-view")).to_be_visible()
+    expect(page.locator("#study-title")).to_contain_text("top-critical")
+    expect(page.locator("#top-findings li").first).to_have_text("Pneumothorax: 0.92")
+    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 320")
+    plain_src = page.get_attribute("#study-image", "src")
+    expect(page.locator("#present-9")).to_be_checked()  # Pneumothorax pre-filled from the model
+    expect(page.locator("#present-0")).not_to_be_checked()
+
+    page.locator("#heatmap-finding").select_option("Pneumothorax")
+    page.locator("body").press("h")
+    page.wait_for_function(f"document.querySelector('#study-image').src !== {plain_src!r}")
+    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 320")
+    page.screenshot(path=str(tmp_path / "study.png"))
+
+    page.click("#agree")
+    expect(page.locator("#list-view")).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("Verdict saved (verdict")
+    expect(_rows(page)).to_have_count(2)
+    expect(page.locator('#worklist tr[data-study="top-critical"]')).to_have_count(0)
+
+    event = _verdict_of(site, "top-critical")
+    assert event["radiologist"] == "rad" and event["agreed_with_model"] is True
+    assert event["labels"]["Pneumothorax"] == 1 and sum(event["labels"].values()) == 1
+    assert event["model_version"] == "1" and event["claimed_at"] is not None
+
+
+def test_disagree_path_with_the_keyboard(page: Page, site: Site) -> None:
+    page.goto(site.url)
+    page.fill("#token", site.tokens["rad2"])
+    page.keyboard.press("Enter")
+    expect(_rows(page).first).to_be_focused()
+    first_id = _rows(page).first.get_attribute("data-study")
+    page.keyboard.press("ArrowDown")
+    second = _rows(page).nth(1)
+    expect(second).to_be_focused()
+    second_id = second.get_attribute("data-study")
+    assert second_id and second_id != first_id
+    page.keyboard.press("Enter")  # open it without claiming: the verdict reserves it
+    expect(page.locator("#study-title")).to_contain_text(second_id[:16])
+
+    page.check("#present-2")  # Cardiomegaly, which the model did not call
+    page.check("#uncertain-2")
+    page.fill("#note", "borderline heart size")
+    page.click("#submit-verdict")
+    expect(page.locator("#status")).to_contain_text("Verdict saved")
+    expect(page.locator(f'#worklist tr[data-study="{second_id}"]')).to_have_count(0)
+
+    event = _verdict_of(site, second_id)
+    assert event["radiologist"] == "rad2" and event["agreed_with_model"] is False
+    assert event["labels"]["Cardiomegaly"] == 1 and event["uncertain"] == ["Cardiomegaly"]
+    assert event["note"] == "borderline heart size"
+
+
+def test_engineer_sees_the_list_read_only(page: Page, site: Site) -> None:
+    page.goto(site.url)
+    page.fill("#token", site.tokens["eng"])
+    page.click("#signin")
+    expect(page.locator("#who")).to_have_text("eng (engineer)")
+    expect(_rows(page).first).to_be_visible()
+    expect(page.locator("#claim")).to_be_hidden()
+    _rows(page).first.click()
+    expect(page.locator("#study-view")).to_be_visible()
+    expect(page.locator("#verdict-form")).to_be_hidden()

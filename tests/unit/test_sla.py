@@ -1,0 +1,59 @@
+"""SLA tiers and effective priority (cxr_triage.sla)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from cxr_triage.sla import SlaPolicy, Tier, received_timestamp
+
+
+def test_default_tiers_and_waits() -> None:
+    policy = SlaPolicy()
+    assert [policy.tier_for(p) for p in (1.0, 0.8, 0.79, 0.5, 0.49, 0.0)] == [
+        Tier.CRITICAL,
+        Tier.CRITICAL,
+        Tier.URGENT,
+        Tier.URGENT,
+        Tier.ROUTINE,
+        Tier.ROUTINE,
+    ]
+    assert [policy.max_wait_s(t) for t in Tier] == [1800, 7200, 86400]
+
+
+def test_a_study_at_its_deadline_outranks_every_fresh_study() -> None:
+    policy = SlaPolicy()
+    for tier, priority in ((Tier.ROUTINE, 0.0), (Tier.URGENT, 0.5), (Tier.CRITICAL, 0.8)):
+        due = policy.effective_priority(priority=priority, tier=tier, waited_s=policy.max_wait_s(tier))
+        assert due >= 1.0
+        for fresh in (0.0, 0.5, 0.99):
+            assert due > policy.effective_priority(priority=fresh, tier=policy.tier_for(fresh), waited_s=0)
+
+
+def test_index_score_plus_now_over_t_is_the_effective_priority() -> None:
+    policy = SlaPolicy()
+    received = datetime(2026, 11, 26, 9, 0, tzinfo=UTC).timestamp()
+    for now_offset in (0.0, 600.0, 7200.0, 90000.0):
+        for priority in (0.1, 0.6, 0.9):
+            tier = policy.tier_for(priority)
+            score = policy.index_score(priority=priority, tier=tier, received_ts=received)
+            effective = policy.effective_priority(priority=priority, tier=tier, waited_s=now_offset)
+            assert score + (received + now_offset) / policy.max_wait_s(tier) == pytest.approx(
+                effective, abs=1e-9
+            )
+
+
+def test_policy_from_environment_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXR_SLA_CRITICAL_MAX_WAIT_MIN", "15")
+    monkeypatch.setenv("CXR_SLA_URGENT_MIN_PRIORITY", "0.4")
+    policy = SlaPolicy()
+    assert policy.max_wait_s(Tier.CRITICAL) == 900 and policy.tier_for(0.45) is Tier.URGENT
+    assert policy.priority_band(Tier.URGENT) == (0.4, 0.8)
+    with pytest.raises(ValidationError, match="must be below"):
+        SlaPolicy(urgent_min_priority=0.9)
+    with pytest.raises(ValidationError):
+        SlaPolicy(routine_max_wait_min=0)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        received_timestamp(datetime(2026, 1, 1))
