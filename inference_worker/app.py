@@ -15,7 +15,8 @@ from cxr_triage.kafka_config import consumer_config, producer_config
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
-from inference_worker.consumer import InferenceWorker
+from inference_worker.config import ServingSettings, WorkerSettings
+from inference_worker.consumer import Backoff, InferenceWorker
 from inference_worker.errors import ModelMismatch
 from inference_worker.metrics import MetricsServer, WorkerMetrics
 from inference_worker.publisher import KafkaPublisher
@@ -37,8 +38,25 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def run_worker(settings: Settings, *, index: int = 0, stop: threading.Event | None = None) -> int:
+def kafka_consumer_config(settings: Settings, worker: WorkerSettings, *, client_id: str) -> dict[str, object]:
+    config: dict[str, object] = consumer_config(settings, group_id=settings.worker_group, client_id=client_id)
+    # The worker holds one batch at a time; librdkafka's prefetch must not hold 64 MiB (its default) either.
+    config["queued.max.messages.kbytes"] = worker.fetch_queue_kbytes
+    config["queued.min.messages"] = max(4 * settings.worker_max_batch, 100)
+    return config
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    index: int = 0,
+    stop: threading.Event | None = None,
+    worker_settings: WorkerSettings | None = None,
+    serving: ServingSettings | None = None,
+) -> int:
     """Run worker ``index`` until SIGTERM/SIGINT (or ``stop``); returns the process exit code."""
+    options = worker_settings or WorkerSettings()
+    serving = serving or ServingSettings()
     if stop is None:
         stop = threading.Event()
         install_stop_handlers(stop)
@@ -48,7 +66,13 @@ def run_worker(settings: Settings, *, index: int = 0, stop: threading.Event | No
     if settings.worker_metrics_port:
         server = metrics.serve(host="127.0.0.1", port=settings.worker_metrics_port + index)
 
-    scorer = TritonScorer(settings.triton_grpc_url, settings.model_name)
+    scorer = TritonScorer(
+        settings.triton_grpc_url,
+        settings.model_name,
+        timeout_s=options.triton_timeout_s,
+        max_batch_size=serving.max_batch_size,
+        want_cams=options.store_cams,
+    )
     try:
         if not scorer.wait_until_ready(input_size=settings.model_input_size, stop=stop):
             return EXIT_OK
@@ -57,9 +81,7 @@ def run_worker(settings: Settings, *, index: int = 0, stop: threading.Event | No
         return EXIT_MODEL_MISMATCH
 
     kafka_log = logging.getLogger("inference_worker.librdkafka")  # librdkafka's own lines, as JSON logs
-    consumer = Consumer(
-        consumer_config(settings, group_id=settings.worker_group, client_id=client_id), logger=kafka_log
-    )
+    consumer = Consumer(kafka_consumer_config(settings, options, client_id=client_id), logger=kafka_log)
     publisher = KafkaPublisher(
         lambda: Producer(producer_config(settings, client_id=client_id), logger=kafka_log)
     )
@@ -78,6 +100,9 @@ def run_worker(settings: Settings, *, index: int = 0, stop: threading.Event | No
         max_batch=settings.worker_max_batch,
         max_wait_s=settings.worker_max_wait_ms / 1000,
         stop=stop,
+        priority_weights=options.weights,
+        backoff=Backoff(maximum_s=options.backoff_max_s),
+        lag_refresh_s=options.lag_refresh_s,
     )
     logger.info(
         "worker started",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -38,6 +39,54 @@ def init(as_json: bool, seed: int | None) -> None:
         return
     verb = "created" if result.created else "kept existing"
     click.echo(f"{verb} {result.model_name} version {result.version} ({result.weights}): {result.path}")
+
+
+@model.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def list_(as_json: bool) -> None:
+    """The model's versions in the repository, and which one is served."""
+    from inference_worker.model_repo import list_versions, serving_version, version_metadata
+
+    settings = load_settings()
+    versions, served = list_versions(settings), serving_version(settings)
+    if as_json:
+        rows = [{"version": v, "serving": v == served, **version_metadata(settings, v)} for v in versions]
+        click.echo(json.dumps({"model_name": settings.model_name, "serving": served, "versions": rows}))
+        return
+    for version in versions:
+        click.echo(f"{'*' if version == served else ' '} {version}")
+
+
+@model.command("add")
+@click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--serve", is_flag=True, help="Serve the new version right away.")
+def add(onnx_file: Path, serve: bool) -> None:
+    """Copy an exported ONNX model in as the next version (see inference_worker.export)."""
+    from inference_worker.model_repo import add_version, serve_version
+    from inference_worker.signature import ModelRejected
+
+    settings = load_settings()
+    try:
+        version = add_version(settings, onnx_file, metadata={"added_by": "cxr-triage model add"})
+    except ModelRejected as exc:
+        raise click.ClickException(str(exc)) from exc
+    if serve:
+        serve_version(settings, version)
+    click.echo(f"added {settings.model_name} version {version}{' (serving)' if serve else ''}")
+
+
+@model.command("serve")
+@click.argument("version", type=click.IntRange(min=1))
+def serve(version: int) -> None:
+    """Serve VERSION: Triton switches within seconds; the workers need no restart."""
+    from inference_worker.model_repo import VersionNotFound, serve_version
+
+    settings = load_settings()
+    try:
+        serve_version(settings, version)
+    except VersionNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"serving {settings.model_name} version {version}")
 
 
 @click.group()

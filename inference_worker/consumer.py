@@ -1,12 +1,20 @@
 """The consumer loop: micro-batch -> prepare -> Triton -> Redis -> Kafka outputs -> commit (at-least-once).
 
-Offsets are committed only after the worklist write and the delivery of every prediction and dead letter of
-the batch. If Triton, Redis or Kafka fail, nothing is committed: the consumer seeks back to the batch's first
-offsets, waits (exponential backoff) and reads the batch again, so the worker resumes by itself when the
-service returns, keeps polling (no max.poll.interval eviction) and never holds work across a rebalance.
-Processing is synchronous between two ``consume`` calls, and rebalance callbacks run only inside ``consume``,
-so a revoked partition never has processed-but-uncommitted work: its new owner re-reads from the last commit,
-and the worklist writes are idempotent.
+A micro-batch is what one ``consume`` returns: up to ``max_batch`` messages, or fewer once ``max_wait_s``
+has passed. Offsets are committed only after the worklist write and the delivery of every prediction and
+dead letter of the batch.
+
+Bounded work: the worker never reads ahead. It processes a batch to its commit before it consumes the next,
+so at most one batch is in flight; a slow Triton simply slows the consuming (librdkafka's own prefetch queue
+is capped by ``queued.max.messages.kbytes``, see ``app``). This is simpler than a pipeline with pause/resume
+thresholds and loses nothing on 2 cores, where Triton uses the CPU the worker would prepare the next batch on.
+
+Failures: if Triton, Redis or Kafka fail, nothing is committed. The worker pauses its partitions, waits
+(exponential backoff) while still serving the group protocol, resumes, seeks back to the batch's first offsets
+and reads it again, so it resumes by itself when the service returns and never holds work across a
+rebalance. Rebalance callbacks run only inside ``consume``, between batches, so a revoked partition never has
+processed-but-uncommitted work: its new owner re-reads from the last commit, and the worklist writes are
+idempotent (a study is scored once, see ``worklist``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from cxr_triage.image_store import ImageStore
 from inference_worker.batching import Prepared, Rejected, prepare_batch
 from inference_worker.dead_letters import dead_letter
 from inference_worker.errors import StageUnavailable
+from inference_worker.lag import LagTracker
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.predictions import ScoredBatch, build_predictions
 from inference_worker.publisher import EventPublisher, Outgoing
@@ -82,6 +91,7 @@ class InferenceWorker:
         priority_weights: Mapping[str, float] | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = utcnow,
+        lag_refresh_s: float = 5.0,
     ) -> None:
         self._consumer = consumer
         self._scorer = scorer
@@ -101,6 +111,7 @@ class InferenceWorker:
         self._totals: Counter[str] = Counter()
         self._last_progress = time.monotonic()
         self._error_logged_at: dict[int, float] = {}
+        self._lag = LagTracker(metrics.consumer_lag, every_s=lag_refresh_s)
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -112,6 +123,7 @@ class InferenceWorker:
         self.subscribe()
         while not self._stop.is_set():
             self.step()
+            self._lag.maybe_refresh(self._consumer)
             self._log_progress()
 
     def step(self) -> BatchReport | None:
@@ -136,8 +148,7 @@ class InferenceWorker:
                     "size": len(records),
                 },
             )
-            self._rewind(records)
-            self._stop.wait(delay)
+            self._wait_paused(delay, records)
             return None
         finally:
             self._metrics.in_flight.set(0)
@@ -148,7 +159,7 @@ class InferenceWorker:
         """Score, write, publish, then commit one batch; ``StageUnavailable`` leaves it uncommitted."""
         batch = prepare_batch(records, store=self._store, input_size=self._input_size)
         scored = self._score(batch.prepared) if batch.prepared else ScoredBatch()
-        entries = [WorklistEntry(item.prepared.study, item.prediction) for item in scored.scored]
+        entries = [WorklistEntry(item.prepared.study, item.prediction, item.cams) for item in scored.scored]
         outcomes = self._worklist.write(entries)
 
         written_at = self._clock()
@@ -158,10 +169,11 @@ class InferenceWorker:
                 self._metrics.end_to_end_latency.observe(
                     (written_at - entry.study.received_at).total_seconds()
                 )
+                if entry.cams is not None:
+                    self._metrics.cams_stored.inc()
                 predictions.append(entry.prediction)
-            else:  # a replay: republish the prediction as first stored, so consumers see the same event
-                stored = {"scored_at": outcome.scored_at, "priority": outcome.priority}
-                predictions.append(entry.prediction.model_copy(update=stored))
+            else:  # scored before: republish the prediction as first stored, so consumers see the same event
+                predictions.append(outcome.applied_to(entry.prediction))
         rejected = batch.rejected + scored.rejected
         self._publisher.publish(
             [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions]
@@ -209,6 +221,29 @@ class InferenceWorker:
                     "offset commit failed for a partition",
                     extra={"topic": tp.topic, "partition": tp.partition, "error": str(tp.error)},
                 )
+
+    def _wait_paused(self, delay: float, records: list[Record]) -> None:
+        """Pause every partition for ``delay`` while serving the group, then resume and rewind ``records``.
+
+        ``consume`` keeps running so that a rebalance (a worker joins or dies) completes during an outage;
+        a partition assigned meanwhile is not paused yet, so what it delivers is rewound and it is paused too.
+        """
+        self._consumer.pause(self._consumer.assignment())
+        self._metrics.paused.set(1)
+        deadline = time.monotonic() + delay
+        try:
+            while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                stray = self._records(
+                    self._consumer.consume(num_messages=self._max_batch, timeout=min(left, 0.5))
+                )
+                if stray:
+                    records = records + stray
+                    self._consumer.pause(_partitions(stray))
+        finally:
+            # Resume first, then seek: a seek is applied to the fetch position whatever the pause state did.
+            self._consumer.resume(self._consumer.assignment())
+            self._metrics.paused.set(0)
+            self._rewind(records)
 
     def _rewind(self, records: list[Record]) -> None:
         first: dict[tuple[str, int], int] = {}
@@ -281,6 +316,12 @@ class InferenceWorker:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
+
+
+def _partitions(records: list[Record]) -> list[TopicPartition]:
+    return [
+        TopicPartition(topic, partition) for topic, partition in {(r.topic, r.partition) for r in records}
+    ]
 
 
 def _describe(partitions: list[TopicPartition]) -> list[str]:

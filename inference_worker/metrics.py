@@ -54,7 +54,25 @@ class WorkerMetrics:
             buckets=_E2E_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("cxr_worker_in_flight", "Messages of the batch being processed", registry=r)
+        self.in_flight = Gauge(
+            "cxr_worker_in_flight",
+            "Messages taken from Kafka and not yet committed (at most one micro-batch)",
+            registry=r,
+        )
+        self.paused = Gauge(
+            "cxr_worker_paused",
+            "1 while the consumer is paused, waiting to retry a batch that a service failed",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "cxr_worker_consumer_lag",
+            "Messages in an assigned partition after this worker's position (refreshed periodically)",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.cams_stored = Counter(
+            "cxr_worker_cams_stored", "Studies whose class activation maps were stored", registry=r
+        )
         self.model = Info("cxr_worker_model", "Model that scored the latest batch", registry=r)
 
     def serve(self, *, host: str, port: int) -> MetricsServer:

@@ -1,4 +1,4 @@
-"""Model output -> ``PredictionEventV1``: probabilities by label, priority, and the version that scored it."""
+"""Model output -> ``PredictionEventV1`` (probabilities by label, priority, the version that scored it) + maps."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from cxr_triage.events import PredictionEventV1
 from cxr_triage.labels import LABELS
 from inference_worker.batching import INVALID_OUTPUT, Prepared, Rejected, summarise
+from inference_worker.cams import CamMaps, encode_cams
 from inference_worker.priority import priority
 from inference_worker.triton_client import Scores
 
@@ -20,6 +21,7 @@ from inference_worker.triton_client import Scores
 class Scored:
     prepared: Prepared
     prediction: PredictionEventV1
+    cams: CamMaps | None = None
 
 
 @dataclass
@@ -38,7 +40,10 @@ def build_predictions(
 ) -> ScoredBatch:
     """One prediction per prepared study; a row the model got wrong (NaN, out of range) is rejected alone."""
     batch = ScoredBatch()
-    for item, row, version in zip(prepared, scores.probabilities, scores.model_versions, strict=True):
+    maps = [None] * len(prepared) if scores.cams is None else list(scores.cams)
+    for item, row, version, raw in zip(
+        prepared, scores.probabilities, scores.model_versions, maps, strict=True
+    ):
         try:
             prediction = PredictionEventV1(
                 study_id=item.study.study_id,
@@ -49,6 +54,7 @@ def build_predictions(
                 received_at=item.study.received_at,
                 scored_at=scored_at,
             )
+            cams = None if raw is None else encode_cams(raw)
         except (ValidationError, ValueError) as exc:
             detail = summarise(exc) if isinstance(exc, ValidationError) else str(exc)
             batch.rejected.append(
@@ -62,5 +68,5 @@ def build_predictions(
                 )
             )
             continue
-        batch.scored.append(Scored(item, prediction))
+        batch.scored.append(Scored(item, prediction, cams))
     return batch

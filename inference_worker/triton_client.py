@@ -15,12 +15,12 @@ from tritonclient.utils import InferenceServerException
 
 from cxr_triage.labels import NUM_LABELS
 from inference_worker.errors import ModelMismatch, StageUnavailable
-from inference_worker.export import INPUT_NAME, OUTPUT_NAME
-from inference_worker.model_repo import MAX_BATCH_SIZE
+from inference_worker.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 
 STAGE = "triton"
+MAX_BATCH_SIZE = 32  # the default max_batch_size of the model config (CXR_TRITON_MAX_BATCH_SIZE)
 _CHANNEL_ARGS = [
     # tritonclient's defaults (it drops them all when channel_args is given)...
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
@@ -36,6 +36,7 @@ _CHANNEL_ARGS = [
 class Scores:
     probabilities: np.ndarray  # [N, 14] float32, label order
     model_versions: list[str]  # per row: the version that served it (a reload can land between chunks)
+    cams: np.ndarray | None = None  # [N, 14, h, w] float32 raw class activation maps, when asked for
 
 
 class Scorer(Protocol):
@@ -53,12 +54,14 @@ class TritonScorer:
         timeout_s: float = 30.0,
         max_batch_size: int = MAX_BATCH_SIZE,
         version_ttl_s: float = 5.0,
+        want_cams: bool = True,
     ) -> None:
         self.url = url
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.max_batch_size = max_batch_size
         self.version_ttl_s = version_ttl_s
+        self.want_cams = want_cams
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
         self._ready_version: str | None = None
         self._ready_version_at = 0.0
@@ -70,19 +73,25 @@ class TritonScorer:
             self._infer(images[i : i + self.max_batch_size])
             for i in range(0, len(images), self.max_batch_size)
         ]
-        probabilities = np.concatenate([p for p, _ in chunks], axis=0)
-        versions = [version for p, version in chunks for _ in range(len(p))]
-        return Scores(probabilities=probabilities, model_versions=versions)
+        probabilities = np.concatenate([c.probabilities for c in chunks], axis=0)
+        versions = [version for c in chunks for version in c.model_versions]
+        maps = [c.cams for c in chunks if c.cams is not None]
+        cams = None
+        # Chunks served by two versions (a switch between them) may have maps of two sizes: keep none then.
+        if len(maps) == len(chunks) and len({m.shape[2:] for m in maps}) == 1:
+            cams = np.concatenate(maps, axis=0)
+        return Scores(probabilities=probabilities, model_versions=versions, cams=cams)
 
-    def _infer(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+    def _infer(self, images: np.ndarray) -> Scores:
         batch = np.ascontiguousarray(images, dtype=np.float32)
         request = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         request.set_data_from_numpy(batch)
+        names = [OUTPUT_NAME, CAM_OUTPUT_NAME] if self.want_cams else [OUTPUT_NAME]
         try:
             result = self._client.infer(
                 self.model_name,
                 inputs=[request],
-                outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+                outputs=[grpcclient.InferRequestedOutput(name) for name in names],
                 client_timeout=self.timeout_s,
             )
         except InferenceServerException as exc:
@@ -91,8 +100,14 @@ class TritonScorer:
         if probabilities is None or probabilities.shape != (len(batch), NUM_LABELS):
             shape = None if probabilities is None else list(probabilities.shape)
             raise StageUnavailable(STAGE, f"model returned {shape}, expected [{len(batch)}, {NUM_LABELS}]")
+        cams = result.as_numpy(CAM_OUTPUT_NAME) if self.want_cams else None
+        if cams is not None and (cams.ndim != 4 or cams.shape[:2] != (len(batch), NUM_LABELS)):
+            raise StageUnavailable(
+                STAGE,
+                f"model returned maps of {list(cams.shape)}, expected [{len(batch)}, {NUM_LABELS}, h, w]",
+            )
         version = result.get_response().model_version or self.ready_version() or "unknown"
-        return probabilities, version
+        return Scores(probabilities=probabilities, model_versions=[version] * len(batch), cams=cams)
 
     def ready_version(self) -> str | None:
         """The newest version Triton reports ready (model metadata), cached for a few seconds."""
@@ -151,6 +166,9 @@ class TritonScorer:
                 f"model {self.model_name!r} takes {shapes}, but this worker prepares {INPUT_NAME!r} as "
                 f"[N, {', '.join(map(str, expected))}] (CXR_MODEL_INPUT_SIZE)"
             )
+        if self.want_cams and CAM_OUTPUT_NAME not in {tensor.name for tensor in metadata.outputs}:
+            logger.warning("the served model has no activation maps; none will be stored")
+            self.want_cams = False
 
     def close(self) -> None:
         self._client.close()

@@ -20,7 +20,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope: the sync Playwright driver keeps an asyncio loop running in this thread while it lives, and
+# later tests that call asyncio.run() (the API bench) must not find it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed: run `make setup` (apt-get install chromium)")

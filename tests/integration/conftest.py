@@ -132,7 +132,7 @@ def e2e_env(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole local stack (Kafka, Redis, Triton, worker, API) started by the real ``cxr-triage up``."""
     home = tmp_path_factory.mktemp("stack")

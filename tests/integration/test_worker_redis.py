@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 
 from cxr_triage.events import PredictionEventV1, StudyEventV1
-from cxr_triage.labels import LABELS
+from cxr_triage.labels import LABELS, NUM_LABELS
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy, Tier
 from cxr_triage.worklist_index import WorklistKeys, complete
+from inference_worker.cams import encode_cams
 from inference_worker.errors import StageUnavailable
 from inference_worker.worklist import RedisWorklist, WorklistEntry
 
@@ -164,19 +166,45 @@ def test_a_study_lost_between_the_two_writes_is_filed_on_replay(client: redis.Re
     assert client.zrange(index.unread(Tier.URGENT), 0, -1) == ["S-1"]
 
 
-def test_new_version_rescores_but_never_puts_back_a_read_study(client: redis.Redis, keys: RedisKeys) -> None:
+def test_a_later_version_never_rescores_or_puts_back_a_study(client: redis.Redis, keys: RedisKeys) -> None:
     worklist = writer(client, keys)
     worklist.write([entry("S-open", priority=0.3), entry("S-read", priority=0.3)])
     index = WorklistKeys(keys.prefix)
     complete(client, keys=index, study_id="S-read")  # a radiologist's verdict took it off the worklist
+    before = {s: client.hgetall(keys.study(s)) for s in ("S-open", "S-read")}
     later = RECEIVED + timedelta(hours=1)
     rescored = [entry(s, version="2", priority=0.8, scored_at=later) for s in ("S-open", "S-read")]
     outcomes = worklist.write(rescored)
-    assert [(o.changed, o.status) for o in outcomes] == [(True, "waiting"), (True, "read")]
-    assert client.zrange(keys.worklist, 0, -1, withscores=True) == [("S-open", 0.8)]
-    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1) == ["S-open"]
-    assert client.zcard(index.unread(Tier.ROUTINE)) == 0
-    assert client.hget(keys.study("S-read"), "model_version") == "2"
+    assert [(o.changed, o.model_version, o.priority, o.status) for o in outcomes] == [
+        (False, "1", 0.3, "waiting"),
+        (False, "1", 0.3, "read"),
+    ]
+    assert outcomes[0].applied_to(rescored[0].prediction) == entry("S-open", priority=0.3).prediction
+    assert {s: client.hgetall(keys.study(s)) for s in ("S-open", "S-read")} == before
+    assert client.zrange(keys.worklist, 0, -1, withscores=True) == [("S-open", 0.3)]
+    assert client.zrange(index.unread(Tier.ROUTINE), 0, -1) == ["S-open"]
+
+
+def test_activation_maps_are_stored_with_the_prediction_once(redis_url: str, keys: RedisKeys) -> None:
+    raw = redis.Redis.from_url(redis_url)  # maps are bytes: no decoding
+    maps = np.random.default_rng(0).random((NUM_LABELS, 2, 3)).astype(np.float32)
+    cams = encode_cams(maps)
+    assert cams is not None
+    first = WorklistEntry(entry("S-1").study, entry("S-1").prediction, cams)
+    writer(raw, keys).write([first, entry("S-2")])
+    index = WorklistKeys(keys.prefix)
+    assert raw.get(index.cam("S-1")) == cams.data
+    assert raw.hmget(keys.study("S-1"), ["cam_h", "cam_w"]) == [b"2", b"3"]
+    decoded = np.frombuffer(raw.get(index.cam("S-1")) or b"", dtype=np.float16).reshape(NUM_LABELS, 2, 3)
+    assert decoded.max() == 1.0 and decoded.min() == 0.0
+    assert raw.get(index.cam("S-2")) is None and raw.hget(keys.study("S-2"), "cam_h") is None
+
+    other = encode_cams(np.ones((NUM_LABELS, 2, 3), dtype=np.float32) + maps[::-1])
+    assert other is not None and other.data != cams.data
+    replay = WorklistEntry(first.study, entry("S-1", version="2").prediction, other)
+    (outcome,) = writer(raw, keys).write([replay])
+    assert not outcome.changed and raw.get(index.cam("S-1")) == cams.data  # the first maps stay
+    raw.close()
 
 
 def test_redis_down_is_stage_unavailable(keys: RedisKeys) -> None:

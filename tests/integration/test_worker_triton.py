@@ -1,6 +1,6 @@
 """The served model on a real tritonserver (the nvidia-pytriton wheel's, Python backend only).
 
-The server is started here on ports 18100-18102 with a model exported at a small input size for speed.
+The server is started here on free ports with a model exported at a small input size for speed.
 """
 
 from __future__ import annotations
@@ -24,17 +24,19 @@ import pytest
 from cxr_triage.imaging import decode_grayscale, preprocess
 from cxr_triage.labels import NUM_LABELS
 from cxr_triage.settings import Settings
+from inference_worker.cams import encode_cams
 from inference_worker.errors import ModelMismatch, StageUnavailable
-from inference_worker.export import export_untrained
-from inference_worker.model_repo import ONNX_FILE, ensure_model, publish_version, staging_dir
+from inference_worker.export import build_densenet121, export_model
+from inference_worker.model_repo import ONNX_FILE, add_version, ensure_model, serve_version, serving_version
 from inference_worker.priority import priorities
 from inference_worker.triton_client import TritonScorer
+from tests.integration.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
 SIZE = 64
 MODEL = "cxr_it"
-HTTP, GRPC, METRICS = 18100, 18101, 18102
+HTTP, GRPC, METRICS = free_port(), free_port(), free_port()
 DATASET = Path("/work/shared/datasets/cxr-public/images")
 
 
@@ -150,11 +152,20 @@ def test_probabilities_match_onnxruntime(
 ) -> None:
     images = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
     scores = scorer.score(images)  # 40 > max_batch_size 32: sent as two requests
-    (expected,) = reference.run(["probabilities"], {"image": images})
+    expected, expected_cams = reference.run(["probabilities", "cams"], {"image": images})
     assert scores.probabilities.shape == (batch, NUM_LABELS)
     assert scores.probabilities.dtype == np.float32
     assert np.abs(scores.probabilities - expected).max() <= 1e-5
+    assert scores.cams is not None and scores.cams.shape == (batch, NUM_LABELS, SIZE // 32, SIZE // 32)
+    assert np.abs(scores.cams - expected_cams).max() <= 1e-4
     assert scores.model_versions == ["1"] * batch
+
+
+def test_maps_are_left_out_when_not_asked_for(repository: Settings, triton: dict[str, float]) -> None:
+    client = TritonScorer(repository.triton_grpc_url, MODEL, timeout_s=60, want_cams=False)
+    scores = client.score(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
+    assert scores.cams is None and scores.probabilities.shape == (2, NUM_LABELS)
+    client.close()
 
 
 def test_real_radiographs_score_to_valid_priorities(scorer: TritonScorer) -> None:
@@ -166,6 +177,8 @@ def test_real_radiographs_score_to_valid_priorities(scorer: TritonScorer) -> Non
     values = priorities(scores.probabilities)
     assert values.shape == (len(files),)
     assert ((values >= 0) & (values <= 1)).all()
+    assert scores.cams is not None
+    assert all(encode_cams(maps) is not None for maps in scores.cams)  # DenseNet121 has real maps
 
 
 def test_wrong_input_size_is_a_model_mismatch(scorer: TritonScorer) -> None:
@@ -184,17 +197,29 @@ def test_unreachable_triton_is_stage_unavailable() -> None:
     client.close()
 
 
-def test_a_new_version_is_picked_up_and_reported(repository: Settings, scorer: TritonScorer) -> None:
-    # Last in this module: it replaces version 1.
-    staged = staging_dir(repository.model_repository)
-    export_untrained(staged / ONNX_FILE, input_size=SIZE, seed=99)
-    publish_version(staged, repository.model_repository / MODEL, 2)
+def test_a_served_version_switch_needs_no_restart(repository: Settings, scorer: TritonScorer) -> None:
+    # Last in this module: it switches the served version from 1 to 2.
+    staged = repository.home / "v2.onnx"
+    export_model(build_densenet121(seed=99), staged, input_size=SIZE, metadata={"cxr.weights": "test"})
+    version = add_version(repository, staged, metadata={"source": "test"})
+    assert version == 2
     images = np.zeros((2, 3, SIZE, SIZE), dtype=np.float32)
+    time.sleep(4)  # two poll periods: adding a version must not change what is served
+    assert scorer.score(images).model_versions == ["1", "1"]
+
+    serve_version(repository, 2)
+    assert serving_version(repository) == 2
     deadline = time.monotonic() + 60
-    while scorer.score(images).model_versions != ["2", "2"]:
+    seen: list[str] = []
+    while not seen or seen[-1] != "2":
         assert time.monotonic() < deadline, "Triton did not serve version 2 within 60 s"
-        time.sleep(0.5)
-    deadline = time.monotonic() + 30
-    while scorer.ready_version() != "2":
+        try:
+            seen += scorer.score(images).model_versions[:1]
+        except StageUnavailable:
+            seen.append("unavailable")
+        time.sleep(0.2)
+    while _ready(f"/v2/models/{MODEL}/versions/1/ready"):  # and version 1 is unloaded
         assert time.monotonic() < deadline
-        time.sleep(0.5)
+        time.sleep(0.2)
+    assert scorer.score(images).model_versions == ["2", "2"]
+    print(f"answers while switching: {seen}")

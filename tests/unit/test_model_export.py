@@ -1,9 +1,8 @@
-"""ONNX export of the DenseNet121 classifier and the Triton model repository it is installed in."""
+"""ONNX export of a 14-finding classifier: scores, class activation maps and metadata (inference_worker.export)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,53 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
-from cxr_triage.labels import LABELS
-from cxr_triage.settings import Settings
-from inference_worker.export import UNTRAINED, build_densenet121, export_untrained, read_metadata
-from inference_worker.model_repo import ensure_initial_model, ensure_model, list_versions
+from cxr_triage.labels import LABELS, NUM_LABELS
+from inference_worker.export import (
+    CAM_CLASS_ACTIVATION,
+    CAM_NONE,
+    UNTRAINED,
+    build_densenet121,
+    export_model,
+    export_untrained,
+    read_metadata,
+)
 
 SIZE = 64
+
+
+class PooledConv(nn.Module):
+    """A small logits model without a ``features``/``classifier`` pair (like a ViT: no CAM path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8, NUM_LABELS)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(image))
+
+
+class MiswiredCnn(nn.Module):
+    """Has ``features`` and ``classifier``, but its forward scales the logits: the CAM path would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=32, padding=1))
+        self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, NUM_LABELS))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pooled = torch.relu(self.features(image)).mean(dim=(2, 3))
+        return 2.0 * self.classifier(pooled)
+
+
+def run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probabilities, cams = session.run(["probabilities", "cams"], {"image": images})
+    return probabilities, cams
 
 
 @pytest.fixture(scope="module")
@@ -27,41 +66,57 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def session(exported: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-
-
 def test_graph_signature(exported: Path) -> None:
     model = onnx.load(str(exported))
     assert model.opset_import[0].version == 17
     (inp,) = model.graph.input
-    (out,) = model.graph.output
-    assert inp.name == "image" and out.name == "probabilities"
-    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
-    assert dims == ["batch", 3, SIZE, SIZE]
+    outputs = {
+        o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output
+    }
+    assert inp.name == "image"
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 3, SIZE, SIZE]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert outputs == {
+        "probabilities": ["batch", NUM_LABELS],
+        "cams": ["batch", NUM_LABELS, SIZE // 32, SIZE // 32],
+    }
 
 
-def test_metadata_says_untrained(exported: Path) -> None:
+def test_metadata_says_untrained_and_how_maps_are_made(exported: Path) -> None:
     meta = read_metadata(exported)
     assert meta["cxr.weights"] == UNTRAINED == "untrained-random-init"
     assert json.loads(meta["cxr.labels"]) == list(LABELS)
     assert meta["cxr.input_size"] == str(SIZE)
     assert meta["cxr.architecture"] == "densenet121"
+    assert meta["cxr.cam"] == CAM_CLASS_ACTIVATION
     assert meta["cxr.created_at"].endswith("+00:00")
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_dynamic_batch_probabilities_match_torch(session: ort.InferenceSession, batch: int) -> None:
+def test_dynamic_batch_probabilities_match_torch(exported: Path, batch: int) -> None:
     images = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
-    (probabilities,) = session.run(["probabilities"], {"image": images})
-    assert probabilities.shape == (batch, len(LABELS))
-    assert probabilities.dtype == np.float32
+    probabilities, cams = run(exported, images)
+    assert probabilities.shape == (batch, len(LABELS)) and cams.shape == (batch, NUM_LABELS, 2, 2)
+    assert probabilities.dtype == np.float32 and cams.dtype == np.float32
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     with torch.no_grad():
         expected = build_densenet121(seed=7)(torch.from_numpy(images)).numpy()
     assert np.abs(probabilities - expected).max() <= 1e-4
+
+
+def test_maps_are_class_activations_whose_mean_is_the_logit(exported: Path) -> None:
+    images = np.random.default_rng(5).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    probabilities, cams = run(exported, images)
+    logits = np.log(probabilities / (1 - probabilities))
+    assert np.abs(cams.mean(axis=(2, 3)) - logits).max() <= 1e-3
+    assert np.ptp(cams, axis=(2, 3)).min() > 0  # real spatial maps, not a constant per finding
+    # the map is W . relu(features) + b at each location, computed here from the torch modules
+    backbone = build_densenet121(seed=7).backbone
+    with torch.no_grad():
+        maps = torch.relu(backbone.features(torch.from_numpy(images)))
+        expected = torch.einsum("kc,nchw->nkhw", backbone.classifier.weight, maps)
+        expected += backbone.classifier.bias[None, :, None, None]
+    assert np.abs(cams - expected.numpy()).max() <= 1e-3
 
 
 def test_seed_makes_export_reproducible() -> None:
@@ -70,67 +125,33 @@ def test_seed_makes_export_reproducible() -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_ensure_model_creates_version_1_once(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path / "home", model_input_size=SIZE, model_name="cxr_test")
-    first = ensure_model(settings)
-    model_dir = tmp_path / "home" / "model_repository" / "cxr_test"
-    assert first.created and first.version == 1 and first.weights == UNTRAINED
-    assert first.path == model_dir / "1" / "model.onnx"
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["__pycache__", "model.onnx", "model.py"]
-    assert list((model_dir / "1" / "__pycache__").glob("model.cpython-*.pyc"))
-    mtime = first.path.stat().st_mtime_ns
-
-    second = ensure_model(settings)
-    assert not second.created and second.version == 1 and second.path == first.path
-    assert first.path.stat().st_mtime_ns == mtime
-    assert ensure_initial_model(settings) == 1
-    assert list_versions(model_dir) == [1]
-    # nothing staged is left behind, in or beside the repository
-    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == ["model_repository"]
-    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.onnxruntime.pbtxt", "config.pbtxt"]
-    assert oct((model_dir / "1").stat().st_mode & 0o777) == oct(0o755)
+def test_a_model_without_a_cam_path_exports_zero_maps(tmp_path: Path) -> None:
+    model = PooledConv().train()
+    path = export_model(model, tmp_path / "m.onnx", input_size=96, metadata={"cxr.weights": "run-7"})
+    assert model.training  # the caller's module is left as it was
+    images = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    probabilities, cams = run(path, images)
+    with torch.no_grad():
+        expected = torch.sigmoid(PooledConv().eval()(torch.from_numpy(images))).numpy()
+    assert np.abs(probabilities - expected).max() <= 1e-5
+    assert cams.shape == (2, NUM_LABELS, 3, 3) and not cams.any()
+    meta = read_metadata(path)
+    assert meta["cxr.cam"] == CAM_NONE and meta["cxr.weights"] == "run-7"
+    assert meta["cxr.architecture"] == "pooledconv"
 
 
-def test_configs_describe_the_same_model(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, model_input_size=SIZE, model_name="cxr_test")
-    model_dir = settings.model_repository / "cxr_test"
-    from inference_worker.model_repo import write_configs
-
-    write_configs(model_dir, model_name="cxr_test", input_size=SIZE)
-    python = (model_dir / "config.pbtxt").read_text()
-    onnxrt = (model_dir / "config.onnxruntime.pbtxt").read_text()
-    assert 'backend: "python"' in python and "KIND_CPU" in python
-    assert 'key: "intra_op_thread_count"' in python and 'string_value: "2"' in python
-    assert 'platform: "onnxruntime_onnx"' in onnxrt and "backend" not in onnxrt
-    for text in (python, onnxrt):
-        assert 'name: "cxr_test"' in text
-        assert "max_batch_size: 32" in text
-        assert f"dims: [ 3, {SIZE}, {SIZE} ]" in text and "dims: [ 14 ]" in text
-        assert "max_queue_delay_microseconds: 2000" in text
-        assert "latest: { num_versions: 1 }" in text
-    before = os.stat(model_dir / "config.pbtxt").st_mtime_ns
-    write_configs(model_dir, model_name="cxr_test", input_size=SIZE)
-    assert os.stat(model_dir / "config.pbtxt").st_mtime_ns == before  # unchanged config: no Triton reload
+def test_features_that_do_not_reproduce_the_scores_give_no_maps(tmp_path: Path) -> None:
+    path = export_model(MiswiredCnn(), tmp_path / "m.onnx", input_size=64, metadata={})
+    images = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    probabilities, cams = run(path, images)
+    with torch.no_grad():
+        expected = torch.sigmoid(MiswiredCnn().eval()(torch.from_numpy(images))).numpy()
+    assert np.abs(probabilities - expected).max() <= 1e-5  # the model's own forward, not the CAM path
+    assert not cams.any() and read_metadata(path)["cxr.cam"] == CAM_NONE
 
 
-def test_cli_model_init_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from click.testing import CliRunner
-
-    from cxr_triage.cli import main
-
-    monkeypatch.setenv("CXR_HOME", str(tmp_path))
-    monkeypatch.setenv("CXR_MODEL_INPUT_SIZE", str(SIZE))
-    runner = CliRunner()
-    first = runner.invoke(main, ["model", "init", "--json"])
-    assert first.exit_code == 0, first.output
-    result = json.loads(first.stdout.strip().splitlines()[-1])
-    assert result == {
-        "model_name": "cxr_classifier",
-        "version": 1,
-        "created": True,
-        "path": str(tmp_path.resolve() / "model_repository" / "cxr_classifier" / "1" / "model.onnx"),
-        "weights": UNTRAINED,
-    }
-    again = runner.invoke(main, ["model", "init"])
-    assert again.exit_code == 0
-    assert "kept existing cxr_classifier version 1 (untrained-random-init)" in again.stdout
+def test_a_model_that_does_not_return_14_logits_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"logits of shape \[N, 14\]"):
+        export_model(
+            nn.Sequential(nn.Flatten(), nn.LazyLinear(3)), tmp_path / "m.onnx", input_size=64, metadata={}
+        )

@@ -6,7 +6,8 @@ import hashlib
 import io
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,20 +40,26 @@ class FakeConsumer:
         self.log: dict[int, list[Message]] = {}
         for message in messages:
             self.log.setdefault(message.partition() or 0, []).append(message)
-        self.position = dict.fromkeys(self.log, 0)
+        self.next = dict.fromkeys(self.log, 0)
+        self.paused: set[int] = set()
         self.commits: list[list[tuple[str, int, int]]] = []
         self.seeks: list[tuple[str, int, int]] = []
         self.after_commit: list[threading.Event] = []
+        self.on_consume: list[Callable[[FakeConsumer], None]] = []
 
     def subscribe(self, topic_names: list[str], **callbacks: object) -> None:
         assert topic_names == [topics.STUDIES]
         assert set(callbacks) == {"on_assign", "on_revoke", "on_lost"}
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        for hook in self.on_consume:
+            hook(self)
         batch: list[Message] = []
         for partition, messages in self.log.items():
-            take = messages[self.position[partition] : self.position[partition] + num_messages - len(batch)]
-            self.position[partition] += len(take)
+            if partition in self.paused:
+                continue
+            take = messages[self.next[partition] : self.next[partition] + num_messages - len(batch)]
+            self.next[partition] += len(take)
             batch.extend(take)
         return batch
 
@@ -66,7 +73,30 @@ class FakeConsumer:
 
     def seek(self, partition: TopicPartition) -> None:
         self.seeks.append((partition.topic, partition.partition, partition.offset))
-        self.position[partition.partition] = partition.offset
+        self.next[partition.partition] = partition.offset
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(topics.STUDIES, p) for p in self.log]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.journal.append(f"pause:{sorted(tp.partition for tp in partitions)}")
+        self.paused.update(tp.partition for tp in partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.journal.append(f"resume:{sorted(tp.partition for tp in partitions)}")
+        self.paused.difference_update(tp.partition for tp in partitions)
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.next[tp.partition]) for tp in partitions]
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[TopicPartition]:
+        done = {p: o for commit in self.commits for _, p, o in commit}
+        return [TopicPartition(tp.topic, tp.partition, done.get(tp.partition, -1001)) for tp in partitions]
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, len(self.log[partition.partition])
 
 
 class FakeScorer:
@@ -75,6 +105,7 @@ class FakeScorer:
         self.failures = 0
         self.rows: dict[int, np.ndarray] = {}
         self.version = "1"
+        self.cams: np.ndarray | None = None  # [14, h, w] for every row when set
 
     def score(self, images: np.ndarray) -> Scores:
         self.journal.append(f"triton:{len(images)}")
@@ -84,16 +115,18 @@ class FakeScorer:
         probabilities = np.full((len(images), NUM_LABELS), 0.1, dtype=np.float32)
         for i, row in self.rows.items():
             probabilities[i] = row
-        return Scores(probabilities, [self.version] * len(images))
+        cams = None if self.cams is None else np.stack([self.cams] * len(images))
+        return Scores(probabilities, [self.version] * len(images), cams)
 
 
 class FakeWorklist:
-    """The Redis script's rules, in memory."""
+    """The Redis script's rule, in memory: the first prediction written for a study wins."""
 
     def __init__(self, journal: list[str]) -> None:
         self.journal = journal
         self.failures = 0
-        self.hashes: dict[str, dict[str, object]] = {}
+        self.stored: dict[str, WriteOutcome] = {}
+        self.entries: list[WorklistEntry] = []
 
     def write(self, entries: Sequence[WorklistEntry]) -> list[WriteOutcome]:
         self.journal.append(f"redis:{len(entries)}")
@@ -103,16 +136,14 @@ class FakeWorklist:
         outcomes = []
         for entry in entries:
             p = entry.prediction
-            current = self.hashes.get(p.study_id)
-            if current and current["model_version"] == p.model_version:
-                outcomes.append(WriteOutcome(False, current["scored_at"], current["priority"]))  # type: ignore[arg-type]
+            if p.study_id in self.stored:
+                outcomes.append(replace(self.stored[p.study_id], changed=False))
                 continue
-            self.hashes[p.study_id] = {
-                "model_version": p.model_version,
-                "scored_at": p.scored_at,
-                "priority": p.priority,
-            }
-            outcomes.append(WriteOutcome(True, p.scored_at, p.priority))
+            self.entries.append(entry)
+            self.stored[p.study_id] = WriteOutcome(
+                True, p.model_version, p.scored_at, p.priority, dict(p.probabilities)
+            )
+            outcomes.append(self.stored[p.study_id])
         return outcomes
 
 
@@ -288,7 +319,7 @@ def test_triton_failure_commits_nothing_and_the_batch_is_retried(rig: Rig) -> No
     assert worker.step() is None
     assert worker.step() is None
     assert rig.consumer is not None
-    assert rig.consumer.commits == [] and rig.publisher.sent == [] and rig.worklist.hashes == {}
+    assert rig.consumer.commits == [] and rig.publisher.sent == [] and rig.worklist.stored == {}
     assert rig.consumer.seeks[:2] == [(topics.STUDIES, 0, 0), (topics.STUDIES, 1, 0)]
     assert rig.metric("cxr_worker_batch_failures_total", stage="triton") == 2
 
@@ -332,10 +363,103 @@ def test_replay_changes_nothing_and_republishes_the_same_prediction(rig: Rig) ->
     assert second == first  # same scored_at as stored, same probabilities and version
     assert rig.metric("cxr_worker_studies_unchanged_total") == 1
 
-    rig.scorer.version = "2"  # a new model version re-scores
-    third_worker = rig.worker([message])
-    third_worker.step()
-    assert rig.publisher.of(topics.PREDICTIONS)[2].event.model_version == "2"  # type: ignore[attr-defined]
+
+def test_a_version_switch_does_not_rescore_a_study_already_scored(rig: Rig) -> None:
+    message = study_message(rig.store, "S-1", 0)
+    rig.worker([message]).step()
+    first = rig.publisher.of(topics.PREDICTIONS)[0].event
+
+    rig.scorer.version = "2"  # the served version changed before the study was read again (a replay)
+    rig.scorer.rows = {0: np.full(NUM_LABELS, 0.9, dtype=np.float32)}
+    report = rig.worker([message, study_message(rig.store, "S-new", 1)]).step()
+    assert report is not None and (report.scored, report.unchanged) == (1, 1)
+    by_id = {m.event.study_id: m.event for m in rig.publisher.of(topics.PREDICTIONS)[1:]}  # type: ignore[attr-defined]
+    assert by_id["S-1"] == first  # version 1's prediction, republished unchanged
+    assert by_id["S-new"].model_version == "2"
+    assert rig.metric("cxr_worker_model_info", model_name="cxr_classifier", model_version="2") == 1
+
+
+def test_activation_maps_go_with_the_first_write_only(rig: Rig) -> None:
+    maps = np.zeros((NUM_LABELS, 2, 3), dtype=np.float32)
+    maps[:, 1, 2] = 5.0
+    rig.scorer.cams = maps
+    message = study_message(rig.store, "S-1", 0)
+    rig.worker([message]).step()
+    rig.worker([message]).step()  # a replay stores nothing new
+    (entry,) = rig.worklist.entries
+    assert entry.cams is not None and (entry.cams.height, entry.cams.width) == (2, 3)
+    stored = np.frombuffer(entry.cams.data, dtype=np.float16).reshape(NUM_LABELS, 2, 3)
+    assert stored[:, 1, 2].tolist() == [1.0] * NUM_LABELS and stored.sum() == NUM_LABELS
+    assert rig.metric("cxr_worker_cams_stored_total") == 1
+
+
+def test_a_model_without_maps_stores_none(rig: Rig) -> None:
+    rig.scorer.cams = np.zeros((NUM_LABELS, 2, 2), dtype=np.float32)
+    rig.worker([study_message(rig.store, "S-1", 0)]).step()
+    assert rig.worklist.entries[0].cams is None
+    assert rig.metric("cxr_worker_cams_stored_total") == 0
+
+
+def test_while_waiting_to_retry_the_partitions_are_paused_then_rewound(rig: Rig) -> None:
+    messages = [study_message(rig.store, f"S-{i}", i // 2, partition=i % 2) for i in range(4)]
+    worker = rig.worker(messages)
+    worker._backoff = Backoff(initial_s=0.05, maximum_s=0.05)
+    rig.scorer.failures = 1
+    assert rig.consumer is not None
+    during: list[tuple[set[int], float]] = []
+    rig.consumer.on_consume.append(lambda c: during.append((set(c.paused), rig.metric("cxr_worker_paused"))))
+
+    assert worker.step() is None
+    assert during[1:] and all(paused == {0, 1} and flag == 1 for paused, flag in during[1:])
+    assert rig.journal[:3] == ["triton:4", "pause:[0, 1]", "resume:[0, 1]"]
+    assert sorted(rig.consumer.seeks) == [(topics.STUDIES, 0, 0), (topics.STUDIES, 1, 0)]
+    assert rig.consumer.paused == set() and rig.metric("cxr_worker_paused") == 0
+
+    report = worker.step()
+    assert report is not None and report.scored == 4
+    assert rig.consumer.commits == [[(topics.STUDIES, 0, 2), (topics.STUDIES, 1, 2)]]
+
+
+def test_a_partition_assigned_during_the_pause_is_paused_and_rewound(rig: Rig) -> None:
+    first = [study_message(rig.store, "S-0", 0, partition=0)]
+    worker = rig.worker(first)
+    worker._backoff = Backoff(initial_s=0.05, maximum_s=0.05)
+    rig.scorer.failures = 1
+    assert rig.consumer is not None
+    late = [study_message(rig.store, f"S-late-{i}", i, partition=3) for i in range(2)]
+
+    def assign_partition_3(consumer: FakeConsumer) -> None:
+        if 3 not in consumer.log and consumer.paused:  # a rebalance hands over partition 3 mid-pause
+            consumer.log[3] = late
+            consumer.next[3] = 0
+
+    rig.consumer.on_consume.append(assign_partition_3)
+    assert worker.step() is None
+    assert "pause:[3]" in rig.journal
+    assert (topics.STUDIES, 3, 0) in rig.consumer.seeks and rig.journal.count("triton:1") == 1
+
+    reports = [worker.step(), worker.step()]
+    assert sum(r.scored for r in reports if r is not None) == 3
+    assert sorted(m.key or "" for m in rig.publisher.of(topics.PREDICTIONS)) == [
+        "S-0",
+        "S-late-0",
+        "S-late-1",
+    ]
+
+
+def test_consumer_lag_is_reported_per_partition(rig: Rig) -> None:
+    messages = [study_message(rig.store, f"S-{i}", i // 2, partition=i % 2) for i in range(6)]
+    worker = rig.worker(messages, max_batch=4)
+    assert rig.consumer is not None
+    rig.consumer.after_commit.append(rig.stop)
+    worker.run()  # one batch of 4 (the fake takes partition 0's three first), then stop; lag refreshed once
+    lag = {
+        p: rig.metrics.registry.get_sample_value(
+            "cxr_worker_consumer_lag", {"topic": topics.STUDIES, "partition": p}
+        )
+        for p in ("0", "1")
+    }
+    assert lag == {"0": 0, "1": 2}
 
 
 def test_invalid_model_output_dead_letters_only_that_study(rig: Rig) -> None:
@@ -363,7 +487,7 @@ def test_consumer_errors_are_skipped(rig: Rig) -> None:
     worker = rig.worker([])
     assert rig.consumer is not None
     rig.consumer.log = {0: [error]}
-    rig.consumer.position = {0: 0}
+    rig.consumer.next = {0: 0}
     assert worker.step() is None
     assert rig.journal == []
 
