@@ -8,15 +8,14 @@ name (which may hold a patient's name). Another backend (S3, a PACS) only has to
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import unquote, urlparse
 from urllib.request import url2pathname
 
 from cxr_triage.events import ContentType
+from cxr_triage.fileio import atomic_write
 
 if TYPE_CHECKING:
     from cxr_triage.settings import Settings
@@ -67,17 +66,7 @@ class LocalImageStore:
         path = self.path_for(hashlib.sha256(data).hexdigest(), suffix)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Readers see either no file or the whole file: write aside, then rename into place.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".put-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, data)
         return path.as_uri()
 
     def get(self, uri: str) -> bytes:

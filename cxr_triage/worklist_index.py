@@ -27,19 +27,13 @@ import redis
 import redis.asyncio
 from redis.exceptions import NoScriptError
 
+from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import TIERS, SlaPolicy, Tier, received_timestamp
 
 
 @dataclass(frozen=True)
-class WorklistKeys:
-    prefix: str = "cxr"
-
-    def study(self, study_id: str) -> str:
-        return f"{self.prefix}:study:{study_id}"
-
-    @property
-    def worklist(self) -> str:
-        return f"{self.prefix}:worklist"
+class WorklistKeys(RedisKeys):
+    """The projection's keys (``RedisKeys``) plus those of the unread index, claims and reads."""
 
     def unread(self, tier: Tier) -> str:
         return f"{self.prefix}:unread:{tier.value}"

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final
+
+from cxr_triage.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,7 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
 
 def _write(path: Path, users: dict[str, dict[str, Any]]) -> None:
     body = json.dumps({"version": FILE_VERSION, "users": users}, indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".users-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, body.encode(), mode=0o600)
 
 
 @contextlib.contextmanager
