@@ -39,7 +39,7 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 @click.option(
     "--data",
     "data",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    type=click.Path(path_type=Path, exists=True, file_okay=False, resolve_path=True),
     multiple=True,
     required=True,
     help="CheXpert-layout or NIH ChestX-ray14 folder (repeat to combine sources).",
@@ -98,7 +98,7 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 @click.option("--run-name", default=None)
 @click.option(
     "--resume-from",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    type=click.Path(path_type=Path, exists=True, file_okay=False, resolve_path=True),
     default=None,
     help="A checkpoint folder of an earlier run: continue from its epoch.",
 )
@@ -210,7 +210,7 @@ def _champion(settings: Any) -> Any:
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False, resolve_path=True), required=True)
 @click.option(
     "--model",
     "model_uri",
@@ -282,7 +282,7 @@ def _promote_text(p: dict[str, Any]) -> str:
 @click.command()
 @click.option(
     "--data",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    type=click.Path(path_type=Path, exists=True, file_okay=False, resolve_path=True),
     default=None,
     help="Evaluation folder (default: CXR_EVAL_DATA, the public set).",
 )
