@@ -210,7 +210,9 @@ def _champion(settings: Any) -> Any:
 
 
 @click.command()
-@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False, resolve_path=True), required=True)
+@click.option(
+    "--data", type=click.Path(path_type=Path, exists=True, file_okay=False, resolve_path=True), required=True
+)
 @click.option(
     "--model",
     "model_uri",
