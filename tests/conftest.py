@@ -6,6 +6,20 @@ from pathlib import Path
 
 import pytest
 
+# The keys issue 3 names as the contract of `cxr-triage bench pipeline --json`.
+PIPELINE_JSON_KEYS = frozenset(
+    {
+        "raw_images_per_s",
+        "pipeline_studies_per_s",
+        "ratio",
+        "e2e_p50_ms",
+        "e2e_p99_ms",
+        "n",
+        "lost",
+        "duplicated",
+    }
+)
+
 PUBLIC_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cxr-public"
 
 

@@ -8,20 +8,10 @@ import pytest
 from click.testing import CliRunner
 
 from inference_worker.bench.cli import bench
+from tests.conftest import PIPELINE_JSON_KEYS as REQUIRED_KEYS
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
-
-REQUIRED_KEYS = {
-    "raw_images_per_s",
-    "pipeline_studies_per_s",
-    "ratio",
-    "e2e_p50_ms",
-    "e2e_p99_ms",
-    "n",
-    "lost",
-    "duplicated",
-}
 
 
 def test_bench_pipeline_burst_json(stack: Stack) -> None:

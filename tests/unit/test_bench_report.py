@@ -18,18 +18,9 @@ from inference_worker.bench.pipeline import PipelineResult, Published, summarise
 from inference_worker.bench.profile import aggregate_profile
 from inference_worker.bench.raw import Timing, result_from
 from inference_worker.bench.suite import pipeline_summary
+from tests.conftest import PIPELINE_JSON_KEYS as REQUIRED_KEYS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-REQUIRED_KEYS = {
-    "raw_images_per_s",
-    "pipeline_studies_per_s",
-    "ratio",
-    "e2e_p50_ms",
-    "e2e_p99_ms",
-    "n",
-    "lost",
-    "duplicated",
-}
 
 
 def _prediction(study_id: str, version: str = "1") -> PredictionEventV1:
