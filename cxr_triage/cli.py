@@ -1,66 +1,48 @@
 """The ``cxr-triage`` console script: every process of the system is one of its subcommands.
 
-Each service owns its commands (``<service>/cli.py``); this module only wires them together and imports a
-service's module when its command runs, so ``cxr-triage worklist`` does not pay for torch.
+Each service declares its own commands as entry points (group ``cxr_triage.commands`` in pyproject.toml), so
+this shared package imports no service; a command's module is imported only when that command runs, so
+``cxr-triage worklist`` does not pay for torch. A command whose package is not installed (``bench`` in a
+service image) is simply not offered.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
 from cxr_triage.logs import configure_logging
 
-# command name -> "module:attribute" of a click command or group
-_COMMANDS: dict[str, str] = {
-    "up": "deploy.cli:up",
-    "down": "deploy.cli:down",
-    "status": "deploy.cli:status",
-    "produce": "producers.cli:produce",
-    "model": "inference_worker.cli:model",
-    "worker": "inference_worker.cli:worker",
-    "api": "priority_queue_api.cli:api",
-    "worklist": "priority_queue_api.cli:worklist",
-    "users": "priority_queue_api.cli:users",
-    "bench": "inference_worker.bench.cli:bench",
-    "train": "trainer.cli:train",
-    "evaluate": "trainer.cli:evaluate",
-    "promote": "trainer.cli:promote",
-    "rollback": "trainer.cli:rollback",
-}
-
-# Subcommands that another service adds to a group: "group": {"name": "module:attribute"}
-_EXTRA_SUBCOMMANDS: dict[str, dict[str, str]] = {
-    "bench": {"api": "priority_queue_api.cli:bench_api"},
-}
+COMMAND_GROUP = "cxr_triage.commands"
 
 
-def _load(target: str) -> click.Command:
-    module_name, attr = target.split(":")
-    command = getattr(importlib.import_module(module_name), attr)
-    assert isinstance(command, click.Command)
-    return command
+def _entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
 
 
-class LazyGroup(click.Group):
+def _installed(ep: EntryPoint) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(ep.module.split(".")[0]) is not None
+
+
+class EntryPointGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(_COMMANDS)
+        return sorted(name for name, ep in _entry_points().items() if _installed(ep))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = _COMMANDS.get(cmd_name)
-        if target is None:
+        ep = _entry_points().get(cmd_name)
+        if ep is None or not _installed(ep):
             return None
-        command = _load(target)
-        extras = _EXTRA_SUBCOMMANDS.get(cmd_name, {})
-        if extras and isinstance(command, click.Group):
-            for name, extra in extras.items():
-                command.add_command(_load(extra), name)
+        command = ep.load()
+        if not isinstance(command, click.Command):
+            raise TypeError(f"entry point {ep.value!r} is not a click command")
         return command
 
 
-@click.group(cls=LazyGroup)
+@click.group(cls=EntryPointGroup)
 @click.option("--log-level", default=lambda: os.environ.get("CXR_LOG_LEVEL", "INFO"), show_default="INFO")
 def main(log_level: str) -> None:
     """cxr-triage: chest X-ray triage worklist."""

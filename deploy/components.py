@@ -36,7 +36,7 @@ def _ensure_model(settings: Settings) -> None:
     if os.environ.get(SKIP_MODEL_INIT_ENV) == "1":
         logger.info("model initialisation skipped", extra={"switch": SKIP_MODEL_INIT_ENV})
         return
-    from inference_worker.model_repo import ensure_initial_model
+    from cxr_triage.model.repository import ensure_initial_model
 
     ensure_initial_model(settings)
 

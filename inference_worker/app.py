@@ -15,7 +15,8 @@ from cxr_triage.kafka_config import consumer_config, producer_config
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
-from inference_worker.config import ServingSettings, WorkerSettings
+from cxr_triage.model.serving import ServingSettings
+from inference_worker.config import WorkerSettings
 from inference_worker.consumer import Backoff, InferenceWorker
 from inference_worker.errors import ModelMismatch
 from inference_worker.metrics import MetricsServer, WorkerMetrics

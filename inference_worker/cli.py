@@ -20,8 +20,8 @@ def model() -> None:
 @click.option("--seed", type=int, default=None, help="Seed of the random initialisation (default: fixed).")
 def init(as_json: bool, seed: int | None) -> None:
     """Export an untrained DenseNet121 to the Triton model repository, unless a version exists."""
-    from inference_worker.export import DEFAULT_SEED
-    from inference_worker.model_repo import ensure_model
+    from cxr_triage.model.export import DEFAULT_SEED
+    from cxr_triage.model.repository import ensure_model
 
     result = ensure_model(load_settings(), seed=DEFAULT_SEED if seed is None else seed)
     if as_json:
@@ -45,7 +45,7 @@ def init(as_json: bool, seed: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def list_(as_json: bool) -> None:
     """The model's versions in the repository, and which one is served."""
-    from inference_worker.model_repo import list_versions, serving_version, version_metadata
+    from cxr_triage.model.repository import list_versions, serving_version, version_metadata
 
     settings = load_settings()
     versions, served = list_versions(settings), serving_version(settings)
@@ -61,9 +61,9 @@ def list_(as_json: bool) -> None:
 @click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--serve", is_flag=True, help="Serve the new version right away.")
 def add(onnx_file: Path, serve: bool) -> None:
-    """Copy an exported ONNX model in as the next version (see inference_worker.export)."""
-    from inference_worker.model_repo import add_version, serve_version
-    from inference_worker.signature import ModelRejected
+    """Copy an exported ONNX model in as the next version (see cxr_triage.model.export)."""
+    from cxr_triage.model.repository import add_version, serve_version
+    from cxr_triage.model.signature import ModelRejected
 
     settings = load_settings()
     try:
@@ -79,7 +79,7 @@ def add(onnx_file: Path, serve: bool) -> None:
 @click.argument("version", type=click.IntRange(min=1))
 def serve(version: int) -> None:
     """Serve VERSION: Triton switches within seconds; the workers need no restart."""
-    from inference_worker.model_repo import VersionNotFound, serve_version
+    from cxr_triage.model.repository import VersionNotFound, serve_version
 
     settings = load_settings()
     try:

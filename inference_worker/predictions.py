@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from cxr_triage.events import PredictionEventV1
 from cxr_triage.labels import LABELS
 from inference_worker.batching import INVALID_OUTPUT, Prepared, Rejected, summarise
-from inference_worker.cams import CamMaps, encode_cams
-from inference_worker.priority import priority
+from cxr_triage.cams import CamMaps, encode_cams
+from cxr_triage.priority import priority
 from inference_worker.triton_client import Scores
 
 

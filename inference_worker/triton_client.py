@@ -15,7 +15,7 @@ from tritonclient.utils import InferenceServerException
 
 from cxr_triage.labels import NUM_LABELS
 from inference_worker.errors import ModelMismatch, StageUnavailable
-from inference_worker.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ is never put back.
 
 Keys written: ``{prefix}:study:{id}`` (hash: the prediction, the study's image reference, and ``cam_h`` /
 ``cam_w`` when maps are stored), ``{prefix}:worklist`` (sorted set by priority) and ``{prefix}:cam:{id}``
-(the maps as float16 bytes, C order, 14 x cam_h x cam_w; see ``inference_worker.cams``).
+(the maps as float16 bytes, C order, 14 x cam_h x cam_w; see ``cxr_triage.cams``).
 
 Then every study is filed into its SLA tier (``cxr_triage.worklist_index.index_scored_study``, idempotent)
 with the priority as stored, in a second round trip: also for replays, so that a worker that died between
@@ -32,7 +32,7 @@ from cxr_triage.events import PredictionEventV1, StudyEventV1
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy
 from cxr_triage.worklist_index import WorklistKeys, index_scored_study
-from inference_worker.cams import CamMaps
+from cxr_triage.cams import CamMaps
 from inference_worker.errors import StageUnavailable
 
 STAGE = "redis"

@@ -137,7 +137,7 @@ def remove(name: str) -> None:
 @click.option("--out", "out_dir", default="docs/bench", show_default=True, type=click.Path(path_type=Path))
 def bench_api(studies: int, rate: float, duration_s: float, limit: int, out_dir: Path) -> None:
     """GET /worklist p50/p99 at a fixed rate with STUDIES queued; writes OUT/api.json and OUT/api.md."""
-    from priority_queue_api.bench import run_api_bench
+    from bench.api import run_api_bench
 
     report = run_api_bench(studies=studies, rate=rate, duration_s=duration_s, limit=limit, out_dir=out_dir)
     click.echo(json.dumps(report, indent=2))

@@ -24,9 +24,9 @@ from cxr_triage.imaging import ImageRejected, sniff_content_type
 from cxr_triage.settings import Settings
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.errors import EventsUnavailable, PayloadTooLarge, Unprocessable
-from producers.ingest import Rejection, prepare
-from producers.publisher import DeliveryFailed, EventPublisher
-from producers.service import publish_study, reject
+from cxr_triage.ingest.validate import Rejection, prepare
+from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
+from cxr_triage.ingest.service import publish_study, reject
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import click
 
 from cxr_triage.image_store import open_image_store
 from cxr_triage.settings import load_settings
-from producers.publisher import DeliveryFailed, EventPublisher
-from producers.service import produce_paths
+from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
+from cxr_triage.ingest.service import produce_paths
 
 
 @click.command()

@@ -18,7 +18,7 @@ import mlflow
 import numpy as np
 
 from cxr_triage.labels import LABELS
-from inference_worker.export import read_metadata
+from cxr_triage.model.export import read_metadata
 from trainer import metrics, tracking
 from trainer.data.dataset import CXRDataset
 from trainer.data.manifest import Manifest, Verify, build_manifest

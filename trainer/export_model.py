@@ -1,6 +1,6 @@
 """From a trained network to the served ONNX file, and the parity check that the file computes the same.
 
-The export itself is the inference service's (``inference_worker.export.export_model``: probabilities plus
+The export itself is the inference service's (``cxr_triage.model.export.export_model``: probabilities plus
 class activation maps); the trainer adds only metadata (threshold, run id), so tracked and served graphs are one.
 """
 
@@ -16,7 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from inference_worker.export import INPUT_NAME, OUTPUT_NAME, export_model, read_metadata
+from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME, export_model, read_metadata
 from trainer.errors import TrainerError
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Metrics on the validation split or any labelled folder: AUROCs and the high-sensitivity operating point.
 
-The abnormal-vs-normal score is the worklist priority (``inference_worker.priority``), so the threshold chosen
+The abnormal-vs-normal score is the worklist priority (``cxr_triage.priority``), so the threshold chosen
 here is a threshold on exactly what orders the radiologists' worklist.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from cxr_triage.labels import LABELS
-from inference_worker.priority import priorities
+from cxr_triage.priority import priorities
 
 
 @dataclass(frozen=True)

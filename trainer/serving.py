@@ -1,6 +1,6 @@
 """The seam between the registry and serving: "add this ONNX file as a version" and "serve that version".
 
-``TritonRepository`` is ``inference_worker.model_repo``: ``add_version`` stages the file in as the next version
+``TritonRepository`` is ``cxr_triage.model.repository``: ``add_version`` stages the file in as the next version
 number (checking its signature and input size) without serving it, ``serve_version`` switches Triton to a
 version (poll mode, no restart); ``serve`` then waits until Triton lists only that version, so a promotion
 is complete when the command returns. Versions are never removed here: a rollback serves an older one.
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from cxr_triage.settings import Settings
-from inference_worker import model_repo
-from inference_worker.signature import ModelRejected
+from cxr_triage.model import repository as model_repo
+from cxr_triage.model.signature import ModelRejected
 from trainer.errors import ServingError
 
 logger = logging.getLogger(__name__)

@@ -303,8 +303,8 @@ def _int8(
     fp32: metrics.Report,
     settings: TrainerSettings,
 ) -> None:
-    """Static INT8 variant (``inference_worker.quantize``): logged with its AUROC change, never registered."""
-    from inference_worker.quantize import quantize_static_qdq
+    """Static INT8 variant (``cxr_triage.model.quantize``): logged with its AUROC change, never registered."""
+    from cxr_triage.model.quantize import quantize_static_qdq
 
     calibration = [e.path for e in train.examples[:INT8_CALIBRATION_IMAGES]]
     int8_path = onnx_path.with_name("model.int8.onnx")

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from inference_worker.bench.cli import bench
+from bench.cli import bench
 from tests.conftest import PIPELINE_JSON_KEYS as REQUIRED_KEYS
 from tests.integration.conftest import Stack
 

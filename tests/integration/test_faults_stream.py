@@ -41,11 +41,11 @@ from cxr_triage.settings import Settings
 from cxr_triage.sla import TIERS
 from cxr_triage.worklist_index import WorklistKeys
 from deploy.testing import stack_env
-from inference_worker.export import build_densenet121, export_model
-from inference_worker.model_repo import add_version, serve_version
-from producers.ingest import PreparedStudy, prepare
-from producers.publisher import EventPublisher
-from producers.service import publish_study
+from cxr_triage.model.export import build_densenet121, export_model
+from cxr_triage.model.repository import add_version, serve_version
+from cxr_triage.ingest.validate import PreparedStudy, prepare
+from cxr_triage.ingest.publisher import EventPublisher
+from cxr_triage.ingest.service import publish_study
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration

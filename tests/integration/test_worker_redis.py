@@ -21,7 +21,7 @@ from cxr_triage.labels import LABELS, NUM_LABELS
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy, Tier
 from cxr_triage.worklist_index import WorklistKeys, complete
-from inference_worker.cams import encode_cams
+from cxr_triage.cams import encode_cams
 from inference_worker.errors import StageUnavailable
 from inference_worker.worklist import RedisWorklist, WorklistEntry
 

@@ -24,11 +24,11 @@ import pytest
 from cxr_triage.imaging import decode_grayscale, preprocess
 from cxr_triage.labels import NUM_LABELS
 from cxr_triage.settings import Settings
-from inference_worker.cams import encode_cams
+from cxr_triage.cams import encode_cams
 from inference_worker.errors import ModelMismatch, StageUnavailable
-from inference_worker.export import build_densenet121, export_model
-from inference_worker.model_repo import ONNX_FILE, add_version, ensure_model, serve_version, serving_version
-from inference_worker.priority import priorities
+from cxr_triage.model.export import build_densenet121, export_model
+from cxr_triage.model.repository import ONNX_FILE, add_version, ensure_model, serve_version, serving_version
+from cxr_triage.priority import priorities
 from inference_worker.triton_client import TritonScorer
 from tests.integration.conftest import free_port
 

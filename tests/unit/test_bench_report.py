@@ -12,12 +12,12 @@ import pytest
 from cxr_triage.events import PredictionEventV1
 from cxr_triage.labels import LABELS
 from cxr_triage.settings import Settings
-from inference_worker.bench import report
-from inference_worker.bench.cpu import WORKER_SAMPLES, CpuSnapshot, cpu_breakdown, scrape, worker_activity
-from inference_worker.bench.pipeline import PipelineResult, Published, summarise
-from inference_worker.bench.profile import aggregate_profile
-from inference_worker.bench.raw import Timing, result_from
-from inference_worker.bench.suite import pipeline_summary
+from bench import report
+from bench.cpu import WORKER_SAMPLES, CpuSnapshot, cpu_breakdown, scrape, worker_activity
+from bench.pipeline import PipelineResult, Published, summarise
+from bench.profile import aggregate_profile
+from bench.raw import Timing, result_from
+from bench.suite import pipeline_summary
 from tests.conftest import PIPELINE_JSON_KEYS as REQUIRED_KEYS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -231,7 +231,7 @@ def test_prometheus_text_is_summed_over_labels(monkeypatch: pytest.MonkeyPatch) 
         def raise_for_status(self) -> _Response:
             return self
 
-    monkeypatch.setattr("inference_worker.bench.cpu.httpx.get", lambda *_a, **_k: _Response())
+    monkeypatch.setattr("bench.cpu.httpx.get", lambda *_a, **_k: _Response())
     assert scrape("http://127.0.0.1:1/metrics", WORKER_SAMPLES) == {
         "cxr_worker_batch_size_sum": 16.0,
         "cxr_worker_batch_size_count": 3.0,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cxr_triage.imaging import decode_grayscale
-from inference_worker.bench.samples import (
+from bench.samples import (
     batch_of,
     distinct_copies,
     load_labelled,

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from inference_worker.bench.stats import auroc, meets, percentile, rate, ratio, summarise_ms
+from bench.stats import auroc, meets, percentile, rate, ratio, summarise_ms
 
 
 @pytest.mark.parametrize("q", [0, 1, 25, 50, 95, 99, 100])

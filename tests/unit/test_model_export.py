@@ -1,4 +1,4 @@
-"""ONNX export of a 14-finding classifier: scores, class activation maps and metadata (inference_worker.export)."""
+"""ONNX export of a 14-finding classifier: scores, class activation maps and metadata (cxr_triage.model.export)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from cxr_triage.labels import LABELS, NUM_LABELS
-from inference_worker.export import (
+from cxr_triage.model.export import (
     CAM_CLASS_ACTIVATION,
     CAM_NONE,
     UNTRAINED,

@@ -1,4 +1,4 @@
-"""The Triton model repository: versions, the served version, and the two configs (inference_worker.model_repo)."""
+"""The Triton model repository: versions, the served version, and the two configs (cxr_triage.model.repository)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from torch import nn
 
 from cxr_triage.labels import NUM_LABELS
 from cxr_triage.settings import Settings
-from inference_worker.config import ServingSettings
-from inference_worker.export import UNTRAINED, export_model
-from inference_worker.model_repo import (
+from cxr_triage.model.serving import ServingSettings
+from cxr_triage.model.export import UNTRAINED, export_model
+from cxr_triage.model.repository import (
     CONFIG_FILE,
     NAMED_CONFIG,
     ONNXRUNTIME_CONFIG_FILE,
@@ -32,7 +32,7 @@ from inference_worker.model_repo import (
     serving_version,
     version_metadata,
 )
-from inference_worker.signature import ModelRejected, read_signature
+from cxr_triage.model.signature import ModelRejected, read_signature
 
 SIZE = 64
 

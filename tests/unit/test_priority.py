@@ -1,4 +1,4 @@
-"""The worklist priority formula (inference_worker.priority)."""
+"""The worklist priority formula (cxr_triage.priority)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_triage.labels import LABELS, NUM_LABELS
-from inference_worker.priority import DEFAULT_WEIGHTS, priorities, priority, weight_vector
+from cxr_triage.priority import DEFAULT_WEIGHTS, priorities, priority, weight_vector
 
 
 def probs(default: float = 0.0, **by_label: float) -> np.ndarray:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.ingest import PreparedStudy, Rejection, iter_candidate_files, prepare
+from cxr_triage.ingest.validate import PreparedStudy, Rejection, iter_candidate_files, prepare
 from tests.factories import dicom_bytes, jpeg_bytes, png_bytes
 
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from cxr_triage.imaging import decode_grayscale, preprocess
-from inference_worker.export import INPUT_NAME, OUTPUT_NAME, export_untrained, read_metadata
-from inference_worker.quantize import (
+from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME, export_untrained, read_metadata
+from cxr_triage.model.quantize import (
     QUANTIZATION,
     ImageCalibrationReader,
     batchnorm_to_depthwise,

@@ -1,4 +1,4 @@
-"""Activation maps in their stored form (inference_worker.cams), as the API's heatmap endpoint decodes them."""
+"""Activation maps in their stored form (cxr_triage.cams), as the API's heatmap endpoint decodes them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cxr_triage.labels import NUM_LABELS
-from inference_worker.cams import encode_cams
+from cxr_triage.cams import encode_cams
 
 
 def test_each_map_is_scaled_to_0_1_in_float16_c_order() -> None:

@@ -1,10 +1,10 @@
-"""The interleaved timing of the thread-tuning tool (inference_worker.tuning), with fake calls."""
+"""The interleaved timing of the thread-tuning tool (bench.tuning), with fake calls."""
 
 from __future__ import annotations
 
 import time
 
-from inference_worker.tuning import interleave, report
+from bench.tuning import interleave, report
 
 
 def test_every_setting_is_timed_in_every_round_under_the_same_conditions() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from inference_worker.bench.raw import make_session
-from inference_worker.export import INPUT_NAME
+from bench.raw import make_session
+from cxr_triage.model.export import INPUT_NAME
 
 
 @dataclass(frozen=True)

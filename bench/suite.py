@@ -11,22 +11,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inference_worker.bench import report as report_mod
-from inference_worker.bench.int8 import compare
-from inference_worker.bench.pipeline import Pattern, PipelineResult, run_pipeline
-from inference_worker.bench.raw import RawResult, make_session, measure, raw_bench, result_from
-from inference_worker.bench.samples import (
+from bench import report as report_mod
+from bench.int8 import compare
+from bench.pipeline import Pattern, PipelineResult, run_pipeline
+from bench.raw import RawResult, make_session, measure, raw_bench, result_from
+from bench.samples import (
     batch_of,
     distinct_copies,
     load_labelled,
     load_tensors,
     source_images,
 )
-from inference_worker.bench.stack import BenchStack
-from inference_worker.bench.stats import ratio
-from inference_worker.bench.triton import TritonResult, triton_bench, wait_until_ready
-from inference_worker.bench.variants import model_for
-from inference_worker.export import read_metadata
+from bench.stack import BenchStack
+from bench.stats import ratio
+from bench.triton import TritonResult, triton_bench, wait_until_ready
+from bench.variants import model_for
+from cxr_triage.model.export import read_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def serve_variant(setup: Setup, stack: BenchStack, variant: str) -> tuple[Path, 
         input_size=settings.model_input_size,
         calibration=calibration_paths(setup),
     )
-    from inference_worker.model_repo import add_version, serve_version
+    from cxr_triage.model.repository import add_version, serve_version
 
     new_version = add_version(settings, int8_path, metadata={"variant": variant, "source_version": version})
     serve_version(settings, new_version)

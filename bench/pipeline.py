@@ -26,7 +26,7 @@ from cxr_triage.events import PredictionEventV1, StudyEventV1
 from cxr_triage.image_store import open_image_store
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
-from inference_worker.bench.cpu import (
+from bench.cpu import (
     WORKER_SAMPLES,
     component_pids,
     cpu_breakdown,
@@ -34,10 +34,10 @@ from inference_worker.bench.cpu import (
     snapshot,
     worker_activity,
 )
-from inference_worker.bench.stats import LatencySummary, rate, summarise_ms
-from producers.ingest import SUFFIX_FOR, PreparedStudy, Rejection, prepare
-from producers.publisher import EventPublisher
-from producers.service import publish_study
+from bench.stats import LatencySummary, rate, summarise_ms
+from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, prepare
+from cxr_triage.ingest.publisher import EventPublisher
+from cxr_triage.ingest.service import publish_study
 
 logger = logging.getLogger(__name__)
 

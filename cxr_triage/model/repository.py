@@ -5,8 +5,8 @@ Layout (Triton polls it every few seconds, so it must never see a half-written v
     <repository>/<model>/SERVING                   the served version number: the source of truth
     <repository>/<model>/config.pbtxt              Python backend (the local tritonserver has only that one)
     <repository>/<model>/config.onnxruntime.pbtxt  the same model for NVIDIA's onnxruntime backend (production)
-    <repository>/<model>/<version>/model.onnx      the network (``inference_worker.export``), external data beside
-    <repository>/<model>/<version>/model.py        Python-backend runner (``inference_worker/triton_model``)
+    <repository>/<model>/<version>/model.onnx      the network (``cxr_triage.model.export``), external data beside
+    <repository>/<model>/<version>/model.py        Python-backend runner (``cxr_triage/model/triton_model``)
     <repository>/<model>/<version>/metadata.json   what the caller of ``add_version`` said about it
 
 A version is staged in a hidden folder beside the repository and renamed into place in one step. Adding a
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Final
 
 from cxr_triage.settings import Settings
-from inference_worker.config import ServingSettings
-from inference_worker.export import CAM_OUTPUT_NAME, DEFAULT_SEED, export_untrained, read_metadata
-from inference_worker.model_config import onnxruntime_config, python_backend_config
-from inference_worker.signature import ModelRejected, ModelSignature, read_signature
+from cxr_triage.model.serving import ServingSettings
+from cxr_triage.model.export import CAM_OUTPUT_NAME, DEFAULT_SEED, export_untrained, read_metadata
+from cxr_triage.model.triton_config import onnxruntime_config, python_backend_config
+from cxr_triage.model.signature import ModelRejected, ModelSignature, read_signature
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def serve_version(settings: Settings, version: int, *, serving: ServingSettings 
 
 
 def _runner_source() -> bytes:
-    return resources.files("inference_worker.triton_model").joinpath(RUNNER_FILE).read_bytes()
+    return resources.files("cxr_triage.model.triton_model").joinpath(RUNNER_FILE).read_bytes()
 
 
 def staging_dir(repository: Path) -> Path:
@@ -206,7 +206,7 @@ def add_version(settings: Settings, onnx_file: Path, *, metadata: dict[str, str]
     if signature.cam_size is None:
         # Both Triton configs declare the maps; NVIDIA's onnxruntime backend would refuse a model without them.
         raise ModelRejected(
-            f"the model has no {CAM_OUTPUT_NAME!r} output: export it with inference_worker.export.export_model"
+            f"the model has no {CAM_OUTPUT_NAME!r} output: export it with cxr_triage.model.export.export_model"
         )
     if signature.input_size != settings.model_input_size:
         raise ModelRejected(

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from inference_worker.bench.samples import batch_of
-from inference_worker.bench.stats import LatencySummary, summarise_ms
-from inference_worker.export import INPUT_NAME
+from bench.samples import batch_of
+from bench.stats import LatencySummary, summarise_ms
+from cxr_triage.model.export import INPUT_NAME
 
 logger = logging.getLogger(__name__)
 

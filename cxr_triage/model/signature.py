@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
 from cxr_triage.labels import NUM_LABELS
-from inference_worker.export import CAM_OUTPUT_NAME, CAM_STRIDE, INPUT_NAME, OUTPUT_NAME
+from cxr_triage.model.export import CAM_OUTPUT_NAME, CAM_STRIDE, INPUT_NAME, OUTPUT_NAME
 
 
 class ModelRejected(ValueError):

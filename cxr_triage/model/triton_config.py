@@ -8,9 +8,9 @@ its ``onnxruntime`` backend (compose.yaml), which runs the same ``model.onnx``.
 from __future__ import annotations
 
 from cxr_triage.labels import NUM_LABELS
-from inference_worker.config import ServingSettings
-from inference_worker.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
-from inference_worker.signature import ModelSignature
+from cxr_triage.model.serving import ServingSettings
+from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr_triage.model.signature import ModelSignature
 
 
 def _dims(*values: int) -> str:

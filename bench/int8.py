@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from cxr_triage.labels import LABELS, NO_FINDING
-from inference_worker.bench.profile import OpTime, profile_ops
-from inference_worker.bench.raw import interleaved_runs, make_session
-from inference_worker.bench.samples import LabelledImage, batch_of, load_tensors
-from inference_worker.bench.stats import auroc
-from inference_worker.export import INPUT_NAME, OUTPUT_NAME, read_metadata
-from inference_worker.quantize import quantize_static_qdq
+from bench.profile import OpTime, profile_ops
+from bench.raw import interleaved_runs, make_session
+from bench.samples import LabelledImage, batch_of, load_tensors
+from bench.stats import auroc
+from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME, read_metadata
+from cxr_triage.model.quantize import quantize_static_qdq
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Triton Python-backend model: runs the ``model.onnx`` beside this file with ONNX Runtime.
 
-Copied by ``inference_worker.model_repo`` into ``<repository>/<model>/<version>/model.py``; the local Triton
+Copied by ``cxr_triage.model.repository`` into ``<repository>/<model>/<version>/model.py``; the local Triton
 (from the nvidia-pytriton wheel) has only the Python backend. Production serves the same ``model.onnx`` with
 NVIDIA's onnxruntime backend (``config.onnxruntime.pbtxt``) and ignores this file.
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Literal
 
-from inference_worker.export import export_untrained
-from inference_worker.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_static_qdq
+from cxr_triage.model.export import export_untrained
+from cxr_triage.model.quantize import DEFAULT_CALIBRATION_IMAGES, quantize_static_qdq
 
 logger = logging.getLogger(__name__)
 

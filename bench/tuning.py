@@ -1,6 +1,6 @@
 """Measure Triton (Python backend + ONNX Runtime) thread and instance settings, and the cost of the maps.
 
-``python -m inference_worker.tuning [--input-size 224] [--rounds 6] [--json out.json]`` exports the untrained
+``python -m bench.tuning [--input-size 224] [--rounds 6] [--json out.json]`` exports the untrained
 DenseNet121 and serves it under one model name per setting from a single tritonserver on free ports. Requests
 of batch 1 and 8, from one client and from two at once (two workers), then go to the settings in turn, round
 after round, and direct ONNX Runtime sessions with the same threads are timed the same way: on a machine
@@ -36,10 +36,10 @@ import onnxruntime as ort
 from cxr_triage.settings import Settings
 from deploy.testing import free_ports
 from deploy.triton_server import bundled_libs_dir, ensure_dist, pytriton_root, server_args, server_env
-from inference_worker.config import ServingSettings
-from inference_worker.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_untrained
-from inference_worker.model_repo import ONNX_FILE, publish_version, staging_dir, write_configs
-from inference_worker.signature import read_signature
+from cxr_triage.model.serving import ServingSettings
+from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_untrained
+from cxr_triage.model.repository import ONNX_FILE, publish_version, staging_dir, write_configs
+from cxr_triage.model.signature import read_signature
 from inference_worker.triton_client import TritonScorer
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 BENCH_COMPONENTS: Final = "kafka,redis,triton,worker"
 # Settings a private stack takes over from the caller's environment: what is measured, never where it runs.
-ONNX_FILE: Final = "model.onnx"  # the repository layout of inference_worker.model_repo
+ONNX_FILE: Final = "model.onnx"  # the repository layout of cxr_triage.model.repository
 SERVING_FILE: Final = "SERVING"
 INHERITED: Final = ("MODEL_INPUT_SIZE", "WORKER_MAX_BATCH", "WORKER_MAX_WAIT_MS", "KAFKA_PARTITIONS")
 

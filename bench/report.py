@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import onnxruntime as ort
 
-from inference_worker.bench.stats import meets
+from bench.stats import meets
 
 RATIO_TARGET: Final = 0.85
 STEADY_P99_TARGET_MS: Final = 1000.0

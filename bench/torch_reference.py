@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from inference_worker.export import build_densenet121
+from cxr_triage.model.export import build_densenet121
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Class activation maps as the viewer reads them: per map scaled to [0, 1], float16, C order, 14 x h x w.
 
-The model returns raw maps (a map's spatial mean is that finding's logit, see ``inference_worker.export``).
+The model returns raw maps (a map's spatial mean is that finding's logit, see ``cxr_triage.model.export``).
 Scaling each map by its own minimum and maximum keeps where the model looked and drops how strongly, which
 the probability already says; float16 then holds the [0, 1] values to ~1e-3 at half the bytes (1.4 kB per
 study at 224 px). A model without maps returns zeros: no maps are stored for it.

@@ -13,9 +13,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from inference_worker.bench.samples import batch_of
-from inference_worker.bench.stats import LatencySummary, rate, summarise_ms
-from inference_worker.export import INPUT_NAME, OUTPUT_NAME
+from bench.samples import batch_of
+from bench.stats import LatencySummary, rate, summarise_ms
+from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from inference_worker.bench.samples import DEFAULT_DATA_DIR
+from bench.samples import DEFAULT_DATA_DIR
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,8 +48,8 @@ def _common(func: F) -> F:
 
 @contextmanager
 def _setup(data: Path, threads: int | None, providers: str) -> Iterator[Any]:
-    from inference_worker.bench.raw import default_threads, resolve_providers
-    from inference_worker.bench.suite import Setup
+    from bench.raw import default_threads, resolve_providers
+    from bench.suite import Setup
 
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as scratch:
         yield Setup(
@@ -62,7 +62,7 @@ def _setup(data: Path, threads: int | None, providers: str) -> Iterator[Any]:
 
 @contextmanager
 def _stack(use_running: bool, components: str, workers: int = 1) -> Iterator[Any]:
-    from inference_worker.bench.stack import private_stack, running_stack
+    from bench.stack import private_stack, running_stack
 
     if use_running:
         yield running_stack()
@@ -121,8 +121,8 @@ def raw_command(
     max_seconds: float,
 ) -> None:
     """Raw ONNX Runtime throughput (images/s) at each batch size."""
-    from inference_worker.bench import suite
-    from inference_worker.bench.variants import exported_fp32, model_for
+    from bench import suite
+    from bench.variants import exported_fp32, model_for
 
     size = _input_size(input_size)
     with _setup(data, threads, providers) as setup:
@@ -175,7 +175,7 @@ def triton_command(
     max_seconds: float,
 ) -> None:
     """Triton throughput and p50/p99 latency over gRPC at each concurrency."""
-    from inference_worker.bench import suite
+    from bench import suite
 
     with _setup(data, threads, providers) as setup, _stack(use_running, "triton") as stack:
         results = [
@@ -246,7 +246,7 @@ def pipeline_command(
     raw_seconds: float,
 ) -> None:
     """Produce N studies and time them to the worklist: studies/s, e2e latency, lost, duplicated."""
-    from inference_worker.bench import suite
+    from bench import suite
 
     with (
         _setup(data, threads, providers) as setup,
@@ -308,8 +308,8 @@ def int8_command(
     eval_limit: int | None,
 ) -> None:
     """FP32 vs INT8: speed-up, max abs probability difference, AUROC on the labelled sample."""
-    from inference_worker.bench import suite
-    from inference_worker.bench.variants import exported_fp32
+    from bench import suite
+    from bench.variants import exported_fp32
 
     size = _input_size(input_size)
     with _setup(data, threads, providers) as setup:
@@ -342,7 +342,7 @@ def int8_command(
 )
 def torch_command(as_json: bool, input_size: int | None, batches: tuple[int, ...]) -> None:
     """PyTorch eager reference (CUDA FP32/FP16 when present, else CPU): the ceiling for bench/gpu.sh."""
-    from inference_worker.bench.torch_reference import torch_reference
+    from bench.torch_reference import torch_reference
 
     results = torch_reference(input_size=_input_size(input_size), batches=batches)
     _emit(
@@ -394,7 +394,7 @@ def all_command(
     timeout: float,
 ) -> None:
     """Everything in one run on one stack; writes OUT/inference.json and OUT/inference.md."""
-    from inference_worker.bench import report, suite
+    from bench import report, suite
 
     command = "cxr-triage bench " + shlex.join(
         sys.argv[sys.argv.index("all") :] if "all" in sys.argv else ["all"]

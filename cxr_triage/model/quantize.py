@@ -38,7 +38,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from cxr_triage.imaging import decode_grayscale, preprocess
-from inference_worker.export import INPUT_NAME
+from cxr_triage.model.export import INPUT_NAME
 
 logger = logging.getLogger(__name__)
 

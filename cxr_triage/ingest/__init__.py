@@ -1,0 +1,1 @@
+"""Ingest shared by every entry point (CLI, API upload, gateway): validate, store, publish, dead-letter."""

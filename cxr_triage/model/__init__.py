@@ -1,0 +1,1 @@
+"""The model contract and its Triton repository: export, signature, configs, versions, quantisation."""
