@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import click
 import httpx
@@ -126,18 +125,3 @@ def remove(name: str) -> None:
     except UserStoreError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"removed {name}")
-
-
-# A subcommand for the `cxr-triage bench` group: `cxr-triage bench api`.
-@click.command("api")
-@click.option("--studies", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option("--rate", default=200.0, show_default=True, type=click.FloatRange(1, 2000), help="Requests/s.")
-@click.option("--duration", "duration_s", default=15.0, show_default=True, type=click.FloatRange(1, 300))
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 500), help="Page size.")
-@click.option("--out", "out_dir", default="docs/bench", show_default=True, type=click.Path(path_type=Path))
-def bench_api(studies: int, rate: float, duration_s: float, limit: int, out_dir: Path) -> None:
-    """GET /worklist p50/p99 at a fixed rate with STUDIES queued; writes OUT/api.json and OUT/api.md."""
-    from bench.api import run_api_bench
-
-    report = run_api_bench(studies=studies, rate=rate, duration_s=duration_s, limit=limit, out_dir=out_dir)
-    click.echo(json.dumps(report, indent=2))

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from priority_queue_api.cli import bench_api
+from bench.commands.api import api_command
 
 
 def test_bench_runs_small_and_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = CliRunner().invoke(
-        bench_api, ["--studies", "300", "--rate", "40", "--duration", "2", "--limit", "20", "--out", str(out)]
+        api_command,
+        ["--studies", "300", "--rate", "40", "--duration", "2", "--limit", "20", "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "api.json").read_text())
