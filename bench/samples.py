@@ -23,7 +23,7 @@ from cxr_triage.imaging import decode_grayscale, preprocess
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cxr-public"
+DEFAULT_DATA_DIR: Final = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cxr-public"
 _JPEG_SOI: Final = b"\xff\xd8"
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from cxr_triage.model import repository
 from cxr_triage.settings import Settings, load_settings
 from deploy.testing import cxr, stack_env
 
@@ -20,8 +21,6 @@ logger = logging.getLogger(__name__)
 
 BENCH_COMPONENTS: Final = "kafka,redis,triton,worker"
 # Settings a private stack takes over from the caller's environment: what is measured, never where it runs.
-ONNX_FILE: Final = "model.onnx"  # the repository layout of cxr_triage.model.repository
-SERVING_FILE: Final = "SERVING"
 INHERITED: Final = ("MODEL_INPUT_SIZE", "WORKER_MAX_BATCH", "WORKER_MAX_WAIT_MS", "KAFKA_PARTITIONS")
 
 
@@ -37,18 +36,14 @@ class BenchStack:
 
     def model_file(self) -> tuple[Path, str]:
         """The served model version (``SERVING``, else the newest): (its ONNX file, its version)."""
-        model_dir = self.settings.model_repository / self.settings.model_name
-        versions = sorted(
-            int(child.name)
-            for child in (model_dir.iterdir() if model_dir.is_dir() else [])
-            if child.name.isdigit() and (child / ONNX_FILE).is_file()
-        )
+        folder = repository.model_dir(self.settings)
+        versions = repository.list_versions(self.settings)
         if not versions:
-            raise StackFailed(f"no model version under {model_dir}: run `cxr-triage model init`")
-        serving = model_dir / SERVING_FILE
-        text = serving.read_text().strip() if serving.is_file() else ""
-        version = int(text) if text.isdigit() and int(text) in versions else versions[-1]
-        return model_dir / str(version) / ONNX_FILE, str(version)
+            raise StackFailed(f"no model version under {folder}: run `cxr-triage model init`")
+        version = repository.serving_version(self.settings)
+        if version not in versions:
+            version = versions[-1]
+        return folder / str(version) / repository.ONNX_FILE, str(version)
 
 
 def settings_from_env(env: Mapping[str, str]) -> Settings:
