@@ -68,9 +68,10 @@ EOF
 } | tee "$RESULTS/environment.txt" | tee -a "$LOG"
 
 PROVIDERS=$("$PY" -c 'import onnxruntime as o; p = o.get_available_providers(); print(",".join(x for x in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if x in p))' 2>/dev/null)
-# BENCH_CLI replaces the launcher (a test of this script on a machine where `python -m cxr_triage` differs).
-read -r -a CXR <<<"${BENCH_CLI:-$PY -m cxr_triage}"
-CXR+=(--log-level "$CXR_LOG_LEVEL" bench)
+# The checkout is not installed here, so `cxr-triage` would find no subcommands (they are entry points):
+# `python -m bench` runs the bench group itself (log level from CXR_LOG_LEVEL). BENCH_CLI replaces that
+# launcher, e.g. BENCH_CLI="cxr-triage bench" where the package is installed.
+read -r -a CXR <<<"${BENCH_CLI:-$PY -m bench}"
 
 step() {  # step NAME SECONDS ARGS...: one bench subcommand, JSON to $RESULTS/NAME.json, bounded in time
   local name=$1 seconds=$2
