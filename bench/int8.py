@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from cxr_triage.labels import LABELS, NO_FINDING
 from bench.profile import OpTime, profile_ops
 from bench.raw import interleaved_runs, make_session
 from bench.samples import LabelledImage, batch_of, load_tensors
 from bench.stats import auroc
+from cxr_triage.labels import LABELS, NO_FINDING
 from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME, read_metadata
 from cxr_triage.model.quantize import quantize_static_qdq
 

@@ -10,7 +10,6 @@ even when the absolute numbers move. docs/serving.md records a run of it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -18,7 +17,6 @@ import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,16 +28,17 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
+import click
 import numpy as np
 import onnxruntime as ort
 
+from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_untrained
+from cxr_triage.model.repository import ONNX_FILE, publish_version, staging_dir, write_configs
+from cxr_triage.model.serving import ServingSettings
+from cxr_triage.model.signature import read_signature
 from cxr_triage.settings import Settings
 from deploy.testing import free_ports
 from deploy.triton_server import bundled_libs_dir, ensure_dist, pytriton_root, server_args, server_env
-from cxr_triage.model.serving import ServingSettings
-from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_untrained
-from cxr_triage.model.repository import ONNX_FILE, publish_version, staging_dir, write_configs
-from cxr_triage.model.signature import read_signature
 from inference_worker.triton_client import TritonScorer
 
 logger = logging.getLogger(__name__)
@@ -263,26 +262,31 @@ def report(results: Sequence[Timing], *, input_size: int, rounds: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--json", type=Path, default=None, help="Write every timing to this file")
-    args = parser.parse_args()
+@click.command(help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--input-size", type=int, default=224, show_default=True)
+@click.option("--rounds", type=int, default=6, show_default=True)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write every timing to this file",
+)
+def main(input_size: int, rounds: int, json_path: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with tempfile.TemporaryDirectory(prefix="cxr-tuning-") as tmp:
         http, grpc, metrics = free_ports(3)
         settings = Settings(
             home=Path(tmp),
-            model_input_size=args.input_size,
+            model_input_size=input_size,
             triton_http_port=http,
             triton_grpc_port=grpc,
             triton_metrics_port=metrics,
         )
-        results = measure(settings, rounds=args.rounds)
-    sys.stdout.write(report(results, input_size=args.input_size, rounds=args.rounds))
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(t) for t in results], indent=2) + "\n")
+        results = measure(settings, rounds=rounds)
+    click.echo(report(results, input_size=input_size, rounds=rounds), nl=False)
+    if json_path is not None:
+        json_path.write_text(json.dumps([asdict(t) for t in results], indent=2) + "\n")
 
 
 if __name__ == "__main__":

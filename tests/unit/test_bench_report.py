@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from cxr_triage.events import PredictionEventV1
-from cxr_triage.labels import LABELS
-from cxr_triage.settings import Settings
 from bench import report
 from bench.cpu import WORKER_SAMPLES, CpuSnapshot, cpu_breakdown, scrape, worker_activity
 from bench.pipeline import PipelineResult, Published, summarise
 from bench.profile import aggregate_profile
 from bench.raw import Timing, result_from
 from bench.suite import pipeline_summary
+from cxr_triage.events import PredictionEventV1
+from cxr_triage.labels import LABELS
+from cxr_triage.settings import Settings
 from tests.conftest import PIPELINE_JSON_KEYS as REQUIRED_KEYS
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxr_triage.imaging import decode_grayscale
 from bench.samples import (
     batch_of,
     distinct_copies,
@@ -17,6 +16,7 @@ from bench.samples import (
     mark,
     source_images,
 )
+from cxr_triage.imaging import decode_grayscale
 from tests.factories import jpeg_bytes, png_bytes
 
 
