@@ -11,8 +11,8 @@ CXR_HOME ?= .stack
 export CXR_HOME
 DATA ?= ../shared/datasets/cxr-public
 DEMO_WAIT ?= 20
-# The demo model is trained and served at this input size (every process of the stack must agree on it).
-demo up: export CXR_MODEL_INPUT_SIZE ?= 128
+# The demo model is trained at this input size; it travels in the model, so the stack needs no setting for it.
+DEMO_INPUT_SIZE ?= 128
 APT_PACKAGES := openjdk-17-jre-headless maven redis-server chromium
 
 .PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data bench
@@ -81,7 +81,7 @@ demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
 	$(BIN)/cxr-triage up --detach
 	$(BIN)/cxr-triage model init
 	$(if $(wildcard $(DATA)/labels.csv),$(BIN)/cxr-triage train --data $(DATA) --if-no-champion --promote \
-	  --epochs 12 --lr 1e-3 --batch-size 8 --workers 2 --max-minutes 7)
+	  --input-size $(DEMO_INPUT_SIZE) --epochs 12 --lr 1e-3 --batch-size 8 --workers 2 --max-minutes 7)
 	$(BIN)/cxr-triage produce --json $(DEMO_IMAGES) \
 	  || echo "some files were rejected (reasons above); the rest were published"
 	@echo "waiting $(DEMO_WAIT) s for the worker to score the studies..."; sleep $(DEMO_WAIT)
@@ -91,7 +91,7 @@ demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
 	  CXR_API_TOKEN=$$token $(BIN)/cxr-triage worklist --limit 10; \
 	  echo "sign in at the web page with the demo radiologist's token: $$token"
 	@$(BIN)/python -c "from cxr_triage.settings import load_settings as l; s = l(); \
-	  print(f'worklist page: http://{s.host}:{s.api_port}/ (API docs: /docs; stop with: make down)')"
+	  print(f'worklist page: {s.api_url}/ (API docs: /docs; stop with: make down)')"
 
 # Synthetic radiographs for machines without the public sample set.
 demo-data: $(STAMP)

@@ -13,6 +13,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxr_triage.labels import LABELS
+from cxr_triage.sla import Tier
 
 STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -60,6 +61,8 @@ class PredictionEventV1(Event):
     priority: float = Field(ge=0.0, le=1.0)
     received_at: datetime
     scored_at: datetime
+    # The SLA tier, from the scoring model's own thresholds (absent on events written before models had them).
+    tier: Tier | None = None
 
     @field_validator("probabilities")
     @classmethod

@@ -130,9 +130,24 @@ def decode_grayscale(data: bytes, content_type: ContentType | None = None) -> np
     return _decode_raster(data)
 
 
-def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
-    """HxW uint8 greyscale -> 3 x size x size float32, ImageNet-normalised (the model's input)."""
+def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:
+    """HxW uint8 greyscale -> [1, size, size] uint8: what a served model takes (its graph normalises)."""
     resized = Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BILINEAR)
-    scaled = np.asarray(resized, dtype=np.float32) / 255.0
-    rgb = np.broadcast_to(scaled, (3, size, size))
-    return ((rgb - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]).astype(np.float32)
+    return np.asarray(resized, dtype=np.uint8)[None, :, :]
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """[..., 1, S, S] uint8 -> [..., 3, S, S] float32, ImageNet-normalised grey on three channels.
+
+    The NumPy twin of the first layers of every exported graph (``cxr_triage.model.export.GrayscaleInput``):
+    the trainer feeds its network this, the served graph computes it from the uint8 pixels it receives.
+    """
+    scaled = np.asarray(pixels, dtype=np.float32) / 255.0
+    rgb = np.repeat(scaled, 3, axis=-3)
+    shape = (3, 1, 1)
+    return ((rgb - IMAGENET_MEAN.reshape(shape)) / IMAGENET_STD.reshape(shape)).astype(np.float32)
+
+
+def preprocess(gray: np.ndarray, size: int) -> np.ndarray:
+    """HxW uint8 greyscale -> 3 x size x size float32, ImageNet-normalised (the network's input in training)."""
+    return normalise(resize_gray(gray, size))

@@ -1,4 +1,7 @@
-"""From Kafka records to model input: parse the event, fetch and check the image, decode and preprocess it.
+"""From Kafka records to model input: parse the event, fetch and check the image, decode and resize it.
+
+The tensor is the greyscale pixels at the served model's input size (uint8 [1, S, S]); the model's graph does
+the rest of the preprocessing.
 
 Each record ends as either ``Prepared`` (a tensor ready for Triton) or ``Rejected`` (a reason for the dead
 letter topic); a bad record never stops the others of its batch.
@@ -15,7 +18,7 @@ from pydantic import ValidationError
 
 from cxr_triage.events import STUDY_ID_PATTERN, StudyEventV1
 from cxr_triage.image_store import ImageNotFound, ImageStore, ImageURIRefused
-from cxr_triage.imaging import ImageRejected, decode_grayscale, preprocess, sniff_content_type
+from cxr_triage.imaging import ImageRejected, decode_grayscale, resize_gray, sniff_content_type
 from inference_worker.records import Record
 
 _STUDY_ID = re.compile(STUDY_ID_PATTERN)
@@ -32,7 +35,7 @@ INVALID_OUTPUT = "invalid_output"
 class Prepared:
     record: Record
     study: StudyEventV1
-    tensor: np.ndarray
+    tensor: np.ndarray  # uint8 [1, S, S]
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ def prepare_one(record: Record, *, store: ImageStore, input_size: int) -> Prepar
         sniffed = sniff_content_type(data)
         if sniffed != study.content_type:
             raise ImageRejected(f"the file is {sniffed} but the event says {study.content_type}")
-        tensor = preprocess(decode_grayscale(data, sniffed), input_size)
+        tensor = resize_gray(decode_grayscale(data, sniffed), input_size)
     except ImageRejected as exc:
         return reject(IMAGE_REJECTED, exc.reason, type(exc).__name__)
     return Prepared(record, study, tensor)

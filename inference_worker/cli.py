@@ -18,12 +18,23 @@ def model() -> None:
 @model.command("init")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--seed", type=int, default=None, help="Seed of the random initialisation (default: fixed).")
-def init(as_json: bool, seed: int | None) -> None:
+@click.option(
+    "--input-size",
+    type=click.IntRange(32, 1024),
+    default=None,
+    help="Input size of the untrained export in px (default: CXR_INITIAL_MODEL_INPUT_SIZE, 224); trained "
+    "models state their own.",
+)
+def init(as_json: bool, seed: int | None, input_size: int | None) -> None:
     """Export an untrained DenseNet121 to the Triton model repository, unless a version exists."""
     from cxr_triage.model.export import DEFAULT_SEED
     from cxr_triage.model.repository import ensure_model
 
-    result = ensure_model(load_settings(), seed=DEFAULT_SEED if seed is None else seed)
+    result = ensure_model(
+        load_settings(),
+        seed=DEFAULT_SEED if seed is None else seed,
+        input_size=input_size,
+    )
     if as_json:
         click.echo(
             json.dumps(

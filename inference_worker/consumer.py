@@ -34,6 +34,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from cxr_triage import topics
 from cxr_triage.events import PredictionEventV1, utcnow
 from cxr_triage.image_store import ImageStore
+from cxr_triage.model.contract import ModelContract
+from cxr_triage.sla import SlaPolicy, Tier
 from inference_worker.batching import Prepared, Rejected, prepare_batch
 from inference_worker.dead_letters import dead_letter
 from inference_worker.errors import StageUnavailable
@@ -84,7 +86,7 @@ class InferenceWorker:
         store: ImageStore,
         metrics: WorkerMetrics,
         model_name: str,
-        input_size: int,
+        sla: SlaPolicy,
         max_batch: int,
         max_wait_s: float,
         stop: threading.Event,
@@ -100,7 +102,7 @@ class InferenceWorker:
         self._store = store
         self._metrics = metrics
         self._model_name = model_name
-        self._input_size = input_size
+        self._sla = sla
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
         self._stop = stop
@@ -157,9 +159,15 @@ class InferenceWorker:
 
     def process(self, records: list[Record]) -> BatchReport:
         """Score, write, publish, then commit one batch; ``StageUnavailable`` leaves it uncommitted."""
-        batch = prepare_batch(records, store=self._store, input_size=self._input_size)
-        scored = self._score(batch.prepared) if batch.prepared else ScoredBatch()
-        entries = [WorklistEntry(item.prepared.study, item.prediction, item.cams) for item in scored.scored]
+        contract = self._contract()
+        batch = prepare_batch(records, store=self._store, input_size=contract.input_size)
+        scored = self._score(batch.prepared, contract) if batch.prepared else ScoredBatch()
+        entries = [
+            WorklistEntry(
+                item.prepared.study, item.prediction, item.cams, tier=item.prediction.tier or Tier.ROUTINE
+            )
+            for item in scored.scored
+        ]
         outcomes = self._worklist.write(entries)
 
         written_at = self._clock()
@@ -186,19 +194,47 @@ class InferenceWorker:
         self._account(report, rejected)
         return report
 
-    def _score(self, prepared: list[Prepared]) -> ScoredBatch:
+    def _contract(self) -> ModelContract:
+        contract = self._scorer.contract()
+        if contract.version != self._model_version:
+            tiers = contract.tiers(self._sla)
+            logger.info(
+                "scoring with model",
+                extra={
+                    "model_name": self._model_name,
+                    "model_version": contract.version,
+                    "input_size": contract.input_size,
+                    "tier_thresholds": tiers.source,
+                    "urgent": tiers.urgent,
+                    "critical": tiers.critical,
+                },
+            )
+            self._metrics.model.info({"model_name": self._model_name, "model_version": contract.version})
+            self._model_version = contract.version
+        return contract
+
+    def _score(self, prepared: list[Prepared], contract: ModelContract) -> ScoredBatch:
         started = time.perf_counter()
         scores = self._scorer.score(np.stack([item.tensor for item in prepared]))
         self._metrics.triton_latency.observe(time.perf_counter() - started)
-        version = scores.model_versions[-1]
-        if version != self._model_version:
-            logger.info(
-                "scoring with model", extra={"model_name": self._model_name, "model_version": version}
-            )
-            self._metrics.model.info({"model_name": self._model_name, "model_version": version})
-            self._model_version = version
+        if contract.version and set(scores.model_versions) != {contract.version}:
+            # Another version answered (a switch that kept the input size): its own thresholds file these
+            # studies. If Triton cannot say yet which contract that version has, the batch is scored again.
+            self._scorer.invalidate()
+            contract = self._contract()
+            if set(scores.model_versions) != {contract.version}:
+                raise StageUnavailable(
+                    "triton",
+                    f"scored by version(s) {sorted(set(scores.model_versions))}, "
+                    f"Triton describes version {contract.version}",
+                )
         return build_predictions(
-            prepared, scores, model_name=self._model_name, scored_at=self._clock(), weights=self._weights
+            prepared,
+            scores,
+            model_name=self._model_name,
+            scored_at=self._clock(),
+            tiers=contract.tiers(self._sla),
+            weights=self._weights,
         )
 
     def _commit(self, records: list[Record]) -> None:

@@ -9,11 +9,12 @@ from datetime import datetime
 import numpy as np
 from pydantic import ValidationError
 
+from cxr_triage.cams import CamMaps, encode_cams
 from cxr_triage.events import PredictionEventV1
 from cxr_triage.labels import LABELS
-from inference_worker.batching import INVALID_OUTPUT, Prepared, Rejected, summarise
-from cxr_triage.cams import CamMaps, encode_cams
+from cxr_triage.model.contract import TierThresholds
 from cxr_triage.priority import priority
+from inference_worker.batching import INVALID_OUTPUT, Prepared, Rejected, summarise
 from inference_worker.triton_client import Scores
 
 
@@ -36,23 +37,29 @@ def build_predictions(
     *,
     model_name: str,
     scored_at: datetime,
+    tiers: TierThresholds,
     weights: Mapping[str, float] | None = None,
 ) -> ScoredBatch:
-    """One prediction per prepared study; a row the model got wrong (NaN, out of range) is rejected alone."""
+    """One prediction per prepared study, filed into a tier by ``tiers`` (the scoring model's thresholds).
+
+    A row the model got wrong (NaN, out of range) is rejected alone.
+    """
     batch = ScoredBatch()
     maps = [None] * len(prepared) if scores.cams is None else list(scores.cams)
     for item, row, version, raw in zip(
         prepared, scores.probabilities, scores.model_versions, maps, strict=True
     ):
         try:
+            value = priority(np.asarray(row), weights)
             prediction = PredictionEventV1(
                 study_id=item.study.study_id,
                 model_name=model_name,
                 model_version=version,
                 probabilities={label: float(p) for label, p in zip(LABELS, row, strict=True)},
-                priority=priority(np.asarray(row), weights),
+                priority=value,
                 received_at=item.study.received_at,
                 scored_at=scored_at,
+                tier=tiers.tier_for(value),
             )
             cams = None if raw is None else encode_cams(raw)
         except (ValidationError, ValueError) as exc:

@@ -1,4 +1,10 @@
-"""Triton over gRPC: one inference call per micro-batch, and the version of the model that answered it."""
+"""Triton over gRPC: one inference call per micro-batch, the version that answered it, and that version's contract.
+
+The served model states its own input size (the input shape in Triton's model metadata) and thresholds (the
+``cxr.*`` parameters of its config, see ``cxr_triage.model.contract``). The scorer reads them when it starts
+and again whenever they may have changed: after a failed call (a request shaped for the previous version is
+refused by Triton, never mis-scored) or when an answer comes from a version other than the contract's.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +20,9 @@ from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
 from cxr_triage.labels import NUM_LABELS
-from inference_worker.errors import ModelMismatch, StageUnavailable
+from cxr_triage.model.contract import ContractError, ModelContract
 from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+from inference_worker.errors import ModelMismatch, StageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +47,19 @@ class Scores:
 
 
 class Scorer(Protocol):
+    def contract(self) -> ModelContract:
+        """The served version's contract (cached until ``invalidate``)."""
+        ...
+
+    def invalidate(self) -> None:
+        """Forget the cached contract: the next ``contract`` asks Triton again."""
+        ...
+
     def score(self, images: np.ndarray) -> Scores: ...
 
 
 class TritonScorer:
-    """Scores [N, 3, S, S] batches on ``model_name``; every Triton failure becomes ``StageUnavailable``."""
+    """Scores uint8 [N, 1, S, S] batches on ``model_name``; every Triton failure becomes ``StageUnavailable``."""
 
     def __init__(
         self,
@@ -65,14 +80,57 @@ class TritonScorer:
         self._client = grpcclient.InferenceServerClient(url=url, channel_args=_CHANNEL_ARGS)
         self._ready_version: str | None = None
         self._ready_version_at = 0.0
+        self._contract: ModelContract | None = None
+
+    def contract(self) -> ModelContract:
+        if self._contract is None:
+            self._contract = self._read_contract()
+        return self._contract
+
+    def invalidate(self) -> None:
+        self._contract = None
+
+    def _read_contract(self) -> ModelContract:
+        """Input size from the model metadata, thresholds from the config of the version Triton serves."""
+        try:
+            metadata = self._client.get_model_metadata(self.model_name, client_timeout=self.timeout_s)
+            config = self._client.get_model_config(self.model_name, client_timeout=self.timeout_s).config
+        except InferenceServerException as exc:
+            raise StageUnavailable(STAGE, f"model metadata: {exc.message()} ({exc.status()})") from exc
+        inputs = {tensor.name: tensor for tensor in metadata.inputs}
+        image = inputs.get(INPUT_NAME)
+        shape = [int(d) for d in image.shape] if image is not None else []
+        if image is None or image.datatype != "UINT8" or len(shape) != 4 or shape[1] != 1:
+            described = {name: (t.datatype, list(t.shape)) for name, t in inputs.items()}
+            raise ModelMismatch(
+                f"model {self.model_name!r} takes {described}; this worker sends {INPUT_NAME!r} as uint8 "
+                "[N, 1, S, S] greyscale pixels (re-export it with cxr_triage.model.export)"
+            )
+        parameters = {key: value.string_value for key, value in config.parameters.items()}
+        parameters["cxr.input_size"] = str(shape[-1])  # the shape Triton enforces is the one that counts
+        try:
+            contract = ModelContract.from_mapping(parameters)
+        except ContractError as exc:
+            raise ModelMismatch(f"model {self.model_name!r}: {exc}") from exc
+        if contract.version and contract.version not in metadata.versions:
+            # The config already names a version that is still loading: ask again on the next batch.
+            raise StageUnavailable(STAGE, f"version {contract.version} is not ready yet")
+        if self.want_cams and CAM_OUTPUT_NAME not in {tensor.name for tensor in metadata.outputs}:
+            logger.warning("the served model has no activation maps; none will be stored")
+            self.want_cams = False
+        return contract
 
     def score(self, images: np.ndarray) -> Scores:
         if images.ndim != 4 or len(images) == 0:
-            raise ValueError(f"expected a non-empty [N, 3, S, S] batch, got {list(images.shape)}")
-        chunks = [
-            self._infer(images[i : i + self.max_batch_size])
-            for i in range(0, len(images), self.max_batch_size)
-        ]
+            raise ValueError(f"expected a non-empty [N, 1, S, S] batch, got {list(images.shape)}")
+        try:
+            chunks = [
+                self._infer(images[i : i + self.max_batch_size])
+                for i in range(0, len(images), self.max_batch_size)
+            ]
+        except StageUnavailable:
+            self.invalidate()  # e.g. refused for a shape the newly served version does not take
+            raise
         probabilities = np.concatenate([c.probabilities for c in chunks], axis=0)
         versions = [version for c in chunks for version in c.model_versions]
         maps = [c.cams for c in chunks if c.cams is not None]
@@ -83,8 +141,8 @@ class TritonScorer:
         return Scores(probabilities=probabilities, model_versions=versions, cams=cams)
 
     def _infer(self, images: np.ndarray) -> Scores:
-        batch = np.ascontiguousarray(images, dtype=np.float32)
-        request = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        batch = np.ascontiguousarray(images, dtype=np.uint8)
+        request = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         request.set_data_from_numpy(batch)
         names = [OUTPUT_NAME, CAM_OUTPUT_NAME] if self.want_cams else [OUTPUT_NAME]
         try:
@@ -122,19 +180,20 @@ class TritonScorer:
             self._ready_version_at = now
         return self._ready_version
 
-    def wait_until_ready(self, *, input_size: int, stop: threading.Event, log_every_s: float = 10.0) -> bool:
+    def wait_until_ready(self, *, stop: threading.Event, log_every_s: float = 10.0) -> bool:
         """Block until the model is ready (False if ``stop`` is set first); ``ModelMismatch`` on wrong input."""
         started = time.monotonic()
         last_log = -log_every_s
         while not stop.is_set():
             try:
                 if self._client.is_model_ready(self.model_name, client_timeout=5.0):
-                    self._check_input(input_size)
+                    contract = self.contract()
                     logger.info(
                         "Triton model ready",
                         extra={
                             "model_name": self.model_name,
-                            "version": self.ready_version(),
+                            "version": contract.version or self.ready_version(),
+                            "input_size": contract.input_size,
                             "url": self.url,
                         },
                     )
@@ -142,6 +201,8 @@ class TritonScorer:
                 state = "model not ready"
             except InferenceServerException as exc:
                 state = f"{exc.message()} ({exc.status()})"
+            except StageUnavailable as exc:
+                state = str(exc)
             waited = time.monotonic() - started
             if waited - last_log >= log_every_s:
                 logger.info(
@@ -156,19 +217,6 @@ class TritonScorer:
                 last_log = waited
             stop.wait(1.0)
         return False
-
-    def _check_input(self, input_size: int) -> None:
-        metadata = self._client.get_model_metadata(self.model_name, client_timeout=5.0)
-        shapes = {tensor.name: [int(d) for d in tensor.shape] for tensor in metadata.inputs}
-        expected = [3, input_size, input_size]
-        if shapes.get(INPUT_NAME, [])[-3:] != expected:
-            raise ModelMismatch(
-                f"model {self.model_name!r} takes {shapes}, but this worker prepares {INPUT_NAME!r} as "
-                f"[N, {', '.join(map(str, expected))}] (CXR_MODEL_INPUT_SIZE)"
-            )
-        if self.want_cams and CAM_OUTPUT_NAME not in {tensor.name for tensor in metadata.outputs}:
-            logger.warning("the served model has no activation maps; none will be stored")
-            self.want_cams = False
 
     def close(self) -> None:
         self._client.close()

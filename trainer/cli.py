@@ -63,7 +63,11 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 )
 @click.option("--lora-rank", type=int, default=8, show_default=True)
 @click.option(
-    "--input-size", type=int, default=None, help="Image side in pixels (default: CXR_MODEL_INPUT_SIZE)."
+    "--input-size",
+    type=click.IntRange(32, 1024),
+    default=224,
+    show_default=True,
+    help="Image side in pixels; stored in the model, which Triton then serves at that size.",
 )
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Per worker.")
@@ -143,7 +147,7 @@ def train(**options: Any) -> None:  # fmt: skip
             finetune=options["finetune"],
             last_k=options["last_k"],
             lora_rank=options["lora_rank"],
-            input_size=options["input_size"] or settings.model_input_size,
+            input_size=options["input_size"],
             epochs=options["epochs"],
             batch_size=options["batch_size"],
             grad_accum=options["grad_accum"],

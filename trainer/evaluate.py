@@ -19,6 +19,7 @@ import numpy as np
 
 from cxr_triage.labels import LABELS
 from cxr_triage.model.export import read_metadata
+from cxr_triage.model.signature import ModelRejected, read_signature
 from trainer import metrics, tracking
 from trainer.data.dataset import CXRDataset
 from trainer.data.manifest import Manifest, Verify, build_manifest
@@ -58,17 +59,21 @@ def resolve_model(uri: str | None, *, settings: TrainerSettings, workdir: Path) 
         )
         path = Path(local) / tracking.ONNX_FILE if Path(local).is_dir() else Path(local)
         label = ""
-    return scored_model(path, uri=uri, model_version=label, default_size=settings.model_input_size)
+    return scored_model(path, uri=uri, model_version=label)
 
 
-def scored_model(path: Path, *, uri: str, model_version: str, default_size: int) -> ScoredModel:
-    """What scoring needs from an ONNX file: its threshold and input size (from its ``cxr.*`` metadata)."""
+def scored_model(path: Path, *, uri: str, model_version: str) -> ScoredModel:
+    """What scoring needs from an ONNX file: its threshold (``cxr.*`` metadata) and its graph's input size."""
     if not path.is_file():
         raise RegistryError(f"no ONNX model at {uri}")
+    try:
+        input_size = read_signature(path).input_size
+    except ModelRejected as exc:
+        raise RegistryError(f"{uri}: {exc}") from exc
     meta = read_metadata(path)
     threshold = float(meta["cxr.threshold"]) if "cxr.threshold" in meta else None
     version = model_version or meta.get("cxr.mlflow_run_id", "") or path.name
-    return ScoredModel(path, uri, version, threshold, int(meta.get("cxr.input_size", default_size)))
+    return ScoredModel(path, uri, version, threshold, input_size)
 
 
 def score(model: ScoredModel, manifest: Manifest, *, batch_size: int = 16) -> np.ndarray:
@@ -77,7 +82,7 @@ def score(model: ScoredModel, manifest: Manifest, *, batch_size: int = 16) -> np
     sess = session(model.onnx_path)
     chunks = []
     for start in range(0, len(dataset), batch_size):
-        images = np.stack([dataset.image(i) for i in range(start, min(start + batch_size, len(dataset)))])
+        images = np.stack([dataset.pixels(i) for i in range(start, min(start + batch_size, len(dataset)))])
         chunks.append(onnx_probabilities(sess, images, batch_size))
     return np.concatenate(chunks)
 

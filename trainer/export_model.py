@@ -16,6 +16,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from cxr_triage.imaging import normalise
 from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME, export_model, read_metadata
 from trainer.errors import TrainerError
 
@@ -56,6 +57,7 @@ def session(path: Path, threads: int = 2) -> ort.InferenceSession:
 
 
 def onnx_probabilities(sess: ort.InferenceSession, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Probabilities of uint8 [N, 1, S, S] pixels (the served graph normalises them itself)."""
     outputs = [
         sess.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
         for i in range(0, len(images), batch_size)
@@ -64,9 +66,13 @@ def onnx_probabilities(sess: ort.InferenceSession, images: np.ndarray, batch_siz
 
 
 def parity(model: nn.Module, path: Path, images: np.ndarray) -> float:
-    """Max |ONNX Runtime - PyTorch| over the probabilities of ``images`` (real, preprocessed); raises above 1e-4."""
+    """Max |ONNX Runtime - PyTorch| over the probabilities of uint8 ``images`` (real pixels); raises above 1e-4.
+
+    PyTorch gets them through ``cxr_triage.imaging.normalise``, as in training; ONNX Runtime gets the pixels,
+    as Triton does, so the check covers the graph's own normalisation too.
+    """
     with torch.no_grad():
-        expected = torch.sigmoid(model.eval()(torch.from_numpy(images))).numpy()
+        expected = torch.sigmoid(model.eval()(torch.from_numpy(normalise(images)))).numpy()
     got = onnx_probabilities(session(path), images)
     diff = float(np.abs(got - expected).max())
     if diff > PARITY_TOLERANCE:

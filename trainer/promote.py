@@ -71,9 +71,7 @@ def _scored(
 ) -> ScoredModel:
     path = tracking.download_onnx(client, version, workdir / f"v{version.version}")
     uri = f"models:/{version.name}/{version.version}"
-    return scored_model(
-        path, uri=uri, model_version=str(version.version), default_size=settings.model_input_size
-    )
+    return scored_model(path, uri=uri, model_version=str(version.version))
 
 
 def promote(

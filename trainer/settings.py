@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from cxr_triage.settings import Settings
 
@@ -15,13 +15,10 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cx
 class TrainerSettings(Settings):
     """Everything ``cxr-triage train / evaluate / promote / rollback`` need; validated once at start.
 
-    Subclasses the shared ``Settings`` so that the trainer reads the same ``CXR_HOME``, model name and serving
-    input size as the stack it promotes into.
+    Subclasses the shared ``Settings`` so that the trainer reads the same ``CXR_HOME``, model name, serving
+    input size and MLflow tracking URI (``CXR_MLFLOW_TRACKING_URI``) as the stack it promotes into.
     """
 
-    mlflow_port: int = 15000
-    # Derived from host and port unless set (a remote tracking server, or a file store in a notebook).
-    mlflow_tracking_uri: str = ""
     mlflow_experiment: str = "cxr-triage"
     registered_model: str = "cxr_classifier"
 
@@ -31,30 +28,14 @@ class TrainerSettings(Settings):
     ray_tmpdir: Path | None = None
 
     target_sensitivity: float = Field(default=0.95, gt=0.0, le=1.0)
+    # PPV for an urgent finding that the critical tier's threshold must reach on validation data (trainer.tiers)
+    critical_ppv: float = Field(default=0.8, gt=0.0, le=1.0)
     gate_margin: float = Field(default=0.005, ge=0.0)
     # The fixed evaluation split of the gate: a CheXpert-layout folder and which of its splits to score.
     eval_data: Path = DEFAULT_DATA
     eval_split: Literal["all", "train", "val", "test"] = "val"
     split_seed: int = 20240601
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _derive_tracking_uri(self) -> TrainerSettings:
-        if not self.mlflow_tracking_uri:
-            self.mlflow_tracking_uri = f"http://{self.host}:{self.mlflow_port}"
-        return self
-
-    @property
-    def mlflow_dir(self) -> Path:
-        return self.home / "mlflow"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.mlflow_dir / "mlflow.db"
-
-    @property
-    def mlflow_artifacts(self) -> Path:
-        return self.mlflow_dir / "artifacts"
 
     @property
     def ray_dir(self) -> Path:

@@ -37,6 +37,7 @@ from trainer.models import servable
 from trainer.predict import predict
 from trainer.ray_cluster import ray_session
 from trainer.settings import TrainerSettings
+from trainer.tiers import choose_tiers
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +239,21 @@ def _finish(
     probabilities, _ = predict(model, val_set, batch_size=cfg.val_batch_size, device=torch.device("cpu"))
     truth, abnormal = truth_of(val), val.abnormal()
     report = metrics.report(probabilities, truth, abnormal, target_sensitivity=settings.target_sensitivity)
-    final = {f"final_{k}": v for k, v in report.flat("val_").items()}
+    tiers = choose_tiers(
+        metrics.abnormal_score(probabilities),
+        truth,
+        operating_threshold=report.operating.threshold,
+        target_ppv=settings.critical_ppv,
+    )
+    final = {
+        f"final_{k}": v
+        for k, v in {
+            **report.flat("val_"),
+            "val_tier_urgent": tiers.urgent,
+            "val_tier_critical": tiers.critical,
+            "val_tier_critical_ppv": tiers.critical_ppv,
+        }.items()
+    }
     client.log_batch(run_id, metrics=_metric_list(final, step=cfg.epochs))
     work = Path(tempfile.mkdtemp(prefix="cxr-train-"))
     for png in plots.roc_pngs(probabilities, truth, abnormal, report, work / "plots"):
@@ -254,11 +269,12 @@ def _finish(
         metadata={
             "cxr.threshold": repr(report.operating.threshold),
             "cxr.target_sensitivity": str(settings.target_sensitivity),
+            **tiers.metadata(),
             "cxr.mlflow_run_id": run_id,
             "cxr.finetune": spec.finetune.value,
         },
     )
-    images = np.stack([val_set.image(i) for i in range(min(PARITY_IMAGES, len(val_set)))])
+    images = np.stack([val_set.pixels(i) for i in range(min(PARITY_IMAGES, len(val_set)))])
     diff = parity(model, onnx_path, images)  # raises ParityError above 1e-4: such a file is never registered
     client.log_batch(
         run_id,
@@ -310,7 +326,7 @@ def _int8(
     int8_path = onnx_path.with_name("model.int8.onnx")
     quantize_static_qdq(onnx_path, int8_path, calibration, input_size)
     val_set = CXRDataset(val, size=input_size, policy=UncertaintyPolicy.IGNORE)
-    images = np.stack([val_set.image(i) for i in range(len(val_set))])
+    images = np.stack([val_set.pixels(i) for i in range(len(val_set))])
     probabilities = onnx_probabilities(session(int8_path), images)
     report = metrics.report(
         probabilities, truth_of(val), val.abnormal(), threshold=fp32.operating.threshold,

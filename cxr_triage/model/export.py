@@ -1,7 +1,10 @@
 """Export a 14-finding classifier to ONNX: the file Triton serves, with class activation maps beside the scores.
 
-The graph takes ``image`` float32 [N, 3, S, S] (ImageNet-normalised, see ``cxr_triage.imaging.preprocess``) and
-returns
+The graph takes ``image`` uint8 [N, 1, S, S]: the stored greyscale pixels resized to the model's own S. Scaling,
+ImageNet normalisation and the expansion to three channels happen inside the graph (``GrayscaleInput``, the
+twin of ``cxr_triage.imaging.normalise``), so a study crosses gRPC (and, on a GPU, PCIe) as S*S bytes instead of
+12*S*S, and no caller has to know the model's preprocessing. S and the model's thresholds are in its metadata
+(``cxr_triage.model.contract``). It returns
 
 - ``probabilities`` float32 [N, 14] in ``cxr_triage.labels.LABELS`` order (sigmoid inside the graph, so every
   consumer reads probabilities, never logits);
@@ -34,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import densenet121
 
+from cxr_triage.imaging import IMAGENET_MEAN, IMAGENET_STD
 from cxr_triage.labels import LABELS, NUM_LABELS
+from cxr_triage.model.contract import INPUT_FORMAT, INPUT_FORMAT_KEY, INPUT_SIZE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +54,35 @@ DEFAULT_SEED: Final = 20240601
 CAM_CLASS_ACTIVATION: Final = "class-activation"
 CAM_NONE: Final = "none"
 _CAM_CHECK_TOLERANCE: Final = 1e-4
+
+
+class GrayscaleInput(nn.Module):
+    """uint8 [N, 1, S, S] -> float [N, 3, S, S] ImageNet-normalised: ``cxr_triage.imaging.normalise`` in the graph."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(IMAGENET_MEAN.copy()).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.from_numpy(IMAGENET_STD.copy()).reshape(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        scaled = pixels.to(torch.float32) / 255.0
+        return (scaled.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+
+class ServedGraph(nn.Module):
+    """What is exported: the stored pixels in, the graph's normalisation, then probabilities and maps."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.input = GrayscaleInput()
+        self.graph = graph
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        result: tuple[torch.Tensor, torch.Tensor] = self.graph(self.input(pixels))
+        return result
 
 
 class ProbabilityHead(nn.Module):
@@ -150,7 +184,7 @@ def export_graph(model: nn.Module, *, input_size: int) -> tuple[nn.Module, str]:
 
 
 def export_model(model: nn.Module, path: Path, *, input_size: int, metadata: dict[str, str]) -> Path:
-    """Write a 14-logit classifier to ``path`` as ONNX (opset 17, dynamic batch) with ``cxr.*`` metadata.
+    """Write a 14-logit classifier to ``path`` as ONNX (opset 17, uint8 pixels in, dynamic batch) with metadata.
 
     ``metadata`` (e.g. ``cxr.weights``, a training run id) is stored in the file's metadata properties;
     the facts of the graph itself (labels, input size, architecture, maps, creation time) are added.
@@ -159,13 +193,14 @@ def export_model(model: nn.Module, path: Path, *, input_size: int, metadata: dic
     started = time.perf_counter()
     source = copy.deepcopy(model).cpu().eval()
     graph, cam_kind = export_graph(source, input_size=input_size)
-    example = torch.zeros(1, 3, input_size, input_size, dtype=torch.float32)
+    served = ServedGraph(graph).eval()
+    example = torch.zeros(1, 1, input_size, input_size, dtype=torch.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter is chosen on purpose (dynamo=False); its deprecation notice is noise here.
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
-            graph,
+            served,
             (example,),
             str(path),
             dynamo=False,  # the dynamo exporter is ~8x slower here and ignores opset 17 (STACK-NOTES)
@@ -180,7 +215,8 @@ def export_model(model: nn.Module, path: Path, *, input_size: int, metadata: dic
         "cxr.architecture": type(inner).__name__.lower(),
         **metadata,
         "cxr.labels": json.dumps(list(LABELS)),
-        "cxr.input_size": str(input_size),
+        INPUT_SIZE_KEY: str(input_size),
+        INPUT_FORMAT_KEY: INPUT_FORMAT,
         "cxr.cam": cam_kind,
         "cxr.created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -11,7 +11,7 @@ Three steps, each there for a measured reason (``docs/bench/inference.md``):
    gain. As a depthwise Conv they become QLinearConv and the graph stays INT8 end to end.
 3. ``quantize_static`` in QDQ format, per-channel INT8 weights and UINT8 activations (the U8S8 path that x86
    VNNI kernels are built for; signed activations were slower here), MinMax calibration on real radiographs
-   preprocessed exactly as the worker does (``cxr_triage.imaging``).
+   resized exactly as the worker does (``cxr_triage.imaging``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from cxr_triage.imaging import decode_grayscale, preprocess
+from cxr_triage.imaging import decode_grayscale, resize_gray
 from cxr_triage.model.export import INPUT_NAME
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ImageCalibrationReader(CalibrationDataReader):
             return None
         path = self.paths[self._next]
         self._next += 1
-        tensor = preprocess(decode_grayscale(path.read_bytes()), self.input_size)
+        tensor = resize_gray(decode_grayscale(path.read_bytes()), self.input_size)
         return {self.input_name: tensor[np.newaxis]}
 
     def rewind(self) -> None:

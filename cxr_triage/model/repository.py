@@ -32,11 +32,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Final
 
-from cxr_triage.settings import Settings
+from cxr_triage.model.contract import ContractError, ModelContract
+from cxr_triage.model.export import (
+    CAM_OUTPUT_NAME,
+    DEFAULT_SEED,
+    export_untrained,
+    read_metadata,
+)
 from cxr_triage.model.serving import ServingSettings
-from cxr_triage.model.export import CAM_OUTPUT_NAME, DEFAULT_SEED, export_untrained, read_metadata
-from cxr_triage.model.triton_config import onnxruntime_config, python_backend_config
 from cxr_triage.model.signature import ModelRejected, ModelSignature, read_signature
+from cxr_triage.model.triton_config import onnxruntime_config, python_backend_config
+from cxr_triage.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +115,30 @@ def write_configs(
     model_name: str,
     signature: ModelSignature,
     version: int,
+    contract: ModelContract,
     serving: ServingSettings | None = None,
 ) -> None:
     """Both configs, serving ``version`` of a model with ``signature``; files that would not change stay."""
     serving = serving or ServingSettings()
-    python = python_backend_config(model_name, signature=signature, version=version, serving=serving)
-    onnxrt = onnxruntime_config(model_name, signature=signature, version=version, serving=serving)
+    python = python_backend_config(
+        model_name, signature=signature, version=version, serving=serving, contract=contract
+    )
+    onnxrt = onnxruntime_config(
+        model_name, signature=signature, version=version, serving=serving, contract=contract
+    )
     _write_if_changed(folder / CONFIG_FILE, python)
     _write_if_changed(folder / ONNXRUNTIME_CONFIG_FILE, onnxrt)
     if (folder / NAMED_CONFIG).parent.is_dir():
         _write_if_changed(folder / NAMED_CONFIG, onnxrt)
+
+
+def model_contract(path: Path, *, version: int, input_size: int) -> ModelContract:
+    """The contract in an ONNX file's metadata; the graph's own input size wins over what metadata says."""
+    metadata = {**read_metadata(path), "cxr.input_size": str(input_size)}
+    try:
+        return ModelContract.from_mapping(metadata, version=str(version))
+    except ContractError as exc:
+        raise ModelRejected(f"version {version}: {exc}") from exc
 
 
 def serve_version(settings: Settings, version: int, *, serving: ServingSettings | None = None) -> None:
@@ -130,10 +150,17 @@ def serve_version(settings: Settings, version: int, *, serving: ServingSettings 
     folder = model_dir(settings)
     if version not in _versions_in(folder):
         raise VersionNotFound(f"model {settings.model_name!r} has no version {version} in {folder}")
-    signature = read_signature(folder / str(version) / ONNX_FILE)
+    path = folder / str(version) / ONNX_FILE
+    signature = read_signature(path)
+    contract = model_contract(path, version=version, input_size=signature.input_size)
     _write_if_changed(folder / SERVING_FILE, f"{version}\n")
     write_configs(
-        folder, model_name=settings.model_name, signature=signature, version=version, serving=serving
+        folder,
+        model_name=settings.model_name,
+        signature=signature,
+        version=version,
+        contract=contract,
+        serving=serving,
     )
     logger.info("serving model version", extra={"model_name": settings.model_name, "version": version})
 
@@ -198,9 +225,9 @@ def _copy_model(onnx_file: Path, staged: Path, signature: ModelSignature) -> Non
 def add_version(settings: Settings, onnx_file: Path, *, metadata: dict[str, str]) -> int:
     """Copy an exported model (and its external data files) in as the next version; return its number.
 
-    The model must take ``image`` [N, 3, S, S] with S = ``settings.model_input_size`` and return
-    ``probabilities`` [N, 14] and ``cams`` [N, 14, h, w] (``ModelRejected`` otherwise). What is served does
-    not change: call ``serve_version`` for that.
+    The model must take ``image`` uint8 [N, 1, S, S] (any S: the worker reads it from the served version)
+    and return ``probabilities`` [N, 14] and ``cams`` [N, 14, h, w] (``ModelRejected`` otherwise). What is
+    served does not change: call ``serve_version`` for that.
     """
     signature = read_signature(onnx_file)
     if signature.cam_size is None:
@@ -208,11 +235,7 @@ def add_version(settings: Settings, onnx_file: Path, *, metadata: dict[str, str]
         raise ModelRejected(
             f"the model has no {CAM_OUTPUT_NAME!r} output: export it with cxr_triage.model.export.export_model"
         )
-    if signature.input_size != settings.model_input_size:
-        raise ModelRejected(
-            f"the model takes {signature.input_size} px images, the workers prepare "
-            f"{settings.model_input_size} px (CXR_MODEL_INPUT_SIZE)"
-        )
+    model_contract(onnx_file, version=0, input_size=signature.input_size)  # thresholds must be readable
     folder = model_dir(settings)
     staged = staging_dir(settings.model_repository)
     try:
@@ -241,9 +264,15 @@ def version_metadata(settings: Settings, version: int) -> dict[str, str]:
 
 
 def ensure_model(
-    settings: Settings, *, seed: int = DEFAULT_SEED, serving: ServingSettings | None = None
+    settings: Settings,
+    *,
+    seed: int = DEFAULT_SEED,
+    input_size: int | None = None,
+    serving: ServingSettings | None = None,
 ) -> ModelVersion:
     """Make sure a version is served: export an untrained DenseNet121 as version 1 if there is none.
+
+    Its input size is ``input_size``, else ``settings.initial_model_input_size``.
 
     Re-derives the configs from ``SERVING`` (the newest version when a repository predates the pointer),
     so it also applies changed ``CXR_TRITON_*`` settings and completes an interrupted ``serve_version``.
@@ -253,7 +282,9 @@ def ensure_model(
     if not _versions_in(folder):
         staged = staging_dir(settings.model_repository)
         try:
-            export_untrained(staged / ONNX_FILE, input_size=settings.model_input_size, seed=seed)
+            export_untrained(
+                staged / ONNX_FILE, input_size=input_size or settings.initial_model_input_size, seed=seed
+            )
             publish_version(staged, folder, 1)
             created = True
             logger.info("initial model published", extra={"model_name": settings.model_name, "version": 1})

@@ -82,12 +82,17 @@ def read_signature(path: Path) -> ModelSignature:
             f"the model must take {INPUT_NAME!r} and return {OUTPUT_NAME!r}; it takes {sorted(inputs)} "
             f"and returns {sorted(outputs)}"
         )
-    for value in (*inputs.values(), *outputs.values()):
+    if inputs[INPUT_NAME].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        raise ModelRejected(
+            f"{INPUT_NAME!r} must be uint8 greyscale pixels (the graph normalises them itself); export the "
+            "model with cxr_triage.model.export.export_model"
+        )
+    for value in outputs.values():
         if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise ModelRejected(f"{value.name!r} must be float32")
     image = _fixed(_dims(inputs[INPUT_NAME]), repr(INPUT_NAME))
-    if len(image) != 3 or image[0] != 3 or image[1] != image[2]:
-        raise ModelRejected(f"{INPUT_NAME!r} must be [N, 3, S, S], is {_dims(inputs[INPUT_NAME])}")
+    if len(image) != 3 or image[0] != 1 or image[1] != image[2]:
+        raise ModelRejected(f"{INPUT_NAME!r} must be [N, 1, S, S], is {_dims(inputs[INPUT_NAME])}")
     if _fixed(_dims(outputs[OUTPUT_NAME]), repr(OUTPUT_NAME)) != [NUM_LABELS]:
         raise ModelRejected(f"{OUTPUT_NAME!r} must be [N, {NUM_LABELS}], is {_dims(outputs[OUTPUT_NAME])}")
     cam_size = None

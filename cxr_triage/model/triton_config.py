@@ -8,8 +8,9 @@ its ``onnxruntime`` backend (compose.yaml), which runs the same ``model.onnx``.
 from __future__ import annotations
 
 from cxr_triage.labels import NUM_LABELS
-from cxr_triage.model.serving import ServingSettings
+from cxr_triage.model.contract import ModelContract
 from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
+from cxr_triage.model.serving import ServingSettings
 from cxr_triage.model.signature import ModelSignature
 
 
@@ -31,8 +32,8 @@ def _common(signature: ModelSignature, *, version: int, serving: ServingSettings
 input [
   {{
     name: "{INPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: {_dims(3, size, size)}
+    data_type: TYPE_UINT8
+    dims: {_dims(1, size, size)}
   }}
 ]
 output [
@@ -54,6 +55,11 @@ version_policy: {{ specific: {{ versions: [ {version} ] }} }}
 """
 
 
+def _contract(contract: ModelContract) -> str:
+    # The served version's own facts, read by the worker from Triton (get_model_config) with the input shape.
+    return "".join(_parameter(key, value) for key, value in sorted(contract.parameters().items()))
+
+
 def _instances(kind: str, count: int) -> str:
     return f"instance_group [\n  {{\n    kind: {kind}\n    count: {count}\n  }}\n]\n"
 
@@ -65,7 +71,12 @@ def _threads(serving: ServingSettings) -> str:
 
 
 def python_backend_config(
-    model_name: str, *, signature: ModelSignature, version: int, serving: ServingSettings
+    model_name: str,
+    *,
+    signature: ModelSignature,
+    version: int,
+    serving: ServingSettings,
+    contract: ModelContract,
 ) -> str:
     """config.pbtxt for the local tritonserver: the Python backend runs the ONNX file with ONNX Runtime."""
     return (
@@ -76,11 +87,17 @@ def python_backend_config(
         + _threads(serving)
         + _parameter("allow_spinning", "1" if serving.allow_spinning else "0")
         + _parameter("execution_providers", serving.execution_providers)
+        + _contract(contract)
     )
 
 
 def onnxruntime_config(
-    model_name: str, *, signature: ModelSignature, version: int, serving: ServingSettings
+    model_name: str,
+    *,
+    signature: ModelSignature,
+    version: int,
+    serving: ServingSettings,
+    contract: ModelContract,
 ) -> str:
     """The same model for NVIDIA's Triton container (onnxruntime backend; a GPU instance when it has one)."""
     return (
@@ -88,4 +105,5 @@ def onnxruntime_config(
         + _common(signature, version=version, serving=serving)
         + _instances("KIND_AUTO", serving.instance_count)
         + _threads(serving)
+        + _contract(contract)
     )

@@ -11,10 +11,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from deploy.testing import stack_env
+
+if TYPE_CHECKING:
+    from tests.integration.kafka_support import KafkaBroker
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -128,7 +132,7 @@ class Stack:
 def e2e_env(home: Path) -> dict[str, str]:
     env = stack_env(home, worker_count=1, skip_model_init=False)
     # A small input keeps the untrained model fast on 2 CPU cores; the flow is the same at 224/320.
-    env["CXR_MODEL_INPUT_SIZE"] = "128"
+    env["CXR_INITIAL_MODEL_INPUT_SIZE"] = "128"
     return env
 
 
@@ -142,3 +146,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield started
     finally:
         started.cli("down", check=False, timeout_s=120)
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A private Kafka broker (every cxr topic) shared by the session's API tests, started on first use."""
+    from tests.integration.kafka_support import shared_jars, start_kafka  # the API's test helpers
+
+    base = tmp_path_factory.getbasetemp()
+    with start_kafka(tmp_path_factory.mktemp("kafka-home"), shared_jars(base)) as broker:
+        yield broker

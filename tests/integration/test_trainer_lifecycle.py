@@ -101,7 +101,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             "CXR_TRITON_HTTP_PORT": str(free_port()),
             "CXR_TRITON_GRPC_PORT": str(free_port()),
             "CXR_TRITON_METRICS_PORT": str(free_port()),
-            "CXR_MODEL_INPUT_SIZE": "64",
+            "CXR_INITIAL_MODEL_INPUT_SIZE": "64",
             "CXR_RAY_TMPDIR": ray_tmp,
             "CXR_EVAL_DATA": str(PUBLIC),
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",

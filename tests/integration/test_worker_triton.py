@@ -21,14 +21,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cxr_triage.imaging import decode_grayscale, preprocess
-from cxr_triage.labels import NUM_LABELS
-from cxr_triage.settings import Settings
 from cxr_triage.cams import encode_cams
-from inference_worker.errors import ModelMismatch, StageUnavailable
+from cxr_triage.imaging import decode_grayscale, resize_gray
+from cxr_triage.labels import NUM_LABELS
 from cxr_triage.model.export import build_densenet121, export_model
 from cxr_triage.model.repository import ONNX_FILE, add_version, ensure_model, serve_version, serving_version
 from cxr_triage.priority import priorities
+from cxr_triage.settings import Settings
+from cxr_triage.sla import SlaPolicy
+from inference_worker.errors import StageUnavailable
 from inference_worker.triton_client import TritonScorer
 from tests.integration.conftest import free_port
 
@@ -82,8 +83,8 @@ def _ready(path: str) -> bool:
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     home = tmp_path_factory.mktemp("triton-home")
-    settings = Settings(home=home, model_name=MODEL, model_input_size=SIZE, triton_grpc_port=GRPC)
-    ensure_model(settings)
+    settings = Settings(home=home, model_name=MODEL, triton_grpc_url=f"127.0.0.1:{GRPC}")
+    ensure_model(settings, input_size=SIZE)
     return settings
 
 
@@ -141,7 +142,7 @@ def scorer(repository: Settings, triton: dict[str, float]) -> Iterator[TritonSco
 
 
 def test_server_loads_the_python_backend_model(triton: dict[str, float], scorer: TritonScorer) -> None:
-    assert scorer.wait_until_ready(input_size=SIZE, stop=threading.Event())
+    assert scorer.wait_until_ready(stop=threading.Event())
     assert scorer.ready_version() == "1"
     print(f"tritonserver start + model load: {triton['load_s']:.2f} s")
 
@@ -150,7 +151,7 @@ def test_server_loads_the_python_backend_model(triton: dict[str, float], scorer:
 def test_probabilities_match_onnxruntime(
     scorer: TritonScorer, reference: ort.InferenceSession, batch: int
 ) -> None:
-    images = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 1, SIZE, SIZE), dtype=np.uint8)
     scores = scorer.score(images)  # 40 > max_batch_size 32: sent as two requests
     expected, expected_cams = reference.run(["probabilities", "cams"], {"image": images})
     assert scores.probabilities.shape == (batch, NUM_LABELS)
@@ -163,7 +164,7 @@ def test_probabilities_match_onnxruntime(
 
 def test_maps_are_left_out_when_not_asked_for(repository: Settings, triton: dict[str, float]) -> None:
     client = TritonScorer(repository.triton_grpc_url, MODEL, timeout_s=60, want_cams=False)
-    scores = client.score(np.zeros((2, 3, SIZE, SIZE), dtype=np.float32))
+    scores = client.score(np.zeros((2, 1, SIZE, SIZE), dtype=np.uint8))
     assert scores.cams is None and scores.probabilities.shape == (2, NUM_LABELS)
     client.close()
 
@@ -172,7 +173,7 @@ def test_real_radiographs_score_to_valid_priorities(scorer: TritonScorer) -> Non
     files = sorted(DATASET.glob("*.jpg"))[:8]
     if not files:
         pytest.skip(f"shared dataset not present at {DATASET}")
-    batch = np.stack([preprocess(decode_grayscale(f.read_bytes(), "image/jpeg"), SIZE) for f in files])
+    batch = np.stack([resize_gray(decode_grayscale(f.read_bytes(), "image/jpeg"), SIZE) for f in files])
     scores = scorer.score(batch)
     values = priorities(scores.probabilities)
     assert values.shape == (len(files),)
@@ -181,19 +182,24 @@ def test_real_radiographs_score_to_valid_priorities(scorer: TritonScorer) -> Non
     assert all(encode_cams(maps) is not None for maps in scores.cams)  # DenseNet121 has real maps
 
 
-def test_wrong_input_size_is_a_model_mismatch(scorer: TritonScorer) -> None:
-    with pytest.raises(ModelMismatch, match="CXR_MODEL_INPUT_SIZE"):
-        scorer.wait_until_ready(input_size=SIZE * 2, stop=threading.Event())
+def test_the_contract_comes_from_triton_and_a_wrong_size_is_refused(scorer: TritonScorer) -> None:
+    contract = scorer.contract()
+    assert (contract.input_size, contract.version) == (SIZE, "1")
+    assert contract.tiers(SlaPolicy()).source == "fallback"  # the untrained model states no thresholds
+    with pytest.raises(StageUnavailable, match="triton"):
+        scorer.score(np.zeros((1, 1, SIZE * 2, SIZE * 2), dtype=np.uint8))  # shaped for another version
+    assert scorer._contract is None  # forgotten: the next batch asks Triton again
+    assert scorer.contract() == contract
 
 
 def test_unreachable_triton_is_stage_unavailable() -> None:
     client = TritonScorer("127.0.0.1:18109", MODEL, timeout_s=5)
     with pytest.raises(StageUnavailable) as info:
-        client.score(np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))
+        client.score(np.zeros((1, 1, SIZE, SIZE), dtype=np.uint8))
     assert info.value.stage == "triton"
     stop = threading.Event()
     stop.set()
-    assert client.wait_until_ready(input_size=SIZE, stop=stop) is False
+    assert client.wait_until_ready(stop=stop) is False
     client.close()
 
 
@@ -203,7 +209,7 @@ def test_a_served_version_switch_needs_no_restart(repository: Settings, scorer: 
     export_model(build_densenet121(seed=99), staged, input_size=SIZE, metadata={"cxr.weights": "test"})
     version = add_version(repository, staged, metadata={"source": "test"})
     assert version == 2
-    images = np.zeros((2, 3, SIZE, SIZE), dtype=np.float32)
+    images = np.zeros((2, 1, SIZE, SIZE), dtype=np.uint8)
     time.sleep(4)  # two poll periods: adding a version must not change what is served
     assert scorer.score(images).model_versions == ["1", "1"]
 
@@ -222,4 +228,6 @@ def test_a_served_version_switch_needs_no_restart(repository: Settings, scorer: 
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert scorer.score(images).model_versions == ["2", "2"]
+    scorer.invalidate()
+    assert scorer.contract().version == "2"
     print(f"answers while switching: {seen}")

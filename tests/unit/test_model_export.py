@@ -12,11 +12,13 @@ import pytest
 import torch
 from torch import nn
 
+from cxr_triage.imaging import normalise, preprocess, resize_gray
 from cxr_triage.labels import LABELS, NUM_LABELS
 from cxr_triage.model.export import (
     CAM_CLASS_ACTIVATION,
     CAM_NONE,
     UNTRAINED,
+    GrayscaleInput,
     build_densenet121,
     export_model,
     export_untrained,
@@ -53,6 +55,11 @@ class MiswiredCnn(nn.Module):
         return 2.0 * self.classifier(pooled)
 
 
+def pixels(seed: int, batch: int, size: int) -> np.ndarray:
+    """Greyscale pixels as the worker sends them: uint8 [N, 1, S, S]."""
+    return np.random.default_rng(seed).integers(0, 256, (batch, 1, size, size), dtype=np.uint8)
+
+
 def run(path: Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probabilities, cams = session.run(["probabilities", "cams"], {"image": images})
@@ -74,8 +81,8 @@ def test_graph_signature(exported: Path) -> None:
         o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output
     }
     assert inp.name == "image"
-    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 3, SIZE, SIZE]
-    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 1, SIZE, SIZE]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert outputs == {
         "probabilities": ["batch", NUM_LABELS],
         "cams": ["batch", NUM_LABELS, SIZE // 32, SIZE // 32],
@@ -94,18 +101,18 @@ def test_metadata_says_untrained_and_how_maps_are_made(exported: Path) -> None:
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dynamic_batch_probabilities_match_torch(exported: Path, batch: int) -> None:
-    images = np.random.default_rng(batch).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    images = pixels(batch, batch, SIZE)
     probabilities, cams = run(exported, images)
     assert probabilities.shape == (batch, len(LABELS)) and cams.shape == (batch, NUM_LABELS, 2, 2)
     assert probabilities.dtype == np.float32 and cams.dtype == np.float32
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     with torch.no_grad():
-        expected = build_densenet121(seed=7)(torch.from_numpy(images)).numpy()
+        expected = build_densenet121(seed=7)(torch.from_numpy(normalise(images))).numpy()
     assert np.abs(probabilities - expected).max() <= 1e-4
 
 
 def test_maps_are_class_activations_whose_mean_is_the_logit(exported: Path) -> None:
-    images = np.random.default_rng(5).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    images = pixels(5, 2, SIZE)
     probabilities, cams = run(exported, images)
     logits = np.log(probabilities / (1 - probabilities))
     assert np.abs(cams.mean(axis=(2, 3)) - logits).max() <= 1e-3
@@ -113,7 +120,7 @@ def test_maps_are_class_activations_whose_mean_is_the_logit(exported: Path) -> N
     # the map is W . relu(features) + b at each location, computed here from the torch modules
     backbone = build_densenet121(seed=7).backbone
     with torch.no_grad():
-        maps = torch.relu(backbone.features(torch.from_numpy(images)))
+        maps = torch.relu(backbone.features(torch.from_numpy(normalise(images))))
         expected = torch.einsum("kc,nchw->nkhw", backbone.classifier.weight, maps)
         expected += backbone.classifier.bias[None, :, None, None]
     assert np.abs(cams - expected.numpy()).max() <= 1e-3
@@ -129,10 +136,10 @@ def test_a_model_without_a_cam_path_exports_zero_maps(tmp_path: Path) -> None:
     model = PooledConv().train()
     path = export_model(model, tmp_path / "m.onnx", input_size=96, metadata={"cxr.weights": "run-7"})
     assert model.training  # the caller's module is left as it was
-    images = np.random.default_rng(0).standard_normal((2, 3, 96, 96)).astype(np.float32)
+    images = pixels(0, 2, 96)
     probabilities, cams = run(path, images)
     with torch.no_grad():
-        expected = torch.sigmoid(PooledConv().eval()(torch.from_numpy(images))).numpy()
+        expected = torch.sigmoid(PooledConv().eval()(torch.from_numpy(normalise(images)))).numpy()
     assert np.abs(probabilities - expected).max() <= 1e-5
     assert cams.shape == (2, NUM_LABELS, 3, 3) and not cams.any()
     meta = read_metadata(path)
@@ -142,10 +149,10 @@ def test_a_model_without_a_cam_path_exports_zero_maps(tmp_path: Path) -> None:
 
 def test_features_that_do_not_reproduce_the_scores_give_no_maps(tmp_path: Path) -> None:
     path = export_model(MiswiredCnn(), tmp_path / "m.onnx", input_size=64, metadata={})
-    images = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    images = pixels(1, 2, 64)
     probabilities, cams = run(path, images)
     with torch.no_grad():
-        expected = torch.sigmoid(MiswiredCnn().eval()(torch.from_numpy(images))).numpy()
+        expected = torch.sigmoid(MiswiredCnn().eval()(torch.from_numpy(normalise(images)))).numpy()
     assert np.abs(probabilities - expected).max() <= 1e-5  # the model's own forward, not the CAM path
     assert not cams.any() and read_metadata(path)["cxr.cam"] == CAM_NONE
 
@@ -155,3 +162,18 @@ def test_a_model_that_does_not_return_14_logits_is_refused(tmp_path: Path) -> No
         export_model(
             nn.Sequential(nn.Flatten(), nn.LazyLinear(3)), tmp_path / "m.onnx", input_size=64, metadata={}
         )
+
+
+def test_the_graph_normalises_pixels_exactly_as_the_trainer_does() -> None:
+    gray = np.random.default_rng(2).integers(0, 256, (300, 280), dtype=np.uint8)
+    resized = resize_gray(gray, SIZE)
+    assert resized.dtype == np.uint8 and resized.shape == (1, SIZE, SIZE)
+    with torch.no_grad():
+        in_graph = GrayscaleInput()(torch.from_numpy(resized[None])).numpy()[0]
+    assert in_graph.shape == (3, SIZE, SIZE)
+    assert np.abs(in_graph - preprocess(gray, SIZE)).max() <= 1e-6
+
+
+def test_the_metadata_states_the_input_the_model_takes(exported: Path) -> None:
+    meta = read_metadata(exported)
+    assert meta["cxr.input_size"] == str(SIZE) and meta["cxr.input_format"] == "uint8-grey-1xSxS"

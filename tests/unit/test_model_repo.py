@@ -14,8 +14,6 @@ import torch
 from torch import nn
 
 from cxr_triage.labels import NUM_LABELS
-from cxr_triage.settings import Settings
-from cxr_triage.model.serving import ServingSettings
 from cxr_triage.model.export import UNTRAINED, export_model
 from cxr_triage.model.repository import (
     CONFIG_FILE,
@@ -32,7 +30,9 @@ from cxr_triage.model.repository import (
     serving_version,
     version_metadata,
 )
+from cxr_triage.model.serving import ServingSettings
 from cxr_triage.model.signature import ModelRejected, read_signature
+from cxr_triage.settings import Settings
 
 SIZE = 64
 
@@ -56,7 +56,7 @@ def small_model(folder: Path, *, size: int = SIZE, seed: int = 0) -> Path:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", model_input_size=SIZE, model_name="cxr_test")
+    return Settings(home=tmp_path / "home", model_name="cxr_test")
 
 
 def test_ensure_model_creates_and_serves_version_1_once(settings: Settings) -> None:
@@ -162,7 +162,7 @@ def test_external_data_is_copied_with_the_model(settings: Settings, tmp_path: Pa
     version = add_version(settings, split, metadata={})
     target = model_dir(settings) / str(version)
     assert (target / "exported.onnx.data").is_file()
-    images = np.zeros((1, 3, SIZE, SIZE), dtype=np.float32)
+    images = np.zeros((1, 1, SIZE, SIZE), dtype=np.uint8)
     expected = ort.InferenceSession(str(inline), providers=["CPUExecutionProvider"]).run(
         None, {"image": images}
     )
@@ -173,8 +173,18 @@ def test_external_data_is_copied_with_the_model(settings: Settings, tmp_path: Pa
 
 
 def test_models_that_do_not_fit_are_rejected(settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(ModelRejected, match="CXR_MODEL_INPUT_SIZE"):
-        add_version(settings, small_model(tmp_path, size=96), metadata={})
+    float_input = onnx.load(str(small_model(tmp_path)))
+    float_input.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.FLOAT  # the pre-contract format
+    old_format = tmp_path / "float-input.onnx"
+    onnx.save(float_input, str(old_format))
+    with pytest.raises(ModelRejected, match="must be uint8 greyscale pixels"):
+        add_version(settings, old_format, metadata={})
+    bad_threshold = onnx.load(str(small_model(tmp_path)))
+    onnx.helper.set_model_props(bad_threshold, {"cxr.input_size": str(SIZE), "cxr.tier.critical": "high"})
+    unreadable = tmp_path / "bad-threshold.onnx"
+    onnx.save(bad_threshold, str(unreadable))
+    with pytest.raises(ModelRejected, match=r"cxr\.tier\.critical = 'high' is not a number"):
+        add_version(settings, unreadable, metadata={})
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a model")
     with pytest.raises(ModelRejected, match="not a readable ONNX model"):
@@ -216,7 +226,10 @@ def test_configs_describe_the_same_model(settings: Settings, tmp_path: Path) -> 
     for text in (python, onnxrt):
         assert 'name: "cxr_test"' in text
         assert "max_batch_size: 16" in text
-        assert f"dims: [ 3, {SIZE}, {SIZE} ]" in text and "dims: [ 14 ]" in text
+        assert f"dims: [ 1, {SIZE}, {SIZE} ]" in text and "dims: [ 14 ]" in text
+        assert "data_type: TYPE_UINT8" in text
+        assert 'key: "cxr.input_size"\n  value: { string_value: "64" }' in text
+        assert 'key: "cxr.version"\n  value: { string_value: "1" }' in text
         assert 'name: "cams"' in text and "dims: [ 14, 2, 2 ]" in text
         assert "preferred_batch_size: [ 4, 8 ]" in text
         assert "max_queue_delay_microseconds: 5000" in text
@@ -247,9 +260,8 @@ def test_cli_model_init_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     from cxr_triage.cli import main
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path))
-    monkeypatch.setenv("CXR_MODEL_INPUT_SIZE", str(SIZE))
     runner = CliRunner()
-    first = runner.invoke(main, ["model", "init", "--json"])
+    first = runner.invoke(main, ["model", "init", "--json", "--input-size", str(SIZE)])
     assert first.exit_code == 0, first.output
     result = json.loads(first.stdout.strip().splitlines()[-1])
     assert result == {
@@ -270,7 +282,6 @@ def test_cli_adds_lists_and_serves_versions(tmp_path: Path, monkeypatch: pytest.
     from cxr_triage.cli import main
 
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CXR_MODEL_INPUT_SIZE", str(SIZE))
     runner = CliRunner()
     first, second = small_model(tmp_path, seed=1), small_model(tmp_path, seed=2)
     assert runner.invoke(main, ["model", "add", "--serve", str(first)]).stdout.strip() == (
@@ -289,6 +300,29 @@ def test_cli_adds_lists_and_serves_versions(tmp_path: Path, monkeypatch: pytest.
     assert runner.invoke(main, ["model", "list"]).stdout.splitlines() == ["  1", "* 2"]
     missing = runner.invoke(main, ["model", "serve", "9"])
     assert missing.exit_code == 1 and "has no version 9" in missing.output
-    wrong_size = small_model(tmp_path, size=96)
-    refused = runner.invoke(main, ["model", "add", str(wrong_size)])
-    assert refused.exit_code == 1 and "CXR_MODEL_INPUT_SIZE" in refused.output
+    other_size = small_model(tmp_path, size=96)  # a version may take another input size than the served one
+    added = runner.invoke(main, ["model", "add", "--serve", str(other_size)])
+    assert added.stdout.strip() == "added cxr_classifier version 3 (serving)"
+    config = (tmp_path / "home" / "model_repository" / "cxr_classifier" / CONFIG_FILE).read_text()
+    assert "dims: [ 1, 96, 96 ]" in config and 'value: { string_value: "96" }' in config
+
+
+def test_the_served_versions_thresholds_reach_the_triton_config(settings: Settings, tmp_path: Path) -> None:
+    plain = small_model(tmp_path, seed=1)
+    with_tiers = tmp_path / "tiers.onnx"
+    export_model(
+        SmallCnn(2),
+        with_tiers,
+        input_size=SIZE,
+        metadata={"cxr.threshold": "0.31", "cxr.tier.urgent": "0.31", "cxr.tier.critical": "0.82"},
+    )
+    add_version(settings, plain, metadata={})
+    add_version(settings, with_tiers, metadata={})
+    serve_version(settings, 2)
+    text = (model_dir(settings) / CONFIG_FILE).read_text()
+    assert 'key: "cxr.tier.critical"\n  value: { string_value: "0.82" }' in text
+    assert 'key: "cxr.tier.urgent"\n  value: { string_value: "0.31" }' in text
+    assert 'key: "cxr.threshold"\n  value: { string_value: "0.31" }' in text
+    serve_version(settings, 1)  # a rollback takes the thresholds away with the version
+    text = (model_dir(settings) / CONFIG_FILE).read_text()
+    assert "cxr.tier" not in text and 'key: "cxr.version"\n  value: { string_value: "1" }' in text

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cxr_triage.imaging import decode_grayscale, preprocess
+from cxr_triage.imaging import decode_grayscale, resize_gray
 from cxr_triage.model.export import INPUT_NAME, OUTPUT_NAME, export_untrained, read_metadata
 from cxr_triage.model.quantize import (
     QUANTIZATION,
@@ -28,15 +28,15 @@ def _probabilities(path: Path, batch: np.ndarray) -> np.ndarray:
     return np.asarray(session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0])
 
 
-def test_calibration_reader_feeds_preprocessed_images_one_by_one_and_rewinds(
+def test_calibration_reader_feeds_resized_pixels_one_by_one_and_rewinds(
     sample_images: list[Path],
 ) -> None:
     paths = sample_images[:3]
     reader = ImageCalibrationReader(paths, input_size=SIZE)
     first = reader.get_next()
     assert first is not None and list(first) == [INPUT_NAME]
-    assert first[INPUT_NAME].shape == (1, 3, SIZE, SIZE) and first[INPUT_NAME].dtype == np.float32
-    expected = preprocess(decode_grayscale(paths[0].read_bytes()), SIZE)
+    assert first[INPUT_NAME].shape == (1, 1, SIZE, SIZE) and first[INPUT_NAME].dtype == np.uint8
+    expected = resize_gray(decode_grayscale(paths[0].read_bytes()), SIZE)
     np.testing.assert_array_equal(first[INPUT_NAME][0], expected)
     assert reader.get_next() is not None and reader.get_next() is not None
     assert reader.get_next() is None
@@ -121,7 +121,7 @@ def test_static_qdq_int8_model_is_quantised_and_close_to_fp32(
     assert metadata["cxr.weights"] == read_metadata(fp32_model)["cxr.weights"]
 
     held_out = np.stack(
-        [preprocess(decode_grayscale(path.read_bytes()), SIZE) for path in sample_images[8:16]]
+        [resize_gray(decode_grayscale(path.read_bytes()), SIZE) for path in sample_images[8:16]]
     )
     fp32, int8 = _probabilities(fp32_model, held_out), _probabilities(int8_path, held_out)
     assert int8.shape == fp32.shape

@@ -14,7 +14,7 @@ from PIL import Image
 
 from cxr_triage.events import StudyEventV1
 from cxr_triage.image_store import LocalImageStore
-from cxr_triage.imaging import decode_grayscale, preprocess
+from cxr_triage.imaging import decode_grayscale, normalise, preprocess
 from cxr_triage.labels import LABELS
 from inference_worker.batching import Prepared, prepare_one
 from inference_worker.records import Record
@@ -273,7 +273,9 @@ def test_trainer_and_worker_preprocessing_give_identical_tensors(tmp_path: Path)
         prepared = prepare_one(record, store=store, input_size=96)
         assert isinstance(prepared, Prepared)
         image, _, _ = dataset[index]
-        assert np.array_equal(image.numpy(), prepared.tensor)
+        # The worker sends the served graph the pixels; the trainer feeds its network the graph's normalisation.
+        assert np.array_equal(dataset.pixels(index), prepared.tensor)
+        assert np.array_equal(image.numpy(), normalise(prepared.tensor))
 
 
 def test_augmentation_is_seeded_per_epoch_and_keeps_shape(chexpert: Path) -> None:

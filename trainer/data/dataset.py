@@ -1,4 +1,4 @@
-"""The torch dataset: image bytes -> ``decode_grayscale`` -> (augmentation) -> ``preprocess``.
+"""The torch dataset: image bytes -> ``decode_grayscale`` -> (augmentation) -> ``resize_gray`` -> ``normalise``.
 
 Decoding and preprocessing are ``cxr_triage.imaging``'s, the same calls the inference worker makes, so a
 trained model sees at serving time exactly the tensors it was evaluated on.
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxr_triage.imaging import ImageRejected, decode_grayscale, preprocess
+from cxr_triage.imaging import ImageRejected, decode_grayscale, normalise, resize_gray
 from trainer.data.augment import AugmentConfig, augment_grayscale
 from trainer.data.manifest import Manifest
 from trainer.data.policies import UncertaintyPolicy
@@ -46,6 +46,11 @@ class CXRDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         self.epoch = epoch
 
     def image(self, index: int) -> np.ndarray:
+        """The network's input: [3, S, S] float32, normalised as the exported graph normalises."""
+        return normalise(self.pixels(index))
+
+    def pixels(self, index: int) -> np.ndarray:
+        """What a served model receives: [1, S, S] uint8 greyscale (after augmentation, if any)."""
         example = self.manifest.examples[index]
         try:
             gray = decode_grayscale(example.path.read_bytes())
@@ -57,7 +62,7 @@ class CXRDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         if self.augment is not None:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             gray = augment_grayscale(gray, rng, self.augment)
-        return preprocess(gray, self.size)
+        return resize_gray(gray, self.size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return torch.from_numpy(self.image(index)), self.targets[index], self.mask[index]

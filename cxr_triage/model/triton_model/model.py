@@ -97,7 +97,7 @@ class TritonPythonModel:
         batches: list[np.ndarray] = []
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, INPUT_NAME)
-            batches.append(np.asarray(tensor.as_numpy(), dtype=np.float32))
+            batches.append(np.asarray(tensor.as_numpy(), dtype=np.uint8))  # pixels: the graph normalises
         wanted = self._wanted(requests)
         try:
             results = self._run(np.concatenate(batches, axis=0), wanted)
