@@ -21,11 +21,6 @@ from typing import Any, Literal
 import redis
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
-from cxr_triage import topics
-from cxr_triage.events import PredictionEventV1, StudyEventV1
-from cxr_triage.image_store import open_image_store
-from cxr_triage.redis_keys import RedisKeys
-from cxr_triage.settings import Settings
 from bench.cpu import (
     WORKER_SAMPLES,
     component_pids,
@@ -35,9 +30,14 @@ from bench.cpu import (
     worker_activity,
 )
 from bench.stats import LatencySummary, rate, summarise_ms
-from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, prepare
+from cxr_triage import topics
+from cxr_triage.events import PredictionEventV1, StudyEventV1
+from cxr_triage.image_store import open_image_store
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.service import publish_study
+from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, prepare
+from cxr_triage.redis_keys import RedisKeys
+from cxr_triage.settings import Settings
 
 logger = logging.getLogger(__name__)
 
