@@ -33,7 +33,8 @@ import redis
 from cxr_triage.labels import LABELS
 from cxr_triage.settings import Settings, load_settings
 from cxr_triage.sla import SlaPolicy
-from cxr_triage.worklist_index import WorklistKeys, index_scored_study
+from cxr_triage.worklist.index import index_scored_study
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.users import Role, add_user, users_file
 
 WARMUP_S = 2.0
@@ -59,7 +60,7 @@ def _wait_http(url: str, timeout_s: float) -> None:
 
 def _kafka_reachable(settings: Settings) -> bool:
     try:
-        with socket.create_connection((settings.host, settings.kafka_port), timeout=0.5):
+        with socket.create_connection(settings.kafka_address, timeout=0.5):
             return True
     except OSError:
         return False
@@ -78,6 +79,7 @@ def load_studies(client: redis.Redis, keys: WorklistKeys, n: int, *, seed: int =
                     label: round(float(p), 4) for label, p in zip(LABELS, rng.random(14), strict=True)
                 }
                 priority = float(rng.random())
+                tier = policy.tier_for(priority)  # as a model without tier thresholds of its own files it
                 received = now - timedelta(seconds=float(rng.uniform(0, 30 * 3600)))
                 pipe.hset(
                     keys.study(study_id),
@@ -92,10 +94,17 @@ def load_studies(client: redis.Redis, keys: WorklistKeys, n: int, *, seed: int =
                         "image_uri": "file:///nowhere",
                         "content_type": "image/png",
                         "sha256": "0" * 64,
+                        "tier": tier.value,
                     },
                 )
                 index_scored_study(
-                    pipe, keys=keys, policy=policy, study_id=study_id, priority=priority, received_at=received
+                    pipe,
+                    keys=keys,
+                    policy=policy,
+                    study_id=study_id,
+                    priority=priority,
+                    tier=tier,
+                    received_at=received,
                 )
             pipe.execute()
 
@@ -184,10 +193,10 @@ def run_api_bench(
             token = add_user(users_file(home), name="bench", role=Role.ENGINEER).token
             env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_")} | {
                 "CXR_HOME": str(home),
-                "CXR_REDIS_PORT": str(redis_port),
+                "CXR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
                 "CXR_REDIS_KEY_PREFIX": keys.prefix,
                 "CXR_API_PORT": str(api_port),
-                "CXR_KAFKA_PORT": str(settings.kafka_port),
+                "CXR_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                 "CXR_LOG_LEVEL": "WARNING",
             }
             with open(home / "api.log", "wb") as log:

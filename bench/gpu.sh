@@ -42,7 +42,7 @@ fi
 # The package is not pip-installed on a bare GPU machine: run it from the checkout.
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 CXR_LOG_LEVEL="${CXR_LOG_LEVEL:-WARNING}"
-export CXR_MODEL_INPUT_SIZE="${CXR_MODEL_INPUT_SIZE:-224}"
+export CXR_INITIAL_MODEL_INPUT_SIZE="${CXR_INITIAL_MODEL_INPUT_SIZE:-224}"
 THREADS="${BENCH_THREADS:-$(nproc)}"
 
 {

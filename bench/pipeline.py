@@ -36,6 +36,7 @@ from cxr_triage.image_store import open_image_store
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.service import publish_study
 from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, prepare
+from cxr_triage.redis_client import open_redis
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
 
@@ -139,7 +140,7 @@ def prediction_offsets(settings: Settings) -> list[TopicPartition]:
 def _reader(settings: Settings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": "cxr-bench-reader",  # never subscribes nor commits: assign() only
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -216,16 +217,17 @@ def run_pipeline(
     paths: Sequence[Path],
     *,
     pattern: Pattern,
+    input_size: int,
     rate_per_s: float = 2.0,
     timeout_s: float = 300.0,
 ) -> PipelineResult:
     """Publish one study per path, wait for the worklist, and measure."""
     studies = prepare_studies(paths, settings)
     keys = RedisKeys(settings.redis_key_prefix)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10.0)
+    client = open_redis(settings, socket_timeout=10.0)
     roots = {**component_pids(settings.run_dir), "bench": os.getpid()}
     metrics_urls = [
-        f"http://{settings.host}:{settings.worker_metrics_port + index}/metrics"
+        f"{settings.local_url(settings.worker_metrics_port + index)}/metrics"
         for index in range(settings.worker_count)
     ]
     try:
@@ -243,7 +245,14 @@ def run_pipeline(
         client.close()
     predictions = read_predictions(settings, start, set(ids), timeout_s=60.0)
     result = summarise(
-        published, seen, scored_at, predictions, settings=settings, pattern=pattern, rate_per_s=rate_per_s
+        published,
+        seen,
+        scored_at,
+        predictions,
+        settings=settings,
+        pattern=pattern,
+        rate_per_s=rate_per_s,
+        input_size=input_size,
     )
     return replace(
         result,
@@ -269,6 +278,7 @@ def summarise(
     settings: Settings,
     pattern: Pattern,
     rate_per_s: float,
+    input_size: int,
 ) -> PipelineResult:
     """Throughput, latencies, lost and duplicated studies from what was published and what came out."""
     per_version = Counter((prediction.study_id, prediction.model_version) for prediction, _ in predictions)
@@ -304,6 +314,6 @@ def summarise(
         model_versions=sorted({version for _study, version in per_version}),
         worker_max_batch=settings.worker_max_batch,
         worker_max_wait_ms=settings.worker_max_wait_ms,
-        input_size=settings.model_input_size,
+        input_size=input_size,  # the served model's own
         lost_ids=lost_ids[:20],
     )

@@ -19,7 +19,7 @@ from typing import Final
 
 import numpy as np
 
-from cxr_triage.imaging import decode_grayscale, preprocess
+from cxr_triage.imaging import decode_grayscale, resize_gray
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def distinct_copies(sources: Sequence[Path], n: int, folder: Path, *, nonce: str
 
 
 def load_tensors(paths: Sequence[Path], input_size: int) -> np.ndarray:
-    """[N, 3, S, S] float32: the images preprocessed as the worker does."""
-    return np.stack([preprocess(decode_grayscale(path.read_bytes()), input_size) for path in paths])
+    """[N, 1, S, S] uint8: the images resized as the worker does (the model's graph normalises them)."""
+    return np.stack([resize_gray(decode_grayscale(path.read_bytes()), input_size) for path in paths])
 
 
 def batch_of(tensors: np.ndarray, batch: int) -> np.ndarray:

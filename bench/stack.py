@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 BENCH_COMPONENTS: Final = "kafka,redis,triton,worker"
 # Settings a private stack takes over from the caller's environment: what is measured, never where it runs.
-INHERITED: Final = ("MODEL_INPUT_SIZE", "WORKER_MAX_BATCH", "WORKER_MAX_WAIT_MS", "KAFKA_PARTITIONS")
+INHERITED: Final = ("INITIAL_MODEL_INPUT_SIZE", "WORKER_MAX_BATCH", "WORKER_MAX_WAIT_MS", "KAFKA_PARTITIONS")
 
 
 class StackFailed(RuntimeError):

@@ -87,12 +87,19 @@ def triton(
     return triton_bench(
         settings.triton_grpc_url,
         settings.model_name,
-        sample_tensors(setup, settings.model_input_size),
+        sample_tensors(setup, served_input_size(stack)),
         concurrencies=concurrencies,
         batches=batches,
         max_requests=max_requests,
         max_seconds=max_seconds,
     )
+
+
+def served_input_size(stack: BenchStack) -> int:
+    """The input size of the model the stack serves: the model's own (``cxr_triage.model.contract``)."""
+    from cxr_triage.model.signature import read_signature
+
+    return read_signature(stack.model_file()[0]).input_size
 
 
 def serve_variant(setup: Setup, stack: BenchStack, variant: str) -> tuple[Path, str]:
@@ -109,7 +116,7 @@ def serve_variant(setup: Setup, stack: BenchStack, variant: str) -> tuple[Path, 
         variant,
         fp32_path,
         setup.scratch,
-        input_size=settings.model_input_size,
+        input_size=served_input_size(stack),
         calibration=calibration_paths(setup),
     )
     from cxr_triage.model.repository import add_version, serve_version
@@ -140,13 +147,16 @@ def pipeline(
     model_path, version = serve_variant(setup, stack, variant)
     wait_until_ready(settings.triton_grpc_url, settings.model_name, version=version)
     session = make_session(model_path, threads=setup.threads, providers=setup.providers)
-    batch = batch_of(sample_tensors(setup, settings.model_input_size), settings.worker_max_batch)
+    input_size = served_input_size(stack)
+    batch = batch_of(sample_tensors(setup, input_size), settings.worker_max_batch)
     sources = source_images(setup.data_dir, setup.scratch, minimum=min(n, 64))
     run_folder = setup.scratch / f"studies-{uuid.uuid4().hex[:8]}"
     paths = distinct_copies(sources, n, run_folder, nonce=run_folder.name)
 
     before = measure(session, batch, max_seconds=raw_seconds / 2)
-    result = run_pipeline(settings, paths, pattern=pattern, rate_per_s=rate_per_s, timeout_s=timeout_s)
+    result = run_pipeline(
+        settings, paths, pattern=pattern, input_size=input_size, rate_per_s=rate_per_s, timeout_s=timeout_s
+    )
     after = measure(session, batch, max_seconds=raw_seconds / 2)
     raw_result = result_from(
         variant, len(batch), before.durations + after.durations, session.get_providers(), cpu=[before, after]
@@ -250,7 +260,7 @@ def run_all(
         "machine": report_mod.machine(),
     }
     model_path, version = stack.model_file()
-    input_size = settings.model_input_size
+    input_size = served_input_size(stack)
     document["model"] = {
         "name": settings.model_name,
         "version": version,

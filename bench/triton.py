@@ -61,7 +61,7 @@ def wait_until_ready(
 
 
 def _request(batch: np.ndarray) -> list[grpcclient.InferInput]:
-    tensor = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+    tensor = grpcclient.InferInput(INPUT_NAME, list(batch.shape), "UINT8")
     tensor.set_data_from_numpy(batch)
     return [tensor]
 

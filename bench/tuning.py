@@ -32,6 +32,7 @@ import click
 import numpy as np
 import onnxruntime as ort
 
+from cxr_triage.model.contract import ModelContract
 from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME, export_untrained
 from cxr_triage.model.repository import ONNX_FILE, publish_version, staging_dir, write_configs
 from cxr_triage.model.serving import ServingSettings
@@ -146,7 +147,7 @@ def ort_session(path: Path, case: Case) -> ort.InferenceSession:
 
 
 def _images(batch: int, size: int) -> np.ndarray:
-    return np.random.default_rng(batch).standard_normal((batch, 3, size, size)).astype(np.float32)
+    return np.random.default_rng(batch).integers(0, 256, (batch, 1, size, size), dtype=np.uint8)
 
 
 def onnxruntime_calls(path: Path, cases: Sequence[Case], *, size: int, batch: int) -> Calls:
@@ -179,7 +180,7 @@ def triton_calls(
 def build_repository(settings: Settings, cases: Sequence[Case]) -> Path:
     """One model per case, each serving a copy of the same export as version 1."""
     exported = settings.home / "densenet121.onnx"
-    export_untrained(exported, input_size=settings.model_input_size)
+    export_untrained(exported, input_size=settings.initial_model_input_size)
     signature = read_signature(exported)
     for case in cases:
         name = f"tune_{case.label}".replace("-", "_")
@@ -193,7 +194,10 @@ def build_repository(settings: Settings, cases: Sequence[Case]) -> Path:
             instance_count=case.instance_count,
             allow_spinning=case.allow_spinning,
         )
-        write_configs(folder, model_name=name, signature=signature, version=1, serving=serving)
+        contract = ModelContract(input_size=signature.input_size, version="1")
+        write_configs(
+            folder, model_name=name, signature=signature, version=1, contract=contract, serving=serving
+        )
     return exported
 
 
@@ -214,7 +218,7 @@ def triton(settings: Settings, models: Sequence[str], log: Path) -> Iterator[Non
         process = subprocess.Popen(
             server_args(settings, dist=dist), env=env, stdout=out, stderr=subprocess.STDOUT
         )
-    base = f"http://{settings.host}:{settings.triton_http_port}/v2/models"
+    base = f"{settings.triton_http_url}/v2/models"
     try:
         deadline = time.monotonic() + 300
         while not all(_ready(f"{base}/{name}/ready") for name in models):
@@ -238,7 +242,7 @@ def measure(settings: Settings, *, rounds: int) -> list[Timing]:
     scorers: list[TritonScorer] = []
     with triton(settings, models, settings.home / "triton.log"):
         for batch, requests in ((1, 8), (8, 2)):
-            size = settings.model_input_size
+            size = settings.initial_model_input_size
             calls = onnxruntime_calls(exported, CASES, size=size, batch=batch)
             calls |= triton_calls(settings.triton_grpc_url, CASES, size=size, batch=batch, scorers=scorers)
             results += interleave(calls, rounds=rounds, requests=requests)
@@ -278,9 +282,9 @@ def main(input_size: int, rounds: int, json_path: Path | None) -> None:
         http, grpc, metrics = free_ports(3)
         settings = Settings(
             home=Path(tmp),
-            model_input_size=input_size,
-            triton_http_port=http,
-            triton_grpc_port=grpc,
+            initial_model_input_size=input_size,
+            triton_http_url=f"http://127.0.0.1:{http}",
+            triton_grpc_url=f"127.0.0.1:{grpc}",
             triton_metrics_port=metrics,
         )
         results = measure(settings, rounds=rounds)

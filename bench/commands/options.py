@@ -17,7 +17,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 input_size_option = click.option(
-    "--input-size", type=click.IntRange(32, 1024), default=None, help="[default: CXR_MODEL_INPUT_SIZE]"
+    "--input-size",
+    type=click.IntRange(32, 1024),
+    default=None,
+    help="[default: CXR_INITIAL_MODEL_INPUT_SIZE]",
 )
 use_running_option = click.option(
     "--use-running", is_flag=True, help="Use the stack CXR_* points at instead of a private one."
@@ -88,10 +91,10 @@ def bench_stack(use_running: bool, components: str, workers: int = 1) -> Iterato
 
 
 def resolve_input_size(value: int | None) -> int:
-    """``--input-size``, else the settings' ``model_input_size``."""
+    """``--input-size``, else the size of the stack's untrained model (``CXR_INITIAL_MODEL_INPUT_SIZE``)."""
     from cxr_triage.settings import load_settings
 
-    return value or load_settings().model_input_size
+    return value or load_settings().initial_model_input_size
 
 
 def emit(payload: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> None:

@@ -28,4 +28,4 @@ def test_bench_pipeline_burst_json(stack: Stack) -> None:
     assert summary["raw_images_per_s"] > 0 and summary["pipeline_studies_per_s"] > 0
     assert summary["ratio"] == round(summary["pipeline_studies_per_s"] / summary["raw_images_per_s"], 3)
     assert 0 < summary["e2e_p50_ms"] <= summary["e2e_p99_ms"]
-    assert summary["input_size"] == int(stack.env["CXR_MODEL_INPUT_SIZE"])
+    assert summary["input_size"] == int(stack.env["CXR_INITIAL_MODEL_INPUT_SIZE"])

@@ -60,6 +60,7 @@ def _result() -> PipelineResult:
         settings=Settings(),
         pattern="burst",
         rate_per_s=2.0,
+        input_size=224,
     )
 
 

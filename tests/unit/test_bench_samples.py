@@ -79,7 +79,7 @@ def test_tensors_and_batches(tmp_path: Path) -> None:
         path.write_bytes(png_bytes(seed=seed))
         paths.append(path)
     tensors = load_tensors(paths, 32)
-    assert tensors.shape == (2, 3, 32, 32) and tensors.dtype == np.float32
+    assert tensors.shape == (2, 1, 32, 32) and tensors.dtype == np.uint8  # what Triton receives
     batch = batch_of(tensors, 5)
-    assert batch.shape == (5, 3, 32, 32) and batch.flags["C_CONTIGUOUS"]
+    assert batch.shape == (5, 1, 32, 32) and batch.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(batch[2], tensors[0])
