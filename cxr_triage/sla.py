@@ -1,7 +1,9 @@
 """Service-level tiers of the worklist and the effective priority that ages waiting studies.
 
-Every scored study gets a tier from its model priority (``critical`` ≥ 0.8, ``urgent`` ≥ 0.5, else
-``routine``; thresholds configurable) and each tier a maximum wait ``T`` (30 min, 2 h, 24 h by default).
+Every scored study gets a tier from its model priority, by the thresholds of the model that scored it
+(``cxr_triage.model.contract``; for a model that states none, ``critical`` ≥ 0.8, ``urgent`` ≥ 0.5, else
+``routine``, configurable here), stored with the study; each tier has a maximum wait ``T`` (30 min, 2 h,
+24 h by default).
 The worklist is read in order of the *effective priority*
 
     e(t) = priority + waited(t) / T_tier        (waited = t - received_at)
@@ -22,10 +24,12 @@ read before their deadlines by the radiologists at hand, they are; under sustain
 every deadline, and this one spreads the lateness in proportion to each tier's allowance instead of starving
 the routine tier.
 
-Storage (see ``cxr_triage.worklist_index``) needs claims in O(log n): within one tier ``T`` is the same for
+Storage (see ``cxr_triage.worklist``) needs claims in O(log n): within one tier ``T`` is the same for
 every study, so ``e(t) = (priority - received_ts/T) + t/T``: the first term is a time-invariant score that
 orders the tier's sorted set once and for all; the best study overall is the best of the tier heads after
-adding each tier's ``t/T``.
+adding each tier's ``t/T``. The Lua scripts there are the definition of the order (``effective`` in
+``cxr_triage/worklist/lua/prelude.lua``); Python computes the score they are given (``index_score``) and
+the effective priority only where no script answers (one study's detail).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class SlaPolicy(BaseSettings):
         return self
 
     def tier_for(self, priority: float) -> Tier:
+        """The fallback tier (these thresholds); a study's own tier is the one stored with it."""
         if priority >= self.critical_min_priority:
             return Tier.CRITICAL
         if priority >= self.urgent_min_priority:
@@ -85,19 +90,12 @@ class SlaPolicy(BaseSettings):
         }[tier]
         return minutes * 60.0
 
-    def priority_band(self, tier: Tier) -> tuple[float, float]:
-        """``[low, high)`` of model priority that files a study into ``tier`` (high of critical: above 1)."""
-        return {
-            Tier.CRITICAL: (self.critical_min_priority, 2.0),
-            Tier.URGENT: (self.urgent_min_priority, self.critical_min_priority),
-            Tier.ROUTINE: (0.0, self.urgent_min_priority),
-        }[tier]
-
     def index_score(self, *, priority: float, tier: Tier, received_ts: float) -> float:
-        """The time-invariant sort key of a study inside its tier's sorted set."""
+        """The time-invariant sort key of a study inside its tier's sorted set (what the index script stores)."""
         return priority - received_ts / self.max_wait_s(tier)
 
     def effective_priority(self, *, priority: float, tier: Tier, waited_s: float) -> float:
+        """``effective`` of lua/prelude.lua (the definition), for a study no script reply covers."""
         return priority + max(waited_s, 0.0) / self.max_wait_s(tier)
 
 

@@ -16,7 +16,7 @@ from cxr_triage import __version__
 from cxr_triage.image_store import open_image_store
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
-from cxr_triage.worklist_index import WorklistKeys
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.errors import install_error_handlers
 from priority_queue_api.events_out import Auditor, EventSink

@@ -13,7 +13,7 @@ from cxr_triage.events import AuditAction
 from cxr_triage.image_store import ImageStore
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
-from cxr_triage.worklist_index import WorklistKeys
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.events_out import Auditor, EventSink
 from priority_queue_api.uploads import UploadPublisher

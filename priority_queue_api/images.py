@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from cxr_triage.image_store import ImageNotFound, ImageStore, ImageStoreError
 from cxr_triage.imaging import ImageRejected, decode_grayscale
 from cxr_triage.labels import LABELS
-from cxr_triage.worklist_index import WorklistKeys
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.errors import NotFound, StudyNotFound, Unprocessable
 from priority_queue_api.rendering import CamMalformed, decode_cam, fit, overlay, png_bytes
 

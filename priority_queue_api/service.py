@@ -1,4 +1,4 @@
-"""Reading the worklist projection (written by the workers, reading state kept by ``worklist_index``)."""
+"""Reading the worklist projection (written by the workers, reading state kept by ``cxr_triage.worklist``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from redis.asyncio import Redis
 
 from cxr_triage.labels import LABELS, NO_FINDING
 from cxr_triage.sla import TIERS, SlaPolicy, Tier
-from cxr_triage.worklist_index import Claim, PageRow, WorklistKeys, aclaim_next, aread_page
+from cxr_triage.worklist.claims import Claim, claim_next
+from cxr_triage.worklist.keys import WorklistKeys
+from cxr_triage.worklist.page import PageRow, read_page
 from priority_queue_api.errors import StudyNotFound
 from priority_queue_api.models import (
     StudyDetail,
@@ -50,13 +52,31 @@ def top_findings(probabilities: Mapping[str, float]) -> list[dict[str, Any]]:
     return [{"label": label, "probability": p} for label, p in ranked[:TOP_FINDINGS]]
 
 
+def stored_tier(fields: Mapping[str, str], lease: Mapping[str, str], sla: SlaPolicy) -> Tier:
+    """The tier the study was filed into (by its model's thresholds, stored in its hash)."""
+    if fields.get("tier"):
+        return Tier(fields["tier"])
+    if lease.get("tier"):
+        return Tier(lease["tier"])
+    # Only a study written before the hash kept its tier: the fallback thresholds are the best guess.
+    return sla.tier_for(float(fields["priority"]))
+
+
 def sla_fields(
-    priority: float, received_at: datetime, sla: SlaPolicy, *, now: float, tier: Tier | None = None
+    priority: float,
+    received_at: datetime,
+    sla: SlaPolicy,
+    *,
+    now: float,
+    tier: Tier,
+    effective: float | None = None,
 ) -> dict[str, Any]:
-    tier = tier or sla.tier_for(priority)
+    """SLA times of a study; ``effective`` is the page script's value where one ran (the definition)."""
     max_wait = sla.max_wait_s(tier)
     received = received_at.timestamp()
     waited = max(now - received, 0.0)
+    if effective is None:
+        effective = sla.effective_priority(priority=priority, tier=tier, waited_s=waited)
     return {
         "tier": tier,
         "max_wait_s": max_wait,
@@ -64,7 +84,7 @@ def sla_fields(
         "time_left_s": max_wait - waited,
         "due_at": _ts(received + max_wait),
         "overdue": waited > max_wait,
-        "effective_priority": sla.effective_priority(priority=priority, tier=tier, waited_s=waited),
+        "effective_priority": effective,
     }
 
 
@@ -84,7 +104,14 @@ def _item(row: PageRow, sla: SlaPolicy, now: float) -> dict[str, Any]:
         lease = lease_fields(row.claimed_by, row.claimed_at, row.expires_at, now=now)
     return fields | {
         "status": "claimed" if lease else "unclaimed",
-        "sla": sla_fields(fields["priority"], fields["received_at"], sla, now=now, tier=row.tier),
+        "sla": sla_fields(
+            fields["priority"],
+            fields["received_at"],
+            sla,
+            now=now,
+            tier=row.tier,
+            effective=row.effective_priority,
+        ),
         "lease": lease,
         "top_findings": top_findings(fields["probabilities"]),
     }
@@ -102,7 +129,7 @@ async def fetch_worklist(
     min_priority: float = 0.0,
 ) -> WorklistPublic:
     now = time.time()
-    page = await aread_page(
+    page = await read_page(
         redis,
         keys=keys,
         policy=sla,
@@ -166,7 +193,7 @@ def detail_from(
         status = "unclaimed"
     else:
         status = "unindexed"
-    tier = Tier(lease["tier"]) if lease.get("tier") else None
+    tier = stored_tier(fields, lease, sla)
     summaries = sorted((_summary(raw) for raw in verdicts), key=lambda v: v.decided_at)
     at = read_at if read_at is not None else now
     return StudyDetail.model_validate(
@@ -198,7 +225,7 @@ def _summary(raw: str) -> VerdictSummary:
 async def claim(
     *, redis: Redis, keys: WorklistKeys, sla: SlaPolicy, radiologist: str, lease_s: int
 ) -> StudyDetail | None:
-    taken: Claim | None = await aclaim_next(
+    taken: Claim | None = await claim_next(
         redis, keys=keys, policy=sla, radiologist=radiologist, lease_s=lease_s
     )
     if taken is None:

@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 
 from cxr_triage import topics
 from cxr_triage.events import VerdictEventV1
-from cxr_triage.worklist_index import WorklistKeys, acomplete, arelease, areserve
+from cxr_triage.worklist.claims import complete, release, reserve
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.errors import Conflict, EventsUnavailable, StudyNotFound
 from priority_queue_api.events_out import DeliveryFailed, EventSink
 from priority_queue_api.models import VerdictCreate, VerdictPublic
@@ -74,7 +75,7 @@ async def record_verdict(
         if previous is not None and _same_reading(previous, body):
             return _public(previous, replayed=True)
 
-        held = await areserve(redis, keys=keys, study_id=study_id, radiologist=radiologist, lease_s=lease_s)
+        held = await reserve(redis, keys=keys, study_id=study_id, radiologist=radiologist, lease_s=lease_s)
         if held.status == "conflict":
             raise Conflict(
                 f"study {study_id!r} is claimed by {held.holder}; only they can record a verdict now"
@@ -102,13 +103,13 @@ async def record_verdict(
         except DeliveryFailed as exc:
             log.error("verdict not acknowledged by Kafka", extra={"error": str(exc)})
             if held.status == "reserved":  # we took the study only for this verdict: give it back
-                await arelease(redis, keys=keys, study_id=study_id, radiologist=radiologist)
+                await release(redis, keys=keys, study_id=study_id, radiologist=radiologist)
             raise EventsUnavailable(
                 "the verdict could not be saved: Kafka did not acknowledge it, so nothing was recorded; retry"
             ) from exc
 
         await redis.hset(keys.verdicts(study_id), radiologist, event.model_dump_json())
-        holder = await acomplete(redis, keys=keys, study_id=study_id, now=time.time())
+        holder = await complete(redis, keys=keys, study_id=study_id, now=time.time())
         if holder and holder != radiologist:
             log.warning("verdict recorded while another radiologist held the lease")
         log.info("verdict recorded", extra={"kind": event.kind, "radiologist": radiologist})

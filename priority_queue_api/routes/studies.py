@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path, Query, Response
 
 from cxr_triage.events import STUDY_ID_PATTERN
 from cxr_triage.labels import LABELS
-from cxr_triage.worklist_index import arelease
+from cxr_triage.worklist.claims import release
 from priority_queue_api.deps import (
     AuditorDep,
     PolicyDep,
@@ -122,7 +122,7 @@ async def release_study(
     with auditor.recording(user, "release", "study", study_id):
         if not await redis.exists(keys.study(study_id)):
             raise StudyNotFound(study_id)
-        outcome = await arelease(
+        outcome = await release(
             redis, keys=keys, study_id=study_id, radiologist=user.name, force=user.role is Role.ENGINEER
         )
         if outcome.status == "conflict":

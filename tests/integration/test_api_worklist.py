@@ -1,7 +1,7 @@
 """The worklist API against a real redis-server: auth and roles, SLA order, claims, leases, images, faults.
 
 Kafka is pointed at a port where nothing listens, so everything here must work (or fail cleanly) without it;
-the tests that need a broker are in ``test_api_kafka.py``.
+the tests that need a broker are in ``test_api_kafka_verdicts.py`` and ``test_api_kafka_inputs.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from PIL import Image
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import LABELS
 from cxr_triage.settings import Settings
-from cxr_triage.sla import SlaPolicy
-from cxr_triage.worklist_index import WorklistKeys, index_scored_study
+from cxr_triage.sla import SlaPolicy, Tier
+from cxr_triage.worklist.index import index_scored_study
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.users import Role, add_user, users_file
@@ -50,9 +51,14 @@ def put_study(
     age: timedelta = timedelta(0),
     image_uri: str = "file:///nowhere",
     probabilities: dict[str, float] | None = None,
+    tier: Tier | None = None,
 ) -> None:
-    """What the inference worker writes for a scored study, then the index call it makes."""
+    """What the inference worker writes for a scored study, then the index call it makes.
+
+    ``tier`` is the scoring model's choice; by default the fallback thresholds' (``SlaPolicy.tier_for``).
+    """
     received = datetime.now(UTC) - age
+    tier = tier or SLA.tier_for(priority)
     probabilities = probabilities or {label: round(priority / 2, 3) for label in LABELS}
     r.hset(
         keys.study(study_id),
@@ -67,9 +73,12 @@ def put_study(
             "image_uri": image_uri,
             "content_type": "image/png",
             "sha256": "0" * 64,
+            "tier": tier.value,
         },
     )
-    index_scored_study(r, keys=keys, policy=SLA, study_id=study_id, priority=priority, received_at=received)
+    index_scored_study(
+        r, keys=keys, policy=SLA, study_id=study_id, priority=priority, tier=tier, received_at=received
+    )
 
 
 @dataclass
@@ -170,6 +179,25 @@ def test_worklist_is_ordered_by_effective_priority_with_sla_times(api: Api) -> N
     assert api.get("/worklist", params={"limit": 0}).status_code == 422
     bad = api.get("/worklist", params={"tier": "whenever"})
     assert bad.status_code == 422 and "tier" in bad.json()["detail"]
+
+
+def test_the_tier_shown_is_the_one_stored_with_the_study(api: Api) -> None:
+    # A strict model filed a 0.3 as critical; a study written before hashes kept their tier has none.
+    put_study(api.redis, KEYS, "strict", 0.3, age=timedelta(minutes=10), tier=Tier.CRITICAL)
+    put_study(api.redis, KEYS, "old-hash", 0.6)
+    api.redis.hdel(KEYS.study("old-hash"), "tier")
+
+    items = {item["study_id"]: item for item in api.get("/worklist").json()["items"]}
+    strict = items["strict"]["sla"]
+    assert strict["tier"] == "critical" and strict["max_wait_s"] == 1800
+    assert strict["effective_priority"] == pytest.approx(0.3 + 600 / 1800, abs=0.01)
+    assert api.get("/studies/strict").json()["sla"]["tier"] == "critical"
+    assert api.get("/studies/old-hash").json()["sla"]["tier"] == "urgent"  # the fallback thresholds
+    above = api.get("/worklist", params={"min_priority": 0.5}).json()
+    assert (above["total"], [i["study_id"] for i in above["items"]]) == (1, ["old-hash"])
+
+    claimed = api.post("/worklist/claim").json()
+    assert claimed["study_id"] == "strict" and claimed["sla"]["tier"] == "critical"
 
 
 def test_claim_release_and_lease_state(api: Api) -> None:

@@ -1,4 +1,4 @@
-"""The worklist Lua script on a real redis-server (started here on a free port, no persistence)."""
+"""The worker's worklist scripts (upsert, index) on a real redis-server (its own port, no persistence)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,18 +17,21 @@ import numpy as np
 import pytest
 import redis
 
+from cxr_triage.cams import encode_cams
 from cxr_triage.events import PredictionEventV1, StudyEventV1
 from cxr_triage.labels import LABELS, NUM_LABELS
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy, Tier
-from cxr_triage.worklist_index import WorklistKeys, complete
-from cxr_triage.cams import encode_cams
+from cxr_triage.worklist.claims import complete
+from cxr_triage.worklist.keys import WorklistKeys
 from inference_worker.errors import StageUnavailable
 from inference_worker.worklist import RedisWorklist, WorklistEntry
+from tests.integration.async_redis import async_redis
 
 pytestmark = pytest.mark.integration
 
 RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+POLICY = SlaPolicy()
 
 
 def _free_port() -> int:
@@ -90,8 +94,15 @@ def keys() -> RedisKeys:
 
 
 def entry(
-    study_id: str, *, version: str = "1", priority: float = 0.5, scored_at: datetime | None = None
+    study_id: str,
+    *,
+    version: str = "1",
+    priority: float = 0.5,
+    scored_at: datetime | None = None,
+    tier: Tier | None = None,
 ) -> WorklistEntry:
+    """A scored study as the worker hands it over; its tier is the fallback thresholds' unless given."""
+    tier = tier or POLICY.tier_for(priority)
     sha = "ab" * 32
     study = StudyEventV1(
         study_id=study_id,
@@ -109,12 +120,13 @@ def entry(
         priority=priority,
         received_at=RECEIVED,
         scored_at=scored_at or RECEIVED + timedelta(seconds=1),
+        tier=tier,
     )
-    return WorklistEntry(study, prediction)
+    return WorklistEntry(study, prediction, tier=tier)
 
 
 def writer(client: redis.Redis, keys: RedisKeys) -> RedisWorklist:
-    return RedisWorklist(client, keys, policy=SlaPolicy())
+    return RedisWorklist(client, keys, policy=POLICY)
 
 
 def test_new_studies_are_written_to_hash_worklist_and_tier(client: redis.Redis, keys: RedisKeys) -> None:
@@ -134,6 +146,29 @@ def test_new_studies_are_written_to_hash_worklist_and_tier(client: redis.Redis, 
     assert datetime.fromisoformat(stored["received_at"]) == RECEIVED
     assert stored["content_type"] == "image/png" and stored["sha256"] == "ab" * 32
     assert stored["model_name"] == "cxr_classifier" and stored["image_uri"].startswith("file://")
+    assert stored["tier"] == "critical" and [o.tier for o in outcomes] == [Tier.CRITICAL, Tier.ROUTINE]
+
+
+def test_the_tier_is_the_entrys_and_a_replay_keeps_the_first(client: redis.Redis, keys: RedisKeys) -> None:
+    worklist = writer(client, keys)
+    index = WorklistKeys(keys.prefix)
+    (first,) = worklist.write([entry("S-1", priority=0.3, tier=Tier.CRITICAL)])  # a strict model's choice
+    assert (first.changed, first.tier, first.status) == (True, Tier.CRITICAL, "waiting")
+    assert client.hget(keys.study("S-1"), "tier") == "critical"
+    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1) == ["S-1"]
+
+    (replay,) = worklist.write([entry("S-1", version="2", priority=0.3, tier=Tier.ROUTINE)])
+    assert (replay.changed, replay.tier, replay.status) == (False, Tier.CRITICAL, "waiting")
+    assert replay.applied_to(entry("S-1", priority=0.3).prediction).tier is Tier.CRITICAL
+    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1) == ["S-1"]
+    assert client.zcard(index.unread(Tier.ROUTINE)) == 0
+
+    # A hash written before it kept its tier takes the first tier given from then on.
+    client.hdel(keys.study("S-1"), "tier")
+    (old,) = worklist.write([entry("S-1", priority=0.3, tier=Tier.URGENT)])
+    assert (old.changed, old.tier) == (False, Tier.URGENT)
+    assert client.hget(keys.study("S-1"), "tier") == "urgent"
+    assert client.zrange(index.unread(Tier.URGENT), 0, -1) == ["S-1"]
 
 
 def test_replay_by_the_same_version_changes_nothing(client: redis.Redis, keys: RedisKeys) -> None:
@@ -166,11 +201,14 @@ def test_a_study_lost_between_the_two_writes_is_filed_on_replay(client: redis.Re
     assert client.zrange(index.unread(Tier.URGENT), 0, -1) == ["S-1"]
 
 
-def test_a_later_version_never_rescores_or_puts_back_a_study(client: redis.Redis, keys: RedisKeys) -> None:
+def test_a_later_version_never_rescores_or_puts_back_a_study(
+    client: redis.Redis, redis_url: str, keys: RedisKeys
+) -> None:
     worklist = writer(client, keys)
     worklist.write([entry("S-open", priority=0.3), entry("S-read", priority=0.3)])
     index = WorklistKeys(keys.prefix)
-    complete(client, keys=index, study_id="S-read")  # a radiologist's verdict took it off the worklist
+    with async_redis(redis_url) as aio:  # a radiologist's verdict took it off the worklist (the API's call)
+        aio(complete, keys=index, study_id="S-read")
     before = {s: client.hgetall(keys.study(s)) for s in ("S-open", "S-read")}
     later = RECEIVED + timedelta(hours=1)
     rescored = [entry(s, version="2", priority=0.8, scored_at=later) for s in ("S-open", "S-read")]
@@ -190,7 +228,7 @@ def test_activation_maps_are_stored_with_the_prediction_once(redis_url: str, key
     maps = np.random.default_rng(0).random((NUM_LABELS, 2, 3)).astype(np.float32)
     cams = encode_cams(maps)
     assert cams is not None
-    first = WorklistEntry(entry("S-1").study, entry("S-1").prediction, cams)
+    first = replace(entry("S-1"), cams=cams)
     writer(raw, keys).write([first, entry("S-2")])
     index = WorklistKeys(keys.prefix)
     assert raw.get(index.cam("S-1")) == cams.data
@@ -201,7 +239,7 @@ def test_activation_maps_are_stored_with_the_prediction_once(redis_url: str, key
 
     other = encode_cams(np.ones((NUM_LABELS, 2, 3), dtype=np.float32) + maps[::-1])
     assert other is not None and other.data != cams.data
-    replay = WorklistEntry(first.study, entry("S-1", version="2").prediction, other)
+    replay = WorklistEntry(first.study, entry("S-1", version="2").prediction, other, tier=first.tier)
     (outcome,) = writer(raw, keys).write([replay])
     assert not outcome.changed and raw.get(index.cam("S-1")) == cams.data  # the first maps stay
     raw.close()

@@ -50,7 +50,13 @@ def test_policy_from_environment_and_validation(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("CXR_SLA_URGENT_MIN_PRIORITY", "0.4")
     policy = SlaPolicy()
     assert policy.max_wait_s(Tier.CRITICAL) == 900 and policy.tier_for(0.45) is Tier.URGENT
-    assert policy.priority_band(Tier.URGENT) == (0.4, 0.8)
+    # urgent is [0.4, 0.8) of priority (was asserted through the removed ``priority_band``)
+    assert [policy.tier_for(p) for p in (0.39, 0.4, 0.79, 0.8)] == [
+        Tier.ROUTINE,
+        Tier.URGENT,
+        Tier.URGENT,
+        Tier.CRITICAL,
+    ]
     with pytest.raises(ValidationError, match="must be below"):
         SlaPolicy(urgent_min_priority=0.9)
     with pytest.raises(ValidationError):

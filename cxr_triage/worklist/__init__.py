@@ -1,0 +1,20 @@
+"""The reading state of the worklist in Redis: which studies wait (per SLA tier), which are leased, which are read.
+
+Keys (``keys.WorklistKeys``; besides the worker's ``{prefix}:study:{id}`` hash, see ``cxr_triage.redis_keys``):
+
+``{prefix}:worklist``        sorted set, every unread study (waiting or leased), score = model priority
+``{prefix}:unread:{tier}``   sorted set, studies waiting in ``tier``, score = ``SlaPolicy.index_score``
+``{prefix}:claims``          sorted set, leased studies, score = lease expiry (epoch seconds)
+``{prefix}:lease:{id}``      hash: radiologist, tier, score (to put the study back), claimed_at, expires_at
+``{prefix}:read``            sorted set, studies with a verdict, score = when it was recorded
+
+Each state change is one Lua script (``lua/*.lua``), so it is atomic: two radiologists never lease the same
+study, and a study is in exactly one of waiting / leased / read. Every index script first returns expired
+leases to their tier. The scripts define the effective priority (``lua/prelude.lua``); Python calls them.
+Like the rest of Redis this is a projection: it can be rebuilt from ``cxr.predictions.v1`` and
+``cxr.verdicts.v1``.
+
+One wrapper per script, in the mode of the service that runs it: the worker (sync client) writes studies
+(``study.upsert_study``) and files them (``index.index_scored_study``); the API (asyncio client) claims,
+releases, reserves and completes them (``claims``) and reads pages (``page``).
+"""
