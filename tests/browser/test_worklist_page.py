@@ -17,12 +17,12 @@ from playwright.sync_api import Browser, Page, expect
 from cxr_triage import topics
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import LABELS
-from cxr_triage.worklist_index import WorklistKeys
+from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.factories import png_bytes
 from tests.integration.conftest import _spawn_redis, free_port, wait_for_port
-from tests.integration.test_api_kafka import KafkaBroker, _shared_jars, start_kafka
+from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
 from tests.integration.test_api_worklist import api_settings, make_users, put_study, serve
 
 pytestmark = pytest.mark.integration
@@ -40,7 +40,7 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     home = tmp_path_factory.mktemp("browser")
-    jars = _shared_jars(tmp_path_factory.getbasetemp())
+    jars = shared_jars(tmp_path_factory.getbasetemp())
     port = free_port()
     redis_proc = _spawn_redis(port, home)
     try:
