@@ -10,7 +10,7 @@ from cxr_triage.settings import Settings
 def producer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
     # Idempotence + acks=all: a retried send never duplicates or reorders within a partition.
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
         "client.id": client_id,
         "enable.idempotence": True,
         "acks": "all",
@@ -23,7 +23,7 @@ def producer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
 def consumer_config(settings: Settings, *, group_id: str, client_id: str) -> dict[str, Any]:
     # Offsets are committed by hand, only after the results are durable elsewhere (at-least-once).
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
         "group.id": group_id,
         "client.id": client_id,
         "enable.auto.commit": False,

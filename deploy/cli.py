@@ -1,4 +1,4 @@
-"""``cxr-triage up | down | status``: the local stack (Kafka, Redis, Triton, workers, API) on 127.0.0.1."""
+"""``cxr-triage up | down | status``: the local stack (Kafka, Redis, Triton, workers, API), loopback by default."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def _summary(stack: Stack, results: list[StartResult]) -> None:
         return
     for r in results:
         took = f"{r.seconds:5.1f} s" if r.action == "started" else ""
-        click.echo(f"{r.name:<10} {r.action:<16} pid {r.pid:<8} {stack.settings.host}:{r.port:<6} {took}")
+        click.echo(f"{r.name:<10} {r.action:<16} pid {r.pid:<8} {r.host}:{r.port:<6} {took}")
     if any(r.name == "api" for r in results):
-        click.echo(f"worklist API: http://{stack.settings.host}:{stack.settings.api_port}/")
+        click.echo(f"worklist API: {stack.settings.api_url}/")
     click.echo(f"logs: {stack.settings.logs_dir}")
 
 

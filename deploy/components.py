@@ -8,7 +8,9 @@ import sys
 from collections.abc import Iterable, Mapping
 from functools import partial
 
-from cxr_triage.settings import Settings
+from pydantic import SecretStr
+
+from cxr_triage.settings import Address, Settings, connect_host
 from deploy import kafka_broker, mlflow_server, redis_server, triton_server
 from deploy.probes import http_ok, kafka_ready, port_open, redis_ping
 from deploy.spec import Component, Launch
@@ -27,6 +29,10 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
     """``base`` (default: this process's environment) plus every effective setting as ``CXR_<NAME>``."""
     env = dict(os.environ if base is None else base)
     for name, value in settings.model_dump().items():
+        if value is None:
+            continue  # unset stays unset: str(None) would read back as the string "None"
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()  # a child must get the password itself, not its mask
         env[f"CXR_{name.upper()}"] = str(value)
     return env
 
@@ -50,43 +56,62 @@ def _cxr_command(*args: str) -> Launch:
     return Launch(argv=[sys.executable, "-m", "cxr_triage", *args])
 
 
+def _mlflow_address(settings: Settings) -> Address:
+    try:
+        return settings.mlflow_address
+    except ValueError:
+        # A file-store tracking URI: no server to start here; `prepare` says so if asked to start it.
+        return Address("127.0.0.1", 0)
+
+
 def build_components(settings: Settings, env: Mapping[str, str]) -> list[Component]:
-    """Every component, in start order (stop order is the reverse)."""
-    host = settings.host
-    mlflow_port = mlflow_server.mlflow_port(settings)
+    """Every component, in start order (stop order is the reverse).
+
+    Kafka, Redis, Triton and MLflow serve at their peer addresses' ports; workers and the API on CXR_BIND_HOST.
+    """
+    kafka = settings.kafka_address
+    redis = settings.redis_address
+    mlflow = _mlflow_address(settings)
+    triton_http = settings.triton_http_address
+    triton_grpc = settings.triton_grpc_address
+    own_host = connect_host(settings.bind_host)
     components = [
         Component(
             name="kafka",
-            port=settings.kafka_port,
-            ports=(settings.kafka_port, settings.kafka_controller_port),
+            port=kafka.port,
+            ports=(kafka.port, settings.kafka_controller_port),
             prepare=lambda: kafka_broker.prepare(settings),
-            probe=lambda: kafka_ready(host, settings.kafka_port),
+            probe=lambda: kafka_ready(kafka.host, kafka.port),
             start_timeout_s=90.0,
             after_healthy=lambda: kafka_broker.ensure_topics(settings),
+            host=connect_host(settings.kafka_listen_host),
         ),
         Component(
             name="redis",
-            port=settings.redis_port,
-            ports=(settings.redis_port,),
+            port=redis.port,
+            ports=(redis.port,),
             prepare=lambda: redis_server.prepare(settings),
-            probe=lambda: redis_ping(host, settings.redis_port),
+            probe=lambda: redis_ping(settings),
             start_timeout_s=20.0,
+            host=redis.host,
         ),
         Component(
             name="mlflow",
-            port=mlflow_port,
-            ports=(mlflow_port,),
+            port=mlflow.port,
+            ports=(mlflow.port,),
             prepare=lambda: mlflow_server.prepare(settings),
-            probe=lambda: http_ok(f"http://{host}:{mlflow_port}/health"),
+            probe=lambda: http_ok(f"http://{mlflow.netloc}/health"),
             start_timeout_s=90.0,  # the first start creates and migrates the SQLite database
+            host=mlflow.host,
         ),
         Component(
             name="triton",
-            port=settings.triton_http_port,
-            ports=(settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port),
+            port=triton_http.port,
+            ports=(triton_http.port, triton_grpc.port, settings.triton_metrics_port),
             prepare=lambda: _prepare_triton(settings, env),
-            probe=lambda: http_ok(f"http://{host}:{settings.triton_http_port}/v2/health/live"),
+            probe=lambda: http_ok(f"{settings.triton_http_url}/v2/health/live"),
             start_timeout_s=120.0,
+            host=triton_http.host,
         ),
     ]
     for index in range(settings.worker_count):
@@ -97,8 +122,9 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
                 port=port,
                 ports=(port,),
                 prepare=partial(_cxr_command, "worker", "run", "--index", str(index)),
-                probe=partial(http_ok, f"http://{host}:{port}/metrics"),
+                probe=partial(http_ok, f"{settings.local_url(port)}/metrics"),
                 start_timeout_s=120.0,
+                host=own_host,
             )
         )
     components.append(
@@ -107,8 +133,9 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
             port=settings.api_port,
             ports=(settings.api_port,),
             prepare=lambda: _cxr_command("api", "run"),
-            probe=lambda: http_ok(f"http://{host}:{settings.api_port}/healthz"),
+            probe=lambda: http_ok(f"{settings.api_url}/healthz"),
             start_timeout_s=60.0,
+            host=own_host,
         )
     )
     return components
@@ -129,5 +156,5 @@ def select(components: Iterable[Component], only: str | None) -> list[Component]
     return [c for c in components if c.name in wanted or c.kind in wanted]
 
 
-def ports_in_use(component: Component, host: str) -> list[int]:
-    return [port for port in component.ports if port_open(host, port)]
+def ports_in_use(component: Component) -> list[int]:
+    return [port for port in component.ports if port_open(component.host, port)]

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from cxr_triage import topics
-from cxr_triage.settings import Settings
+from cxr_triage.settings import Address, Settings
 from deploy.kafka_jars import ensure_kafka_jars, libs_dir
 from deploy.probes import kafka_admin
 from deploy.spec import Launch, SetupError
@@ -47,15 +47,22 @@ def log4j_config() -> Path:
 
 
 def render_server_properties(settings: Settings) -> str:
-    """server.properties of a combined broker+controller bound to ``settings.host`` only."""
-    host = settings.host
+    """server.properties of a combined broker+controller.
+
+    Clients are served on CXR_KAFKA_LISTEN_HOST (loopback unless set) at the port of the first bootstrap
+    server, which is also the address the broker advertises. The controller only ever talks to this broker:
+    it stays on loopback whatever the client listener.
+    """
+    served = settings.kafka_address
+    listen = Address(settings.kafka_listen_host, served.port)
+    controller = Address("127.0.0.1", settings.kafka_controller_port)
     props = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         # A static voter set (not --standalone) so that a changed controller port needs no reformat.
-        "controller.quorum.voters": f"{NODE_ID}@{host}:{settings.kafka_controller_port}",
-        "listeners": f"PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{host}:{settings.kafka_port}",
+        "controller.quorum.voters": f"{NODE_ID}@{controller.netloc}",
+        "listeners": f"PLAINTEXT://{listen.netloc},CONTROLLER://{controller.netloc}",
+        "advertised.listeners": f"PLAINTEXT://{served.netloc}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -164,7 +171,7 @@ def _ensure_topics(settings: Settings, timeout_s: float) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
-    admin = kafka_admin(settings.kafka_bootstrap)
+    admin = kafka_admin(settings.kafka_bootstrap_servers)
     deadline = time.monotonic() + timeout_s
     while True:
         existing = admin.list_topics(timeout=5).topics

@@ -3,44 +3,37 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 from cxr_triage.settings import Settings
-from deploy.spec import Launch
-
-if TYPE_CHECKING:
-    from trainer.settings import TrainerSettings
+from deploy.spec import Launch, SetupError
 
 
-def _trainer_settings(settings: Settings) -> TrainerSettings:
-    # The MLflow port is a trainer setting until the shared Settings gains it; the stack's own values win.
-    from trainer.settings import TrainerSettings
-
-    return TrainerSettings(**settings.model_dump())
-
-
-def mlflow_port(settings: Settings) -> int:
-    return _trainer_settings(settings).mlflow_port
+class MlflowSetupError(SetupError):
+    """CXR_MLFLOW_TRACKING_URI names no server this stack could start."""
 
 
 def prepare(settings: Settings) -> Launch:
-    trainer_settings = _trainer_settings(settings)
-    trainer_settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    """Listen at the host and port of CXR_MLFLOW_TRACKING_URI."""
+    try:
+        address = settings.mlflow_address
+    except ValueError as exc:
+        raise MlflowSetupError(f"CXR_MLFLOW_TRACKING_URI is not an http://host:port URL: {exc}") from exc
+    settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable,
         "-m",
         "mlflow",
         "server",
         "--backend-store-uri",
-        f"sqlite:///{trainer_settings.mlflow_db}",
+        f"sqlite:///{settings.mlflow_db}",
         "--default-artifact-root",
-        str(trainer_settings.mlflow_artifacts),
+        str(settings.mlflow_artifacts),
         "--host",
-        settings.host,
+        address.host,
         "--port",
-        str(trainer_settings.mlflow_port),
+        str(address.port),
         # One worker: the server only records runs and serves the registry; 2 cores have better uses.
         "--workers",
         "1",
     ]
-    return Launch(argv=argv, cwd=trainer_settings.mlflow_dir)
+    return Launch(argv=argv, cwd=settings.mlflow_dir)

@@ -8,6 +8,8 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
+from cxr_triage.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,12 +38,21 @@ def http_ok(url: str, timeout_s: float = 1.0) -> bool:
         conn.close()
 
 
-def redis_ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
+def redis_ping(settings: Settings, timeout_s: float = 0.5) -> bool:
+    """True if Redis at CXR_REDIS_URL answers PING with the stack's password."""
     import redis
 
-    client = redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    from cxr_triage.redis_client import open_redis
+
+    client = open_redis(settings, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         return bool(client.ping())
+    except redis.AuthenticationError as exc:
+        # Alive but refusing us: say why, or a start would only time out "not healthy".
+        logger.warning(
+            "Redis refused the password", extra={"redis": settings.redis_address.netloc, "error": str(exc)}
+        )
+        return False
     except redis.RedisError:
         return False
     finally:

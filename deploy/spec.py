@@ -26,7 +26,8 @@ class Component:
 
     ``prepare`` writes whatever the process needs (configuration, formatted storage, binaries) and returns
     its command line; it runs only when the component is about to start. ``after_healthy`` runs on every
-    ``up`` once the component answers (Kafka creates its topics there).
+    ``up`` once the component answers (Kafka creates its topics there). ``host`` is where a client on this
+    machine reaches ``port`` and ``ports`` (checked for strangers before a start).
     """
 
     name: str
@@ -36,6 +37,7 @@ class Component:
     probe: Callable[[], bool]
     start_timeout_s: float
     after_healthy: Callable[[], None] | None = None
+    host: str = "127.0.0.1"
 
     @property
     def kind(self) -> str:

@@ -55,6 +55,7 @@ class StartResult:
     pid: int
     port: int
     seconds: float
+    host: str = "127.0.0.1"
 
 
 @dataclass
@@ -150,18 +151,18 @@ def start_component(stack: Stack, component: Component, cancel: Callable[[], boo
     if record is not None and is_alive(record):
         _wait_healthy(stack, component, record, cancel, started)
         _after_healthy(component)
-        return StartResult(component.name, "already running", record.pid, component.port, 0.0)
+        return StartResult(component.name, "already running", record.pid, component.port, 0.0, component.host)
     if record is not None:  # it died: clear what is left of its process group, then start afresh
         logger.warning("found dead, restarting", extra={"component": component.name, "pid": record.pid})
         reap([record.pid])
         terminate([record], timeout_s=5.0)
         pid_file.remove()
-    busy = ports_in_use(component, stack.settings.host)
+    busy = ports_in_use(component)
     if busy:
         ports = ", ".join(str(p) for p in busy)
         raise StackError(
-            f"{component.name} cannot start: port(s) {ports} on {stack.settings.host} are in use by a process "
-            "this stack did not start (another stack or service?); stop it or choose other CXR_* ports"
+            f"{component.name} cannot start: port(s) {ports} on {component.host} are in use by a process "
+            "this stack did not start (another stack or service?); stop it or choose other CXR_* addresses"
         )
     try:
         launch = component.prepare()
@@ -187,7 +188,7 @@ def start_component(stack: Stack, component: Component, cancel: Callable[[], boo
     logger.info(
         "healthy", extra={"component": component.name, "pid": record.pid, "seconds": round(seconds, 2)}
     )
-    return StartResult(component.name, "started", record.pid, component.port, seconds)
+    return StartResult(component.name, "started", record.pid, component.port, seconds, component.host)
 
 
 def up(stack: Stack, components: list[Component], cancel: Callable[[], bool] = _never) -> list[StartResult]:

@@ -10,18 +10,18 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-# Every port setting of a stack; each test stack gets its own free port for each.
-PORT_SETTINGS: tuple[str, ...] = (
-    "KAFKA_PORT",
-    "KAFKA_CONTROLLER_PORT",
-    "REDIS_PORT",
-    "TRITON_HTTP_PORT",
-    "TRITON_GRPC_PORT",
-    "TRITON_METRICS_PORT",
-    "API_PORT",
-    "WORKER_METRICS_PORT",
-    "MLFLOW_PORT",
-)
+# Every address of a stack, as a template of its one free port; each test stack gets its own ports.
+ADDRESS_SETTINGS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:{}",
+    "KAFKA_CONTROLLER_PORT": "{}",
+    "REDIS_URL": "redis://127.0.0.1:{}/0",
+    "TRITON_HTTP_URL": "http://127.0.0.1:{}",
+    "TRITON_GRPC_URL": "127.0.0.1:{}",
+    "TRITON_METRICS_PORT": "{}",
+    "MLFLOW_TRACKING_URI": "http://127.0.0.1:{}",
+    "API_PORT": "{}",
+    "WORKER_METRICS_PORT": "{}",
+}
 
 
 def free_ports(count: int) -> list[int]:
@@ -43,12 +43,14 @@ def stack_env(
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Environment for a private stack under ``home`` (all ports free, no model init by default)."""
-    # A developer's own CXR_* settings (ports, partitions, components) must not leak into a test stack.
+    # A developer's own CXR_* settings (addresses, password, partitions, components) must not leak into a
+    # test stack.
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("CXR_")}
     env["CXR_HOME"] = str(home.resolve())
     env["CXR_WORKER_COUNT"] = str(worker_count)
-    for name, port in zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS)), strict=True):
-        env[f"CXR_{name}"] = str(port)
+    ports = free_ports(len(ADDRESS_SETTINGS))
+    for (name, template), port in zip(ADDRESS_SETTINGS.items(), ports, strict=True):
+        env[f"CXR_{name}"] = template.format(port)
     if skip_model_init:
         env["CXR_SKIP_MODEL_INIT"] = "1"
     return env

@@ -20,7 +20,7 @@ def main() -> None:
         ensure_topics(settings, timeout_s=60.0)
     except KafkaSetupError as exc:
         sys.exit(str(exc))
-    sys.stdout.write(f"topics ready on {settings.kafka_bootstrap}: {', '.join(topics.ALL)}\n")
+    sys.stdout.write(f"topics ready on {settings.kafka_bootstrap_servers}: {', '.join(topics.ALL)}\n")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import sys
 import sysconfig
 from collections.abc import Mapping
@@ -97,7 +99,21 @@ def server_env(base: Mapping[str, str], *, libs_dir: Path) -> dict[str, str]:
     return env
 
 
+def _bind_ip(host: str) -> str:
+    """An IP literal for Triton's --*-address flags, which take no host names."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        try:
+            return str(socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0])
+        except OSError as exc:
+            raise TritonSetupError(f"cannot resolve {host!r} to an address to listen on: {exc}") from exc
+
+
 def server_args(settings: Settings, *, dist: Path) -> list[str]:
+    """Serve HTTP (and metrics) at CXR_TRITON_HTTP_URL's host and port, gRPC at CXR_TRITON_GRPC_URL's."""
+    http = settings.triton_http_address._replace(host=_bind_ip(settings.triton_http_address.host))
+    grpc = settings.triton_grpc_address._replace(host=_bind_ip(settings.triton_grpc_address.host))
     # Per-home prefix: two stacks on one machine (a developer's and a test's) must not share shm segments.
     shm_prefix = "cxr_" + hashlib.sha256(str(settings.home).encode()).hexdigest()[:10] + "_"
     return [
@@ -105,11 +121,11 @@ def server_args(settings: Settings, *, dist: Path) -> list[str]:
         f"--model-repository={settings.model_repository}",
         f"--backend-directory={dist / 'backends'}",
         f"--cache-directory={dist / 'caches'}",
-        f"--http-address={settings.host}",
-        f"--http-port={settings.triton_http_port}",
-        f"--grpc-address={settings.host}",
-        f"--grpc-port={settings.triton_grpc_port}",
-        f"--metrics-address={settings.host}",
+        f"--http-address={http.host}",
+        f"--http-port={http.port}",
+        f"--grpc-address={grpc.host}",
+        f"--grpc-port={grpc.port}",
+        f"--metrics-address={http.host}",
         f"--metrics-port={settings.triton_metrics_port}",
         "--allow-metrics=true",
         # Poll mode: a model written (or replaced) under the repository is loaded without a restart.

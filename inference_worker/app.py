@@ -7,11 +7,11 @@ import signal
 import threading
 from types import FrameType
 
-import redis
 from confluent_kafka import Consumer, Producer
 
 from cxr_triage.image_store import open_image_store
 from cxr_triage.kafka_config import consumer_config, producer_config
+from cxr_triage.redis_client import open_redis
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
@@ -65,7 +65,7 @@ def run_worker(
     metrics = WorkerMetrics()
     server: MetricsServer | None = None
     if settings.worker_metrics_port:
-        server = metrics.serve(host="127.0.0.1", port=settings.worker_metrics_port + index)
+        server = metrics.serve(host=settings.bind_host, port=settings.worker_metrics_port + index)
 
     scorer = TritonScorer(
         settings.triton_grpc_url,
@@ -86,8 +86,8 @@ def run_worker(
     publisher = KafkaPublisher(
         lambda: Producer(producer_config(settings, client_id=client_id), logger=kafka_log)
     )
-    redis_client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
+    redis_client = open_redis(
+        settings, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
     )
     worker = InferenceWorker(
         consumer=consumer,

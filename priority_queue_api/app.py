@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis
 
 from cxr_triage import __version__
 from cxr_triage.image_store import open_image_store
+from cxr_triage.redis_client import open_async_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
 from cxr_triage.worklist.keys import WorklistKeys
@@ -40,11 +40,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+        app.state.redis = open_async_redis(
+            settings, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
         )
-        app.state.redis_bytes = Redis.from_url(
-            settings.redis_url, decode_responses=False, socket_timeout=2.0, socket_connect_timeout=2.0
+        app.state.redis_bytes = open_async_redis(
+            settings, decode_responses=False, socket_timeout=2.0, socket_connect_timeout=2.0
         )
         app.state.image_store = open_image_store(settings)
         app.state.verdict_sink = EventSink(

@@ -20,7 +20,7 @@ def api() -> None:
 
 @api.command("run")
 def run() -> None:
-    """Serve the API on 127.0.0.1:CXR_API_PORT."""
+    """Serve the API on CXR_BIND_HOST:CXR_API_PORT (127.0.0.1:8000 unless set)."""
     import uvicorn
 
     from priority_queue_api.app import create_app
@@ -28,7 +28,11 @@ def run() -> None:
     settings = load_settings()
     # No access log: request paths carry study ids. Requests are counted by route template in /metrics.
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.api_port, log_config=None, access_log=False
+        create_app(settings),
+        host=settings.bind_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
     )
 
 
@@ -44,7 +48,7 @@ def run() -> None:
 def worklist(limit: int, as_json: bool, token: str) -> None:
     """Print the top of the worklist, most urgent first."""
     settings = load_settings()
-    url = f"http://{settings.host}:{settings.api_port}/worklist"
+    url = f"{settings.api_url}/worklist"
     if not token:
         raise click.ClickException(
             "a token is needed: pass --token or set CXR_API_TOKEN (cxr-triage users add NAME --role engineer)"

@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from cxr_triage.image_store import open_image_store
-from cxr_triage.settings import load_settings
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
 from cxr_triage.ingest.service import produce_paths
+from cxr_triage.settings import load_settings
 
 
 @click.command()
@@ -30,7 +30,7 @@ def produce(paths: tuple[Path, ...], as_json: bool, source: str) -> None:
             summary = produce_paths(paths=paths, store=store, publisher=publisher, source=source)
     except DeliveryFailed as exc:
         raise click.ClickException(
-            f"Kafka at {settings.kafka_bootstrap} did not confirm delivery: {exc}"
+            f"Kafka at {settings.kafka_bootstrap_servers} did not confirm delivery: {exc}"
         ) from exc
     if as_json:
         click.echo(json.dumps(summary.as_json(), indent=2))

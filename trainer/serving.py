@@ -16,9 +16,9 @@ import urllib.request
 from pathlib import Path
 from typing import Protocol
 
-from cxr_triage.settings import Settings
 from cxr_triage.model import repository as model_repo
 from cxr_triage.model.signature import ModelRejected
+from cxr_triage.settings import Settings
 from trainer.errors import ServingError
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class TritonRepository:
     def _wait_switched(self, version: str) -> None:
         # Triton polls the repository (every 2 s locally): a promotion is complete when studies scored from
         # now on get the new version, which is when Triton lists it as its only version.
-        url = f"http://{self.settings.host}:{self.settings.triton_http_port}/v2/models/{self.settings.model_name}"
+        url = f"{self.settings.triton_http_url}/v2/models/{self.settings.model_name}"
         deadline = time.monotonic() + self.switch_timeout_s
         while True:
             try:

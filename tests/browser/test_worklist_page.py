@@ -21,7 +21,7 @@ from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.factories import png_bytes
-from tests.integration.conftest import _spawn_redis, free_port, wait_for_port
+from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, wait_for_port
 from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
 from tests.integration.test_api_worklist import api_settings, make_users, put_study, serve
 
@@ -47,9 +47,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         wait_for_port(port)
         with start_kafka(home / "kafka-home", jars) as kafka:
             keys = WorklistKeys(f"web{uuid.uuid4().hex[:6]}")
-            settings = api_settings(home / "api", port, keys.prefix, kafka_port=kafka.settings.kafka_port)
+            settings = api_settings(
+                home / "api", port, keys.prefix, kafka_port=kafka.settings.kafka_address.port
+            )
             tokens = make_users(settings.home)
-            r = redis.Redis(port=port, decode_responses=True)
+            r = redis.Redis(port=port, password=REDIS_PASSWORD, decode_responses=True)
             store = LocalImageStore(settings.image_store_dir)
             probabilities = {label: 0.1 for label in LABELS} | {"Pneumothorax": 0.92, "No Finding": 0.05}
             put_study(

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from tests.integration.kafka_support import KafkaBroker
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# Private test servers require a password like the stack's Redis, so clients are tested with AUTH.
+REDIS_PASSWORD = "integration-test-password"
 
 
 def free_port() -> int:
@@ -47,7 +49,7 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         self.process.terminate()
@@ -74,6 +76,8 @@ def _spawn_redis(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
             "",
             "--daemonize",
             "no",
+            "--requirepass",
+            REDIS_PASSWORD,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,6 +32,7 @@ from cxr_triage.image_store import LocalImageStore
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.service import publish_study
 from cxr_triage.ingest.validate import PreparedStudy, prepare
+from cxr_triage.redis_client import open_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import TIERS
 from cxr_triage.worklist.keys import WorklistKeys
@@ -157,7 +157,9 @@ class Stream:
 
 def wait_until_committed(settings: Settings, timeout_s: float = 90.0) -> None:
     """Until the workers' group has committed every study published so far (no more outputs will come)."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.worker_group})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.worker_group}
+    )
     partitions = [TopicPartition(topics.STUDIES, p) for p in range(settings.kafka_partitions)]
     deadline = time.monotonic() + timeout_s
     try:
@@ -179,7 +181,7 @@ def read_predictions(settings: Settings, ids: set[str]) -> dict[str, list[Predic
     """Every prediction on the topic so far for ``ids``, in order, read to the end of each partition."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": f"test-predictions-{uuid.uuid4()}",
             "enable.auto.commit": False,
         }
@@ -218,7 +220,7 @@ def assert_each_once_on_the_worklist(
     settings = target.settings
     wait_until_committed(settings)
     predictions = read_predictions(settings, set(ids))
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = open_redis(settings, decode_responses=True)
     keys = WorklistKeys(settings.redis_key_prefix)
     try:
         assert client.zcard(keys.worklist) == len(target.produced)  # no study twice, none extra

@@ -36,7 +36,7 @@ from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.users import Role, add_user, users_file
 from tests.factories import png_bytes
-from tests.integration.conftest import RedisServer, free_port, wait_for_port
+from tests.integration.conftest import REDIS_PASSWORD, RedisServer, free_port, wait_for_port
 
 KEYS = WorklistKeys("apitest")
 SLA = SlaPolicy()
@@ -101,9 +101,11 @@ class Api:
 def api_settings(home: Path, redis_port: int, prefix: str, kafka_port: int | None = None) -> Settings:
     return Settings(
         home=home,
-        redis_port=redis_port,
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        redis_password=REDIS_PASSWORD,
         redis_key_prefix=prefix,
-        kafka_port=kafka_port or free_port(),  # nothing listens there unless a test starts Kafka
+        # nothing listens there unless a test starts Kafka
+        kafka_bootstrap_servers=f"127.0.0.1:{kafka_port or free_port()}",
     )
 
 

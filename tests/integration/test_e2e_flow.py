@@ -64,7 +64,9 @@ def _wait_for_total(stack: Stack, expected: int, timeout_s: float = 180.0) -> di
 
 def _wait_until_consumed(settings: Settings, timeout_s: float = 120.0) -> None:
     """Wait until the workers' group has committed every study published so far."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.worker_group})
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": settings.worker_group}
+    )
     try:
         partitions = [TopicPartition(topics.STUDIES, p) for p in range(settings.kafka_partitions)]
         deadline = time.monotonic() + timeout_s
@@ -88,7 +90,7 @@ def _read_dlq(
     """Dead letters that ``wanted`` accepts, so that the test reads only what it caused."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
             "group.id": f"test-dlq-{uuid.uuid4()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -166,7 +168,7 @@ def test_studies_flow_to_the_worklist_once_and_bad_input_goes_to_the_dlq(
         received_at=utcnow(),
         source="test-gateway",
     )
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap_servers})
     producer.produce(topics.STUDIES, key=b"garbage", value=b"{not json")
     producer.produce(topics.STUDIES, key=bad_event.study_id.encode(), value=bad_event.to_bytes())
     assert producer.flush(30) == 0

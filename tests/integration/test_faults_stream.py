@@ -143,7 +143,7 @@ def test_serving_a_new_version_mid_stream_scores_each_study_once(stream_stack: S
     stream = Stream(stream_stack, early, per_s=5).start()
     stream.wait_for(10)
     serve_version(settings, version)
-    http = f"http://127.0.0.1:{settings.triton_http_port}/v2/models/{settings.model_name}/versions"
+    http = f"{settings.triton_http_url}/v2/models/{settings.model_name}/versions"
 
     def switched() -> bool:
         return _http_ok(f"{http}/2/ready") and not _http_ok(f"{http}/1/ready")

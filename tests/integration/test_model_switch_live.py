@@ -16,13 +16,13 @@ from collections.abc import Iterator
 import numpy as np
 import onnxruntime as ort
 import pytest
-import redis
 
 from cxr_triage.imaging import decode_grayscale, resize_gray
 from cxr_triage.labels import LABELS
 from cxr_triage.model.contract import ModelContract
 from cxr_triage.model.export import build_densenet121, export_model
 from cxr_triage.model.repository import ONNX_FILE, add_version, model_dir, serve_version
+from cxr_triage.redis_client import open_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import TIERS, SlaPolicy
 from cxr_triage.worklist.keys import WorklistKeys
@@ -79,7 +79,7 @@ def test_promoting_a_128_px_model_while_224_is_served_mid_stream(plain_stack: St
     stream = Stream(plain_stack, studies, per_s=3).start()
     stream.wait_for(12, timeout_s=60)
     serve_version(settings, version)
-    http = f"http://127.0.0.1:{settings.triton_http_port}/v2/models/{settings.model_name}/versions"
+    http = f"{settings.triton_http_url}/v2/models/{settings.model_name}/versions"
     wait_for(
         "Triton to serve version 2 only",
         lambda: _http_ok(f"{http}/2/ready") and not _http_ok(f"{http}/1/ready"),
@@ -112,7 +112,7 @@ def test_promoting_a_128_px_model_while_224_is_served_mid_stream(plain_stack: St
     # Filed by the scoring version's thresholds: version 2's own, version 1's fixed fallback.
     tiers_v2 = ModelContract.from_mapping({"cxr.input_size": "128", **THRESHOLDS}).tiers(SlaPolicy())
     tiers_v1 = ModelContract(224).tiers(SlaPolicy())
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = open_redis(settings, decode_responses=True)
     keys = WorklistKeys(settings.redis_key_prefix)
     try:
         for study_id in ids:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from cxr_triage import topics
+from cxr_triage.redis_client import open_redis
+from cxr_triage.settings import Settings
 from deploy.procs import PidFile, PidRecord, group_members, is_alive
 from deploy.testing import cxr, stack_env
 
@@ -46,7 +49,11 @@ class LocalStack:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.env['CXR_KAFKA_PORT']}"
+        return self.env["CXR_KAFKA_BOOTSTRAP_SERVERS"]
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(**{k[4:].lower(): v for k, v in self.env.items() if k.startswith("CXR_")})
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +72,17 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 def test_status_reports_every_service_running(local_stack: LocalStack) -> None:
     report = local_stack.status()
     assert report["home"] == str(local_stack.home.resolve())
-    main_port = {"kafka": "CXR_KAFKA_PORT", "redis": "CXR_REDIS_PORT", "triton": "CXR_TRITON_HTTP_PORT"}
-    for name, port_setting in main_port.items():
+    settings = local_stack.settings
+    main_port = {
+        "kafka": settings.kafka_address.port,
+        "redis": settings.redis_address.port,
+        "triton": settings.triton_http_address.port,
+    }
+    for name, port in main_port.items():
         entry = report["components"][name]
         assert entry["state"] == "running", (name, entry)
         assert isinstance(entry["pid"], int)
-        assert entry["port"] == int(local_stack.env[port_setting])
+        assert entry["port"] == port
     assert report["components"]["api"]["state"] == "stopped"
 
 
@@ -82,11 +94,31 @@ def test_topics_exist_with_the_configured_partitions(local_stack: LocalStack) ->
 
 
 def test_services_listen_on_loopback_with_redis_aof_on(local_stack: LocalStack) -> None:
-    client = redis.Redis(port=int(local_stack.env["CXR_REDIS_PORT"]))
+    client = open_redis(local_stack.settings)
     assert client.config_get("appendonly") == {"appendonly": "yes"}
     assert client.config_get("bind")["bind"] == "127.0.0.1"
-    triton = f"http://127.0.0.1:{local_stack.env['CXR_TRITON_HTTP_PORT']}"
+    triton = local_stack.env["CXR_TRITON_HTTP_URL"]
     assert httpx.get(f"{triton}/v2/health/live", timeout=5).status_code == 200
+    props = (local_stack.home / "kafka" / "server.properties").read_text()
+    assert f"listeners=PLAINTEXT://{local_stack.bootstrap}," in props
+
+
+def test_redis_refuses_a_client_without_the_generated_password(local_stack: LocalStack) -> None:
+    secret = local_stack.home / "secrets" / "redis.password"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((local_stack.home / "redis" / "redis.conf").stat().st_mode) == 0o600
+    url = local_stack.env["CXR_REDIS_URL"]
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(url, socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(url, password="not-the-password", socket_timeout=5).ping()
+    assert redis.Redis.from_url(url, password=secret.read_text().strip(), socket_timeout=5).ping()
+    # The password reaches no command line: neither redis-server's nor its log's first line.
+    record = PidFile(local_stack.home / "run", "redis").read()
+    assert record is not None
+    password = secret.read_text().strip()
+    assert password not in Path(f"/proc/{record.pid}/cmdline").read_text()
+    assert password not in (local_stack.home / "logs" / "redis.log").read_text()
 
 
 def test_second_up_is_a_no_op(local_stack: LocalStack) -> None:
@@ -128,6 +160,7 @@ def _read(bootstrap: str, offset: int) -> bytes | None:
 def test_down_stops_everything_and_up_keeps_kafka_data(local_stack: LocalStack) -> None:
     payload = f"kept across restarts {uuid.uuid4()}".encode()
     offset = _produce(local_stack.bootstrap, payload)
+    password = (local_stack.home / "secrets" / "redis.password").read_text()
     records = local_stack.records()
     assert len(records) == 3
 
@@ -143,3 +176,5 @@ def test_down_stops_everything_and_up_keeps_kafka_data(local_stack: LocalStack) 
     out = local_stack.run("up", "--detach", "--only", SERVICES)
     assert "started" in out
     assert _read(local_stack.bootstrap, offset) == payload
+    assert (local_stack.home / "secrets" / "redis.password").read_text() == password, "generated once"
+    assert open_redis(local_stack.settings).ping()

@@ -41,7 +41,7 @@ class Services:
 
     @property
     def tracking_uri(self) -> str:
-        return f"http://127.0.0.1:{self.env['CXR_MLFLOW_PORT']}"
+        return self.env["CXR_MLFLOW_TRACKING_URI"]
 
     def client(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
@@ -69,7 +69,7 @@ class Services:
         )
 
     def served_versions(self) -> list[str]:
-        url = f"http://127.0.0.1:{self.env['CXR_TRITON_HTTP_PORT']}/v2/models/{MODEL}"
+        url = f"{self.env['CXR_TRITON_HTTP_URL']}/v2/models/{MODEL}"
         with urllib.request.urlopen(url, timeout=5) as response:
             versions: list[str] = json.load(response)["versions"]
         return versions
@@ -97,9 +97,9 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     env.update(
         {
             "CXR_HOME": str(home),
-            "CXR_MLFLOW_PORT": str(free_port()),
-            "CXR_TRITON_HTTP_PORT": str(free_port()),
-            "CXR_TRITON_GRPC_PORT": str(free_port()),
+            "CXR_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}",
+            "CXR_TRITON_HTTP_URL": f"http://127.0.0.1:{free_port()}",
+            "CXR_TRITON_GRPC_URL": f"127.0.0.1:{free_port()}",
             "CXR_TRITON_METRICS_PORT": str(free_port()),
             "CXR_INITIAL_MODEL_INPUT_SIZE": "64",
             "CXR_RAY_TMPDIR": ray_tmp,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 import sys
 import sysconfig
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cxr_triage.settings import Settings
-from deploy import kafka_broker, triton_server
+from deploy import kafka_broker, redis_server, triton_server
 from deploy.components import UnknownComponentError, build_components, select, settings_env
 
 
@@ -24,7 +25,9 @@ def _properties(text: str) -> dict[str, str]:
 
 
 def test_server_properties_bind_loopback_and_follow_the_settings(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, kafka_port=29092, kafka_controller_port=29093, kafka_partitions=3)
+    settings = _settings(
+        tmp_path, kafka_bootstrap_servers="127.0.0.1:29092", kafka_controller_port=29093, kafka_partitions=3
+    )
     props = _properties(kafka_broker.render_server_properties(settings))
     assert props["process.roles"] == "broker,controller"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093"
@@ -35,6 +38,28 @@ def test_server_properties_bind_loopback_and_follow_the_settings(tmp_path: Path)
     assert props["auto.create.topics.enable"] == "false"
     for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor"):
         assert props[key] == "1"
+
+
+def test_broker_listens_where_configured_and_advertises_the_first_bootstrap_server(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        kafka_bootstrap_servers="kafka.internal:9092,other:9092",
+        kafka_listen_host="0.0.0.0",
+        kafka_controller_port=9093,
+    )
+    props = _properties(kafka_broker.render_server_properties(settings))
+    assert props["listeners"] == "PLAINTEXT://0.0.0.0:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://kafka.internal:9092"
+    assert props["controller.quorum.voters"].endswith("@127.0.0.1:9093"), "the controller stays on loopback"
+    (kafka,) = select(build_components(settings, {}), "kafka")
+    assert (kafka.host, kafka.port) == ("127.0.0.1", 9092), "a wildcard listener is checked on loopback"
+
+
+def test_ipv6_addresses_are_bracketed(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, kafka_bootstrap_servers="[::1]:29092", kafka_listen_host="::1")
+    props = _properties(kafka_broker.render_server_properties(settings))
+    assert props["listeners"].startswith("PLAINTEXT://[::1]:29092,")
+    assert props["advertised.listeners"] == "PLAINTEXT://[::1]:29092"
 
 
 def test_cluster_id_looks_like_kafkas() -> None:
@@ -58,7 +83,9 @@ def test_triton_env_without_a_previous_library_path(tmp_path: Path) -> None:
 
 
 def test_triton_command_line_binds_loopback_and_polls_the_repository(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, triton_http_port=1, triton_grpc_port=2, triton_metrics_port=3)
+    settings = _settings(
+        tmp_path, triton_http_url="http://127.0.0.1:1", triton_grpc_url="127.0.0.1:2", triton_metrics_port=3
+    )
     dist = tmp_path / "dist"
     argv = triton_server.server_args(settings, dist=dist)
     assert argv[0] == str(dist / "bin" / "tritonserver")
@@ -129,13 +156,74 @@ def test_only_selects_by_kind_or_name(tmp_path: Path) -> None:
         select(components, "kafka,zookeeper")
 
 
+def _from_env(env: dict[str, str]) -> Settings:
+    return Settings.model_validate({k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
+
+
 def test_children_get_every_effective_setting_with_an_absolute_home(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, kafka_port=12345)
+    settings = _settings(tmp_path, kafka_bootstrap_servers="127.0.0.1:12345")
     env = settings_env(settings, {"PATH": "/bin"})
     assert env["PATH"] == "/bin"
     assert env["CXR_HOME"] == str(settings.home) and Path(env["CXR_HOME"]).is_absolute()
-    assert env["CXR_KAFKA_PORT"] == "12345"
-    assert (
-        Settings.model_validate({k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
-        == settings
+    assert env["CXR_KAFKA_BOOTSTRAP_SERVERS"] == "127.0.0.1:12345"
+    assert "CXR_REDIS_PASSWORD" not in env, "unset stays unset (children read the state folder's)"
+    assert _from_env(env) == settings
+
+
+def test_children_get_a_configured_password_itself_not_its_mask(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, redis_password="s3cret")
+    env = settings_env(settings, {})
+    assert env["CXR_REDIS_PASSWORD"] == "s3cret"
+    assert _from_env(env) == settings
+
+
+def test_local_services_listen_at_their_peer_addresses(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        redis_url="redis://127.0.0.2:26379/0",
+        mlflow_tracking_uri="http://127.0.0.3:25000",
+        triton_http_url="http://127.0.0.4:28000",
+        triton_grpc_url="127.0.0.4:28001",
+        bind_host="0.0.0.0",
+        api_port=28080,
+        worker_count=1,
     )
+    found = {c.name: (c.host, c.port) for c in build_components(settings, {})}
+    assert found["redis"] == ("127.0.0.2", 26379)
+    assert found["mlflow"] == ("127.0.0.3", 25000)
+    assert found["triton"] == ("127.0.0.4", 28000)
+    assert found["api"] == ("127.0.0.1", 28080), "our own servers bind CXR_BIND_HOST, probed on loopback"
+    assert found["worker-0"] == ("127.0.0.1", settings.worker_metrics_port)
+
+
+def test_redis_config_holds_the_password_and_the_command_line_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_server, "redis_binary", lambda: "/usr/bin/redis-server")
+    settings = _settings(tmp_path, redis_url="redis://127.0.0.1:26379/0", redis_password='p w"\\')
+    launch = redis_server.prepare(settings)
+    config = redis_server.config_file(settings)
+    assert launch.argv == ["/usr/bin/redis-server", str(config)]
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    lines = config.read_text().splitlines()
+    assert "bind 127.0.0.1" in lines and "port 26379" in lines and "appendonly yes" in lines
+    assert 'requirepass "p w\\"\\\\"' in lines
+    assert not settings.redis_password_file.exists(), (
+        "a configured password is not written to the state folder"
+    )
+
+
+def test_up_generates_the_redis_password_once_private_to_the_owner(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert settings.redis_auth() is None
+    first = redis_server.ensure_password(settings)
+    path = settings.redis_password_file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert len(first.get_secret_value()) >= 32
+    assert redis_server.ensure_password(settings) == first, "a second up reuses the password"
+    assert redis_server.ensure_password(_settings(tmp_path)) == first
+    assert _settings(tmp_path).redis_auth() == first, "every client reads it from the state folder"
+    assert not redis_server._create_once(path, b"another\n", mode=0o600), "a concurrent second writer loses"
+    assert redis_server.ensure_password(settings) == first
+    assert [p.name for p in path.parent.iterdir()] == ["redis.password"], "no temporary file is left"
