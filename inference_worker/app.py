@@ -11,11 +11,11 @@ from confluent_kafka import Consumer, Producer
 
 from cxr_triage.image_store import open_image_store
 from cxr_triage.kafka_config import consumer_config, producer_config
+from cxr_triage.model.serving import ServingSettings
 from cxr_triage.redis_client import open_redis
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
-from cxr_triage.model.serving import ServingSettings
 from inference_worker.config import WorkerSettings
 from inference_worker.consumer import Backoff, InferenceWorker
 from inference_worker.errors import ModelMismatch
@@ -75,7 +75,7 @@ def run_worker(
         want_cams=options.store_cams,
     )
     try:
-        if not scorer.wait_until_ready(input_size=settings.model_input_size, stop=stop):
+        if not scorer.wait_until_ready(stop=stop):
             return EXIT_OK
     except ModelMismatch as exc:
         logger.error("served model does not fit this worker", extra={"error": str(exc)})
@@ -89,15 +89,16 @@ def run_worker(
     redis_client = open_redis(
         settings, socket_timeout=5.0, socket_connect_timeout=5.0, health_check_interval=30
     )
+    policy = SlaPolicy()  # maximum waits, and the tier thresholds of a model that states none
     worker = InferenceWorker(
         consumer=consumer,
         scorer=scorer,
-        worklist=RedisWorklist(redis_client, RedisKeys(settings.redis_key_prefix), policy=SlaPolicy()),
+        worklist=RedisWorklist(redis_client, RedisKeys(settings.redis_key_prefix), policy=policy),
         publisher=publisher,
         store=open_image_store(settings),
         metrics=metrics,
         model_name=settings.model_name,
-        input_size=settings.model_input_size,
+        sla=policy,
         max_batch=settings.worker_max_batch,
         max_wait_s=settings.worker_max_wait_ms / 1000,
         stop=stop,

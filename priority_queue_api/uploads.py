@@ -21,12 +21,12 @@ from PIL import Image
 from cxr_triage.events import StudyEventV1
 from cxr_triage.image_store import ImageStore
 from cxr_triage.imaging import ImageRejected, sniff_content_type
+from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
+from cxr_triage.ingest.service import publish_study, reject
+from cxr_triage.ingest.validate import Rejection, prepare
 from cxr_triage.settings import Settings
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.errors import EventsUnavailable, PayloadTooLarge, Unprocessable
-from cxr_triage.ingest.validate import Rejection, prepare
-from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
-from cxr_triage.ingest.service import publish_study, reject
 
 log = logging.getLogger(__name__)
 

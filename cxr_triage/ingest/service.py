@@ -10,8 +10,8 @@ from pathlib import Path
 from cxr_triage import topics
 from cxr_triage.events import DeadLetterEventV1, StudyEventV1, utcnow
 from cxr_triage.image_store import ImageStore
-from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, iter_candidate_files, prepare
 from cxr_triage.ingest.publisher import EventPublisher
+from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, iter_candidate_files, prepare
 
 log = logging.getLogger(__name__)
 

@@ -113,8 +113,8 @@ def test_export_matches_pytorch_and_records_metadata(tmp_path: Path, architectur
     assert exported.metadata["cxr.threshold"] == "0.3"
     assert exported.metadata["cxr.architecture"] == architecture
     assert exported.metadata["cxr.cam"] == ("class-activation" if architecture == "densenet121" else "none")
-    images = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
-    assert parity(model, exported.path, images) <= 1e-4
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 1, 64, 64), dtype=np.uint8)  # as Triton gets them
+    assert parity(model, exported.path, pixels) <= 1e-4
 
 
 def test_vit_loads_a_local_timm_checkpoint_at_another_input_size(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxr_triage.labels import NUM_LABELS
 from cxr_triage.cams import encode_cams
+from cxr_triage.labels import NUM_LABELS
 
 
 def test_each_map_is_scaled_to_0_1_in_float16_c_order() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from cxr_triage.model.serving import ServingSettings
+from cxr_triage.priority import DEFAULT_WEIGHTS
 from cxr_triage.settings import Settings
 from inference_worker.app import kafka_consumer_config
-from cxr_triage.model.serving import ServingSettings
 from inference_worker.config import WorkerSettings
-from cxr_triage.priority import DEFAULT_WEIGHTS
 
 
 def test_priority_weights_override_the_defaults_by_finding(monkeypatch: pytest.MonkeyPatch) -> None:
