@@ -21,9 +21,9 @@ from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.factories import png_bytes
+from tests.integration.api_support import api_settings, make_users, put_study, serve
 from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, wait_for_port
 from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
-from tests.integration.test_api_worklist import api_settings, make_users, put_study, serve
 
 pytestmark = pytest.mark.integration
 

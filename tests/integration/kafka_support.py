@@ -25,8 +25,8 @@ from cxr_triage.worklist.keys import WorklistKeys
 from deploy.kafka_jars import ensure_kafka_jars, jars_present
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
+from tests.integration.api_support import Api, api_settings, make_users
 from tests.integration.conftest import RedisServer, free_port, wait_for_port
-from tests.integration.test_api_worklist import Api, api_settings, make_users
 
 REPO = Path(__file__).resolve().parents[2]
 

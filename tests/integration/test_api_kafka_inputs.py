@@ -28,6 +28,7 @@ from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.factories import dicom_bytes, jpeg_bytes, png_bytes
+from tests.integration.api_support import Api, api_settings, make_users, put_study, serve
 from tests.integration.conftest import (
     REDIS_PASSWORD,
     RedisServer,
@@ -36,7 +37,6 @@ from tests.integration.conftest import (
     wait_for_port,
 )
 from tests.integration.kafka_support import KafkaBroker, kafka_api, topic_size
-from tests.integration.test_api_worklist import Api, api_settings, make_users, put_study, serve
 
 
 @pytest.fixture()

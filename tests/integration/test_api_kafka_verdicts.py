@@ -22,9 +22,9 @@ from cxr_triage.labels import LABELS
 from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
+from tests.integration.api_support import Api, api_settings, make_users, put_study
 from tests.integration.conftest import RedisServer
 from tests.integration.kafka_support import KafkaBroker, kafka_api, shared_jars, start_kafka
-from tests.integration.test_api_worklist import Api, api_settings, make_users, put_study
 
 
 @pytest.fixture()

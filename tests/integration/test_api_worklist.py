@@ -6,117 +6,30 @@ the tests that need a broker are in ``test_api_kafka_verdicts.py`` and ``test_ap
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import redis
-import uvicorn
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import LABELS
 from cxr_triage.settings import Settings
-from cxr_triage.sla import SlaPolicy, Tier
-from cxr_triage.worklist.index import index_scored_study
+from cxr_triage.sla import Tier
 from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
-from priority_queue_api.config import ApiPolicy
 from priority_queue_api.users import Role, add_user, users_file
 from tests.factories import png_bytes
-from tests.integration.conftest import REDIS_PASSWORD, RedisServer, free_port, wait_for_port
-
-KEYS = WorklistKeys("apitest")
-SLA = SlaPolicy()
-
-
-def put_study(
-    r: redis.Redis,
-    keys: WorklistKeys,
-    study_id: str,
-    priority: float,
-    *,
-    age: timedelta = timedelta(0),
-    image_uri: str = "file:///nowhere",
-    probabilities: dict[str, float] | None = None,
-    tier: Tier | None = None,
-) -> None:
-    """What the inference worker writes for a scored study, then the index call it makes.
-
-    ``tier`` is the scoring model's choice; by default the fallback thresholds' (``SlaPolicy.tier_for``).
-    """
-    received = datetime.now(UTC) - age
-    tier = tier or SLA.tier_for(priority)
-    probabilities = probabilities or {label: round(priority / 2, 3) for label in LABELS}
-    r.hset(
-        keys.study(study_id),
-        mapping={
-            "study_id": study_id,
-            "priority": str(priority),
-            "probabilities": json.dumps(probabilities),
-            "model_name": "cxr_classifier",
-            "model_version": "1",
-            "received_at": received.isoformat(),
-            "scored_at": (received + timedelta(seconds=1.25)).isoformat(),
-            "image_uri": image_uri,
-            "content_type": "image/png",
-            "sha256": "0" * 64,
-            "tier": tier.value,
-        },
-    )
-    index_scored_study(
-        r, keys=keys, policy=SLA, study_id=study_id, priority=priority, tier=tier, received_at=received
-    )
-
-
-@dataclass
-class Api:
-    client: TestClient
-    tokens: dict[str, str]
-    redis: redis.Redis
-    settings: Settings
-
-    def get(self, path: str, user: str | None = "rad", **kwargs: Any) -> Any:
-        return self.client.get(path, headers=self.auth(user), **kwargs)
-
-    def post(self, path: str, user: str | None = "rad", **kwargs: Any) -> Any:
-        return self.client.post(path, headers=self.auth(user), **kwargs)
-
-    def auth(self, user: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
-
-
-def api_settings(home: Path, redis_port: int, prefix: str, kafka_port: int | None = None) -> Settings:
-    return Settings(
-        home=home,
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        redis_password=REDIS_PASSWORD,
-        redis_key_prefix=prefix,
-        # nothing listens there unless a test starts Kafka
-        kafka_bootstrap_servers=f"127.0.0.1:{kafka_port or free_port()}",
-    )
-
-
-def make_users(home: Path, suffix: str = "") -> dict[str, str]:
-    """Tokens by short name; the users are named ``rad{suffix}``, ``rad2{suffix}``, ``eng{suffix}``, ..."""
-    path = users_file(home)
-    roles = {"rad": Role.RADIOLOGIST, "rad2": Role.RADIOLOGIST, "eng": Role.ENGINEER, "prod": Role.PRODUCER}
-    return {short: add_user(path, name=f"{short}{suffix}", role=role).token for short, role in roles.items()}
-
-
-FAST = ApiPolicy(verdict_timeout_s=1.0, upload_timeout_s=1.0, shutdown_flush_s=0.2)
+from tests.integration.api_support import FAST, KEYS, Api, api_settings, make_users, put_study, serve
+from tests.integration.conftest import RedisServer
 
 
 @pytest.fixture()
@@ -374,21 +287,6 @@ def test_users_file_changes_apply_without_restart(api: Api) -> None:
 
     path.write_text("{ not json")  # a botched manual edit keeps the last good users in force
     assert api.client.get("/me", headers={"Authorization": f"Bearer {rotated}"}).status_code == 200
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_for_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_eight_clients_claiming_over_http_get_100_distinct_studies(
