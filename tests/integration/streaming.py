@@ -8,6 +8,7 @@ workers' group has committed every study, and then checks Redis and ``cxr.predic
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,11 +18,12 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +38,7 @@ from cxr_triage.redis_client import open_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import TIERS
 from cxr_triage.worklist.keys import WorklistKeys
+from deploy.testing import stack_env
 from tests.integration.conftest import Stack
 
 COMPONENTS = "kafka,redis,triton,worker"
@@ -85,6 +88,23 @@ class StreamStack:
             self.worker_metric("cxr_worker_batch_failures_total", i, stage=stage)
             for i in range(self.settings.worker_count)
         )
+
+
+@contextlib.contextmanager
+def running_stream_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, *, workers: int, env: dict[str, str]
+) -> Iterator[StreamStack]:
+    """A private stack (Kafka, Redis, Triton, ``workers`` workers) with ``env`` on top, down afterwards."""
+    home = tmp_path_factory.mktemp(f"{name}-stack")
+    full = {**stack_env(home, worker_count=workers, skip_model_init=False), **env}
+    stack = Stack(home=home, env=full)
+    settings = Settings(**{k[4:].lower(): v for k, v in full.items() if k.startswith("CXR_")})
+    started = StreamStack(stack, settings, tmp_path_factory.mktemp(f"{name}-images"))
+    try:
+        started.up()
+        yield started
+    finally:
+        stack.cli("down", check=False, timeout_s=120)
 
 
 def _base_image() -> np.ndarray:

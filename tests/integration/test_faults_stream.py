@@ -21,15 +21,13 @@ import pytest
 
 from cxr_triage.model.export import build_densenet121, export_model
 from cxr_triage.model.repository import add_version, serve_version
-from cxr_triage.settings import Settings
-from deploy.testing import stack_env
-from tests.integration.conftest import Stack
 from tests.integration.streaming import (
     Stream,
     StreamStack,
     _http_ok,
     assert_each_once_on_the_worklist,
     make_studies,
+    running_stream_stack,
     wait_for,
 )
 
@@ -38,17 +36,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stream_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamStack]:
-    home = tmp_path_factory.mktemp("stream-stack")
-    env = stack_env(home, worker_count=2, skip_model_init=False)
-    env.update({"CXR_INITIAL_MODEL_INPUT_SIZE": "64", "CXR_KAFKA_PARTITIONS": "4"})
-    stack = Stack(home=home, env=env)
-    settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
-    started = StreamStack(stack, settings, tmp_path_factory.mktemp("stream-images"))
-    try:
-        started.up()
+    env = {"CXR_INITIAL_MODEL_INPUT_SIZE": "64", "CXR_KAFKA_PARTITIONS": "4"}
+    with running_stream_stack(tmp_path_factory, "stream", workers=2, env=env) as started:
         yield started
-    finally:
-        stack.cli("down", check=False, timeout_s=120)
 
 
 def test_triton_killed_mid_stream_and_restarted(stream_stack: StreamStack) -> None:

@@ -26,14 +26,13 @@ from cxr_triage.redis_client import open_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import TIERS, SlaPolicy
 from cxr_triage.worklist.keys import WorklistKeys
-from deploy.testing import stack_env
-from tests.integration.conftest import Stack
 from tests.integration.streaming import (
     Stream,
     StreamStack,
     _http_ok,
     assert_each_once_on_the_worklist,
     make_studies,
+    running_stream_stack,
     wait_for,
 )
 
@@ -44,17 +43,9 @@ THRESHOLDS = {"cxr.threshold": "0.3", "cxr.tier.urgent": "0.3", "cxr.tier.critic
 
 @pytest.fixture(scope="module")
 def plain_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamStack]:
-    home = tmp_path_factory.mktemp("switch-stack")
-    env = stack_env(home, worker_count=1, skip_model_init=False)  # no input size set anywhere: 224 px
-    env["CXR_KAFKA_PARTITIONS"] = "1"  # one worker, one partition: studies are scored in publish order
-    stack = Stack(home=home, env=env)
-    settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
-    started = StreamStack(stack, settings, tmp_path_factory.mktemp("switch-images"))
-    try:
-        started.up()
-        yield started
-    finally:
-        stack.cli("down", check=False, timeout_s=120)
+    # No input size set anywhere: the untrained model is 224 px. One worker, one partition: in publish order.
+    with running_stream_stack(tmp_path_factory, "switch", workers=1, env={"CXR_KAFKA_PARTITIONS": "1"}) as s:
+        yield s
 
 
 def offline_probabilities(settings: Settings, version: str, image: bytes) -> np.ndarray:
