@@ -39,6 +39,7 @@ from cxr_triage.model.export import (
     export_untrained,
     read_metadata,
 )
+from cxr_triage.model.legacy import takes_float_input, upgrade_float_input
 from cxr_triage.model.serving import ServingSettings
 from cxr_triage.model.signature import ModelRejected, ModelSignature, read_signature
 from cxr_triage.model.triton_config import onnxruntime_config, python_backend_config
@@ -227,8 +228,13 @@ def add_version(settings: Settings, onnx_file: Path, *, metadata: dict[str, str]
 
     The model must take ``image`` uint8 [N, 1, S, S] (any S: the worker reads it from the served version)
     and return ``probabilities`` [N, 14] and ``cams`` [N, 14, h, w] (``ModelRejected`` otherwise). What is
-    served does not change: call ``serve_version`` for that.
+    served does not change: call ``serve_version`` for that. A model of the old convention (float
+    [N, 3, S, S], normalised outside) is added as an upgraded copy that takes the pixels (``legacy``).
     """
+    if takes_float_input(onnx_file):
+        with tempfile.TemporaryDirectory(prefix="cxr-upgrade-") as tmp:
+            upgraded = upgrade_float_input(onnx_file, Path(tmp) / onnx_file.name)
+            return add_version(settings, upgraded, metadata={**metadata, "upgraded_from": "float-input"})
     signature = read_signature(onnx_file)
     if signature.cam_size is None:
         # Both Triton configs declare the maps; NVIDIA's onnxruntime backend would refuse a model without them.
@@ -298,6 +304,16 @@ def ensure_model(
     version = serving_version(settings)
     if version not in versions:
         version = versions[-1]
+    if takes_float_input(folder / str(version) / ONNX_FILE):
+        # Served by an earlier cxr-triage: versions stay as written, so an upgraded copy becomes the next one.
+        old = version
+        version = add_version(
+            settings, folder / str(old) / ONNX_FILE, metadata={"upgraded_from_version": str(old)}
+        )
+        logger.warning(
+            "served model takes float input; serving an upgraded copy that takes pixels",
+            extra={"model_name": settings.model_name, "old_version": old, "version": version},
+        )
     serve_version(settings, version, serving=serving)
     path = folder / str(version) / ONNX_FILE
     weights = read_metadata(path).get("cxr.weights", "unknown")
