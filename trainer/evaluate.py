@@ -19,6 +19,7 @@ import numpy as np
 
 from cxr_triage.labels import LABELS
 from cxr_triage.model.export import read_metadata
+from cxr_triage.model.legacy import takes_float_input, upgrade_float_input
 from cxr_triage.model.signature import ModelRejected, read_signature
 from trainer import metrics, tracking
 from trainer.data.dataset import CXRDataset
@@ -66,6 +67,8 @@ def scored_model(path: Path, *, uri: str, model_version: str) -> ScoredModel:
     """What scoring needs from an ONNX file: its threshold (``cxr.*`` metadata) and its graph's input size."""
     if not path.is_file():
         raise RegistryError(f"no ONNX model at {uri}")
+    if takes_float_input(path):  # registered before models took pixels: score it as it would be served
+        path = upgrade_float_input(path, path.with_name(f"{path.stem}.pixels.onnx"))
     try:
         input_size = read_signature(path).input_size
     except ModelRejected as exc:

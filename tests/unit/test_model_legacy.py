@@ -88,3 +88,14 @@ def test_a_repository_served_by_a_legacy_model_is_upgraded_on_start(legacy: Path
     assert "dims: [ 1, 64, 64 ]" in (model_dir(settings) / CONFIG_FILE).read_text()
     assert takes_float_input(model_dir(settings) / "1" / ONNX_FILE)  # version 1 itself is left as written
     assert ensure_model(settings).version == 2  # a second start finds the upgraded copy served
+
+
+def test_the_trainer_scores_a_registered_legacy_model_as_it_would_be_served(
+    legacy: Path, tmp_path: Path
+) -> None:
+    from trainer.evaluate import scored_model
+
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(legacy.read_bytes())
+    scored = scored_model(copy, uri="models:/cxr_classifier/1", model_version="1")
+    assert scored.input_size == SIZE and not takes_float_input(scored.onnx_path)
