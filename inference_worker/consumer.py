@@ -35,7 +35,7 @@ from cxr_triage import topics
 from cxr_triage.events import PredictionEventV1, utcnow
 from cxr_triage.image_store import ImageStore
 from cxr_triage.model.contract import ModelContract
-from cxr_triage.sla import SlaPolicy, Tier
+from cxr_triage.sla import SlaPolicy
 from inference_worker.batching import Prepared, Rejected, prepare_batch
 from inference_worker.dead_letters import dead_letter
 from inference_worker.errors import StageUnavailable
@@ -162,12 +162,7 @@ class InferenceWorker:
         contract = self._contract()
         batch = prepare_batch(records, store=self._store, input_size=contract.input_size)
         scored = self._score(batch.prepared, contract) if batch.prepared else ScoredBatch()
-        entries = [
-            WorklistEntry(
-                item.prepared.study, item.prediction, item.cams, tier=item.prediction.tier or Tier.ROUTINE
-            )
-            for item in scored.scored
-        ]
+        entries = [WorklistEntry(item.prepared.study, item.prediction, item.cams) for item in scored.scored]
         outcomes = self._worklist.write(entries)
 
         written_at = self._clock()

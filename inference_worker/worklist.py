@@ -21,7 +21,7 @@ leaves no scored study unfiled once its batch is read again.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -45,7 +45,13 @@ class WorklistEntry:
     study: StudyEventV1
     prediction: PredictionEventV1
     cams: CamMaps | None = None
-    tier: Tier = field(kw_only=True)  # decided by the caller: the thresholds of the model that scored it
+
+    @property
+    def tier(self) -> Tier:
+        """The prediction's tier: the thresholds of the model that scored it (the worker always sets it)."""
+        if self.prediction.tier is None:
+            raise ValueError(f"prediction for {self.prediction.study_id} has no tier: it cannot be filed")
+        return self.prediction.tier
 
 
 @dataclass(frozen=True)

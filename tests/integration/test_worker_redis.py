@@ -122,7 +122,7 @@ def entry(
         scored_at=scored_at or RECEIVED + timedelta(seconds=1),
         tier=tier,
     )
-    return WorklistEntry(study, prediction, tier=tier)
+    return WorklistEntry(study, prediction)
 
 
 def writer(client: redis.Redis, keys: RedisKeys) -> RedisWorklist:
@@ -239,7 +239,7 @@ def test_activation_maps_are_stored_with_the_prediction_once(redis_url: str, key
 
     other = encode_cams(np.ones((NUM_LABELS, 2, 3), dtype=np.float32) + maps[::-1])
     assert other is not None and other.data != cams.data
-    replay = WorklistEntry(first.study, entry("S-1", version="2").prediction, other, tier=first.tier)
+    replay = WorklistEntry(first.study, entry("S-1", version="2").prediction, other)
     (outcome,) = writer(raw, keys).write([replay])
     assert not outcome.changed and raw.get(index.cam("S-1")) == cams.data  # the first maps stay
     raw.close()
