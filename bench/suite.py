@@ -87,7 +87,7 @@ def triton(
     return triton_bench(
         settings.triton_grpc_url,
         settings.model_name,
-        sample_tensors(setup, served_input_size(stack)),
+        sample_tensors(setup, input_size_of(stack.model_file()[0])),
         concurrencies=concurrencies,
         batches=batches,
         max_requests=max_requests,
@@ -95,11 +95,11 @@ def triton(
     )
 
 
-def served_input_size(stack: BenchStack) -> int:
-    """The input size of the model the stack serves: the model's own (``cxr_triage.model.contract``)."""
+def input_size_of(model_path: Path) -> int:
+    """The input size a model file takes: the model's own (``cxr_triage.model.contract``)."""
     from cxr_triage.model.signature import read_signature
 
-    return read_signature(stack.model_file()[0]).input_size
+    return read_signature(model_path).input_size
 
 
 def serve_variant(setup: Setup, stack: BenchStack, variant: str) -> tuple[Path, str]:
@@ -116,7 +116,7 @@ def serve_variant(setup: Setup, stack: BenchStack, variant: str) -> tuple[Path, 
         variant,
         fp32_path,
         setup.scratch,
-        input_size=served_input_size(stack),
+        input_size=input_size_of(fp32_path),
         calibration=calibration_paths(setup),
     )
     from cxr_triage.model.repository import add_version, serve_version
@@ -147,7 +147,7 @@ def pipeline(
     model_path, version = serve_variant(setup, stack, variant)
     wait_until_ready(settings.triton_grpc_url, settings.model_name, version=version)
     session = make_session(model_path, threads=setup.threads, providers=setup.providers)
-    input_size = served_input_size(stack)
+    input_size = input_size_of(model_path)
     batch = batch_of(sample_tensors(setup, input_size), settings.worker_max_batch)
     sources = source_images(setup.data_dir, setup.scratch, minimum=min(n, 64))
     run_folder = setup.scratch / f"studies-{uuid.uuid4().hex[:8]}"
@@ -260,7 +260,7 @@ def run_all(
         "machine": report_mod.machine(),
     }
     model_path, version = stack.model_file()
-    input_size = served_input_size(stack)
+    input_size = input_size_of(model_path)
     document["model"] = {
         "name": settings.model_name,
         "version": version,
