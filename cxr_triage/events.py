@@ -7,13 +7,15 @@ with defaults within a version, so old consumers keep reading new messages.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cxr_triage.labels import LABELS
+from cxr_triage.labels import LABELS, NO_FINDING
 from cxr_triage.sla import Tier
+from cxr_triage.topics import verdict_key
 
 STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -63,6 +65,9 @@ class PredictionEventV1(Event):
     scored_at: datetime
     # The SLA tier, from the scoring model's own thresholds (absent on events written before models had them).
     tier: Tier | None = None
+    # The model's operating threshold on ``priority`` (its abnormal score), when the model states one: online
+    # sensitivity and specificity are measured at it.
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @field_validator("probabilities")
     @classmethod
@@ -89,7 +94,7 @@ class DeadLetterEventV1(Event):
 
     schema_name: Literal["cxr.dead_letter"] = "cxr.dead_letter"
     schema_version: Literal[1] = 1
-    stage: Literal["producer", "worker"]
+    stage: Literal["producer", "worker", "processor"]
     reason: str = Field(min_length=1)
     error_type: str
     study_id: str | None = None
@@ -99,6 +104,26 @@ class DeadLetterEventV1(Event):
     original_partition: int | None = None
     original_offset: int | None = None
     occurred_at: datetime = Field(default_factory=utcnow)
+
+
+def _fourteen_labels(value: dict[str, Literal[0, 1]]) -> dict[str, Literal[0, 1]]:
+    if set(value) != set(LABELS):
+        missing = sorted(set(LABELS) - set(value))
+        extra = sorted(set(value) - set(LABELS))
+        raise ValueError(f"labels must name exactly the 14 findings (missing={missing}, extra={extra})")
+    return {label: value[label] for label in LABELS}
+
+
+def _known_findings(value: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = sorted(set(value) - set(LABELS))
+    if unknown:
+        raise ValueError(f"uncertain names unknown findings: {unknown}")
+    return tuple(label for label in LABELS if label in value)
+
+
+def abnormal_of(labels: Mapping[str, int]) -> int:
+    """A verdict's abnormal-vs-normal truth: normal only when the radiologist ticked No Finding."""
+    return 0 if labels[NO_FINDING] == 1 else 1
 
 
 class VerdictEventV1(Event):
@@ -126,23 +151,20 @@ class VerdictEventV1(Event):
     scored_at: datetime
     claimed_at: datetime | None = None
     decided_at: datetime
+    # The client's Idempotency-Key (or the one the API derived): a retry with it is answered, not re-recorded.
+    idempotency_key: str | None = Field(default=None, max_length=128)
 
-    @field_validator("labels")
-    @classmethod
-    def _all_labels(cls, value: dict[str, Literal[0, 1]]) -> dict[str, Literal[0, 1]]:
-        if set(value) != set(LABELS):
-            missing = sorted(set(LABELS) - set(value))
-            extra = sorted(set(value) - set(LABELS))
-            raise ValueError(f"labels must name exactly the 14 findings (missing={missing}, extra={extra})")
-        return {label: value[label] for label in LABELS}
+    _all_labels = field_validator("labels")(_fourteen_labels)
+    _known_uncertain = field_validator("uncertain")(_known_findings)
 
-    @field_validator("uncertain")
-    @classmethod
-    def _known_uncertain(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = sorted(set(value) - set(LABELS))
-        if unknown:
-            raise ValueError(f"uncertain names unknown findings: {unknown}")
-        return tuple(label for label in LABELS if label in value)
+    @property
+    def key(self) -> str:
+        """Kafka key: one per (study, radiologist), so compaction keeps each radiologist's latest reading."""
+        return verdict_key(self.study_id, self.radiologist)
+
+    @property
+    def abnormal(self) -> int:
+        return abnormal_of(self.labels)
 
 
 AuditAction = Literal["view", "claim", "release", "verdict", "upload", "amend"]
@@ -165,3 +187,155 @@ class AuditEventV1(Event):
     outcome: AuditOutcome
     status_code: int | None = None
     at: datetime = Field(default_factory=utcnow)
+
+
+class FeedbackEventV1(Event):
+    """A verdict joined with the prediction it judged: one training example (``cxr.feedback.v1``).
+
+    Key = ``topics.verdict_key(study_id, radiologist)``: an amendment replaces that radiologist's earlier example.
+    ``labels`` are the radiologist's 14 findings as 1/0 and ``uncertain`` those marked uncertain; the
+    probabilities, priority, tier and threshold are the model's at scoring time. Timings follow the study:
+    received -> scored -> claimed -> decided. No note, no patient identifier: the image is referenced by URI
+    and content hash only.
+    """
+
+    schema_name: Literal["cxr.feedback"] = "cxr.feedback"
+    schema_version: Literal[1] = 1
+    study_id: str = Field(pattern=STUDY_ID_PATTERN)
+    radiologist: str = Field(min_length=1, max_length=64)
+    verdict_id: str = Field(min_length=8, max_length=64)
+    kind: Literal["verdict", "amendment"]
+    image_uri: str = Field(min_length=1, max_length=2048)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    content_type: ContentType
+    source: str = Field(default="unknown", max_length=128)
+    labels: dict[str, Literal[0, 1]]
+    uncertain: tuple[str, ...] = ()
+    agreed_with_model: bool = False
+    model_name: str
+    model_version: str
+    probabilities: dict[str, float]
+    priority: float = Field(ge=0.0, le=1.0)
+    tier: Tier | None = None
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    received_at: datetime
+    scored_at: datetime
+    claimed_at: datetime | None = None
+    decided_at: datetime
+    joined_at: datetime = Field(default_factory=utcnow)
+
+    _all_labels = field_validator("labels")(_fourteen_labels)
+    _known_uncertain = field_validator("uncertain")(_known_findings)
+
+    @property
+    def key(self) -> str:
+        return verdict_key(self.study_id, self.radiologist)
+
+    @property
+    def abnormal(self) -> int:
+        return abnormal_of(self.labels)
+
+
+MetricsWindow = Literal["sliding", "since_promotion"]
+
+
+class MetricsEventV1(Event):
+    """How one served model version does on radiologists' reads (``cxr.metrics.v1``, key = model version).
+
+    A metric is ``None`` when the window cannot define it (one class only, or no examples).
+    """
+
+    schema_name: Literal["cxr.metrics"] = "cxr.metrics"
+    schema_version: Literal[1] = 1
+    model_name: str
+    model_version: str
+    window: MetricsWindow
+    examples: int = Field(ge=0)
+    abnormal: int = Field(ge=0)
+    auroc_abnormal: float | None = None
+    auroc_per_finding: dict[str, float] = Field(default_factory=dict)
+    threshold: float | None = None
+    sensitivity: float | None = None
+    specificity: float | None = None
+    agreement_rate: float | None = None
+    # Median seconds from arrival to the radiologist's decision, per SLA tier present in the window.
+    time_to_read_s: dict[str, float] = Field(default_factory=dict)
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
+DriftFeature = Literal["intensity", "size", "view", "source", "prediction"]
+
+
+class DriftScore(BaseModel):
+    """One feature's comparison of the current window with the reference window."""
+
+    model_config = ConfigDict(frozen=True)
+
+    feature: DriftFeature
+    psi: float | None = None
+    ks_statistic: float | None = None
+    ks_pvalue: float | None = None
+    flagged: bool = False
+
+
+class DriftReportV1(Event):
+    """Input and prediction drift against the champion's reference window (``cxr.drift.v1``, key = version).
+
+    Published at every evaluation; ``alert`` is true when any feature crosses its documented threshold.
+    """
+
+    schema_name: Literal["cxr.drift"] = "cxr.drift"
+    schema_version: Literal[1] = 1
+    model_version: str
+    reference_size: int = Field(ge=0)
+    window_size: int = Field(ge=0)
+    scores: tuple[DriftScore, ...] = ()
+    alert: bool = False
+    computed_at: datetime = Field(default_factory=utcnow)
+
+
+TrainingReason = Literal["new_labels", "auroc_floor", "sensitivity_floor", "drift"]
+
+
+class TrainingRequestEventV1(Event):
+    """Ask the retrain worker for a challenger (``cxr.training-requests.v1``, key = request id).
+
+    The data window is the feedback store's sequence range ``(after_seq, up_to_seq]``: examples the champion
+    was not trained on. At most one request is outstanding: the next waits for this one's result.
+    """
+
+    schema_name: Literal["cxr.training-request"] = "cxr.training-request"
+    schema_version: Literal[1] = 1
+    request_id: str = Field(min_length=8, max_length=64)
+    reason: TrainingReason
+    detail: str = ""
+    champion_version: str | None = None
+    labelled_since_champion: int = Field(ge=0)
+    total_examples: int = Field(ge=0)
+    after_seq: int = Field(ge=0)
+    up_to_seq: int = Field(ge=0)
+    requested_at: datetime = Field(default_factory=utcnow)
+
+
+TrainingOutcome = Literal["promoted", "rejected", "failed"]
+
+
+class TrainingResultEventV1(Event):
+    """What became of a training request (``cxr.training-results.v1``, key = request id)."""
+
+    schema_name: Literal["cxr.training-result"] = "cxr.training-result"
+    schema_version: Literal[1] = 1
+    request_id: str = Field(min_length=8, max_length=64)
+    outcome: TrainingOutcome
+    reason: str = ""
+    champion_version: str | None = None
+    challenger_version: str | None = None
+    # The version serving after this result (the challenger when promoted, else the champion).
+    serving_version: str | None = None
+    # Feedback examples the challenger trained on: the store's sequence range (after_seq, up_to_seq].
+    after_seq: int = Field(default=0, ge=0)
+    up_to_seq: int = Field(default=0, ge=0)
+    gate: dict[str, float | None] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime = Field(default_factory=utcnow)

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     worker_metrics_port: int = 9108
     producer_metrics_port: int = 0
+    # The stream processors' web port (Faust's, serving /metrics) and the retrain worker's metrics port.
+    processors_port: int = 9120
+    retrain_metrics_port: int = 9121
 
     # The local stack only: where its broker listens (the advertised address is the first bootstrap server),
     # the controller's loopback port, and Triton's metrics port (on the host of triton_http_url).
@@ -108,6 +111,8 @@ class Settings(BaseSettings):
     triton_metrics_port: int = 18002
 
     redis_key_prefix: str = "cxr"
+    # The feedback store (SQLite); unset: <home>/feedback/feedback.sqlite3. Readers must see the same file.
+    feedback_db: Path | None = None
     model_name: str = "cxr_classifier"
     # Size of the untrained model that `up` / `model init` export into an empty repository. Only that export
     # uses it: every served model states its own input size, which the workers read from Triton.
@@ -230,6 +235,14 @@ class Settings(BaseSettings):
     @property
     def model_repository(self) -> Path:
         return self.home / "model_repository"
+
+    @property
+    def feedback_db_path(self) -> Path:
+        return (
+            self.feedback_db.expanduser().resolve()
+            if self.feedback_db
+            else self.home / "feedback" / "feedback.sqlite3"
+        )
 
     @property
     def logs_dir(self) -> Path:

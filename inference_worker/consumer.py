@@ -229,6 +229,7 @@ class InferenceWorker:
             model_name=self._model_name,
             scored_at=self._clock(),
             tiers=contract.tiers(self._sla),
+            threshold=contract.operating_threshold,
             weights=self._weights,
         )
 

@@ -38,6 +38,7 @@ def build_predictions(
     model_name: str,
     scored_at: datetime,
     tiers: TierThresholds,
+    threshold: float | None = None,
     weights: Mapping[str, float] | None = None,
 ) -> ScoredBatch:
     """One prediction per prepared study, filed into a tier by ``tiers`` (the scoring model's thresholds).
@@ -60,6 +61,7 @@ def build_predictions(
                 received_at=item.study.received_at,
                 scored_at=scored_at,
                 tier=tiers.tier_for(value),
+                threshold=threshold,
             )
             cams = None if raw is None else encode_cams(raw)
         except (ValidationError, ValueError) as exc:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from cxr_triage.events import FeedbackEventV1
+from cxr_triage.labels import LABELS
 
 DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
@@ -59,3 +63,42 @@ def dicom_bytes(
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def feedback_event(
+    study_id: str = "s1",
+    radiologist: str = "dr-a",
+    *,
+    verdict_id: str | None = None,
+    abnormal: bool = True,
+    priority: float = 0.7,
+    model_version: str = "1",
+    decided_at: datetime | None = None,
+    kind: str = "verdict",
+    threshold: float | None = 0.5,
+) -> FeedbackEventV1:
+    """A joined example: an abnormal one has Edema, a normal one No Finding (and the model's ``priority``)."""
+    now = decided_at or datetime.now(UTC)
+    labels = dict.fromkeys(LABELS, 0)
+    labels["Edema" if abnormal else "No Finding"] = 1
+    probabilities = dict.fromkeys(LABELS, 0.1)
+    probabilities["No Finding"] = 1.0 - priority
+    return FeedbackEventV1(
+        study_id=study_id,
+        radiologist=radiologist,
+        verdict_id=verdict_id or f"v-{study_id}-{radiologist}-{now.timestamp():.6f}",
+        kind=kind,  # type: ignore[arg-type]
+        image_uri=f"file:///images/{'a' * 64}.png",
+        sha256="a" * 64,
+        content_type="image/png",
+        source="test",
+        labels=labels,  # type: ignore[arg-type]
+        model_name="cxr_classifier",
+        model_version=model_version,
+        probabilities=probabilities,
+        priority=priority,
+        threshold=threshold,
+        received_at=now - timedelta(minutes=10),
+        scored_at=now - timedelta(minutes=9),
+        decided_at=now,
+    )

@@ -1,0 +1,169 @@
+"""Feedback examples persisted in SQLite: one row per (study, radiologist), replay-safe, ordered by ``seq``.
+
+Why SQLite: the store must upsert (an amendment replaces that radiologist's earlier example, and a replay of
+the topics must not add a row), answer "since" queries cheaply, and survive a crash without a server to run;
+Parquet files would need a compaction job for the first two. One writer (the stream processors' feedback
+sink); any number of readers (the trainer, ``cxr-triage feedback stats``) thanks to WAL mode.
+
+``seq`` is a monotonically increasing arrival number (SQLite AUTOINCREMENT never reuses one): a data window
+is a ``seq`` range, and an amended example gets a new ``seq``, so it counts as new data. "Since model version
+X" means every example stored since the first one scored by X, whichever version scored the later ones.
+
+The store also keeps the processors' small state documents (``state``): unmatched verdicts waiting, the last
+drift scores, the training request outstanding; the CLI reads them without asking a running processor.
+
+Rows hold the ``FeedbackEventV1`` JSON: an image URI and hash, never a note or a patient identifier.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cxr_triage.events import FeedbackEventV1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS examples (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id TEXT NOT NULL,
+    radiologist TEXT NOT NULL,
+    verdict_id TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    event TEXT NOT NULL,
+    stored_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    UNIQUE (study_id, radiologist)
+);
+CREATE INDEX IF NOT EXISTS examples_by_version ON examples (model_version, seq);
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredExample:
+    seq: int
+    event: FeedbackEventV1
+
+
+class FeedbackStore:
+    """A connection per call: safe from threads and processes, and nothing left open between calls."""
+
+    def __init__(self, path: Path, *, timeout_s: float = 30.0) -> None:
+        self.path = path
+        self._timeout_s = timeout_s
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=self._timeout_s)) as db:
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged example survives a power cut
+            with db:  # one transaction: committed on success, rolled back on error
+                yield db
+
+    def upsert(self, event: FeedbackEventV1) -> bool:
+        """Store ``event``; True if the store changed.
+
+        The same verdict again (a replay) changes nothing; a verdict decided before the stored one (an old
+        record replayed after an amendment) is ignored; a newer one replaces the row under a new ``seq``.
+        """
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT verdict_id, decided_at FROM examples WHERE study_id = ? AND radiologist = ?",
+                (event.study_id, event.radiologist),
+            ).fetchone()
+            if row is not None:
+                verdict_id, decided_at = row
+                if verdict_id == event.verdict_id:
+                    return False
+                if datetime.fromisoformat(decided_at) > event.decided_at:
+                    return False
+                db.execute(
+                    "DELETE FROM examples WHERE study_id = ? AND radiologist = ?",
+                    (event.study_id, event.radiologist),
+                )
+            db.execute(
+                "INSERT INTO examples (study_id, radiologist, verdict_id, decided_at, model_version, event)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    event.study_id,
+                    event.radiologist,
+                    event.verdict_id,
+                    event.decided_at.isoformat(),
+                    event.model_version,
+                    event.model_dump_json(),
+                ),
+            )
+            return True
+
+    def count(self, *, after_seq: int = 0) -> int:
+        with self._connect() as db:
+            (n,) = db.execute("SELECT count(*) FROM examples WHERE seq > ?", (after_seq,)).fetchone()
+        return int(n)
+
+    def counts_by_model_version(self) -> dict[str, int]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT model_version, count(*) FROM examples GROUP BY model_version ORDER BY model_version"
+            ).fetchall()
+        return {str(version): int(n) for version, n in rows}
+
+    def max_seq(self) -> int:
+        """The newest example's ``seq`` (0 when empty): the upper end of a data window taken now."""
+        with self._connect() as db:
+            (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM examples").fetchone()
+        return int(seq)
+
+    def examples(self, *, after_seq: int = 0, up_to_seq: int | None = None) -> list[StoredExample]:
+        """Examples with ``after_seq < seq <= up_to_seq``, oldest first."""
+        upper = up_to_seq if up_to_seq is not None else 2**62
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT seq, event FROM examples WHERE seq > ? AND seq <= ? ORDER BY seq", (after_seq, upper)
+            ).fetchall()
+        return [StoredExample(int(seq), FeedbackEventV1.model_validate_json(raw)) for seq, raw in rows]
+
+    def scored_by(self, model_version: str, *, last: int | None = None) -> list[StoredExample]:
+        """Examples whose prediction came from ``model_version`` (the newest ``last`` of them), oldest first."""
+        query = "SELECT seq, event FROM examples WHERE model_version = ? ORDER BY seq DESC"
+        params: tuple[Any, ...] = (model_version,)
+        if last is not None:
+            query += " LIMIT ?"
+            params = (model_version, last)
+        with self._connect() as db:
+            rows = db.execute(query, params).fetchall()
+        return [
+            StoredExample(int(seq), FeedbackEventV1.model_validate_json(raw)) for seq, raw in reversed(rows)
+        ]
+
+    def since_model_version(self, model_version: str) -> list[StoredExample]:
+        """Every example stored since the first one scored by ``model_version`` (empty if none was)."""
+        with self._connect() as db:
+            (first,) = db.execute(
+                "SELECT min(seq) FROM examples WHERE model_version = ?", (model_version,)
+            ).fetchone()
+        return [] if first is None else self.examples(after_seq=int(first) - 1)
+
+    def put_state(self, name: str, value: dict[str, Any]) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO state (name, value) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                (name, json.dumps(value, default=str, sort_keys=True)),
+            )
+
+    def get_state(self, name: str) -> dict[str, Any] | None:
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM state WHERE name = ?", (name,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
