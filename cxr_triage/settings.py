@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     worker_max_batch: int = Field(default=8, ge=1, le=256)
     worker_max_wait_ms: int = Field(default=100, ge=1)
     worker_count: int = Field(default=1, ge=0, le=16)
+    # The feedback loop's processes, which `cxr-triage up` starts unless switched off here.
+    processors_enabled: bool = True
+    retrain_worker_enabled: bool = True
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from deploy.spec import Component, Launch
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("kafka", "redis", "mlflow", "triton", "worker", "api")
+KINDS: tuple[str, ...] = ("kafka", "redis", "mlflow", "triton", "worker", "api", "processors", "retrain")
 SKIP_MODEL_INIT_ENV = "CXR_SKIP_MODEL_INIT"
 
 
@@ -138,6 +138,32 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
             host=own_host,
         )
     )
+    # The feedback loop: Faust stream processors (join, store, online metrics, drift, retrain trigger) and
+    # the worker that trains, gates and promotes challengers when asked.
+    if settings.processors_enabled:
+        components.append(
+            Component(
+                name="processors",
+                port=settings.processors_port,
+                ports=(settings.processors_port,),
+                prepare=lambda: _cxr_command("processors", "run"),
+                probe=lambda: http_ok(f"{settings.local_url(settings.processors_port)}/metrics"),
+                start_timeout_s=120.0,
+                host=own_host,
+            )
+        )
+    if settings.retrain_worker_enabled:
+        components.append(
+            Component(
+                name="retrain",
+                port=settings.retrain_metrics_port,
+                ports=(settings.retrain_metrics_port,),
+                prepare=lambda: _cxr_command("retrain-worker"),
+                probe=lambda: http_ok(f"{settings.local_url(settings.retrain_metrics_port)}/metrics"),
+                start_timeout_s=120.0,
+                host=own_host,
+            )
+        )
     return components
 
 

@@ -21,6 +21,8 @@ ADDRESS_SETTINGS: dict[str, str] = {
     "MLFLOW_TRACKING_URI": "http://127.0.0.1:{}",
     "API_PORT": "{}",
     "WORKER_METRICS_PORT": "{}",
+    "PROCESSORS_PORT": "{}",
+    "RETRAIN_METRICS_PORT": "{}",
 }
 
 
@@ -40,6 +42,7 @@ def stack_env(
     *,
     worker_count: int = 0,
     skip_model_init: bool = True,
+    feedback_loop: bool = False,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Environment for a private stack under ``home`` (all ports free, no model init by default)."""
@@ -48,6 +51,9 @@ def stack_env(
     env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("CXR_")}
     env["CXR_HOME"] = str(home.resolve())
     env["CXR_WORKER_COUNT"] = str(worker_count)
+    # The stream processors and the retrain worker only where a test is about the feedback loop.
+    env["CXR_PROCESSORS_ENABLED"] = str(feedback_loop).lower()
+    env["CXR_RETRAIN_WORKER_ENABLED"] = str(feedback_loop).lower()
     ports = free_ports(len(ADDRESS_SETTINGS))
     for (name, template), port in zip(ADDRESS_SETTINGS.items(), ports, strict=True):
         env[f"CXR_{name}"] = template.format(port)
