@@ -37,12 +37,15 @@ def test_tiers_come_from_the_served_models_thresholds(rig: Rig) -> None:
     by_id = predictions(rig)
     assert [by_id[s].tier for s in ids] == [Tier.ROUTINE, Tier.URGENT, Tier.CRITICAL]  # type: ignore[attr-defined]
     assert [e.tier for e in rig.worklist.entries] == [Tier.ROUTINE, Tier.URGENT, Tier.CRITICAL]
+    # The operating threshold travels with each prediction: online sensitivity is measured at it.
+    assert {by_id[s].threshold for s in ids} == {0.3}  # type: ignore[attr-defined]
 
 
 def test_a_model_without_thresholds_is_filed_by_the_fixed_fallback(rig: Rig) -> None:
     rig.scorer.rows = {0: row(0.55)}  # priority 0.45: urgent for the model above, routine below 0.5
     rig.worker([study_message(rig.store, "S-mid", 0)]).step()
     assert predictions(rig)["S-mid"].tier is Tier.ROUTINE  # type: ignore[attr-defined]
+    assert predictions(rig)["S-mid"].threshold is None  # type: ignore[attr-defined]
 
 
 def test_a_new_input_size_mid_stream_is_read_from_triton_and_nothing_is_lost(rig: Rig) -> None:
