@@ -8,8 +8,10 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from cxr_triage import topics
 from cxr_triage.settings import Address, Settings
@@ -158,29 +160,41 @@ def prepare(settings: Settings) -> Launch:
 
 
 def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
-    """Create every topic of ``cxr_triage.topics.ALL`` that is missing (replication 1); idempotent."""
+    """Every topic of ``cxr_triage.topics.ALL`` present (replication 1) with its ``topics.CONFIGS``; idempotent.
+
+    Missing topics are created with their configs; existing ones get any config that differs set again
+    (incremental, so an operator's other topic settings stay). Kafka is the system of record the worklist is
+    rebuilt from: a topic left at the broker's 7-day delete policy would lose studies silently.
+    """
     from confluent_kafka import KafkaException
 
     try:
-        _ensure_topics(settings, timeout_s)
+        admin = kafka_admin(settings.kafka_bootstrap_servers)
+        _create_missing(admin, settings, timeout_s)
+        _warn_on_partition_counts(admin, settings)
+        _align_configs(admin)
     except KafkaException as exc:
-        raise KafkaSetupError(f"cannot list or create topics: {exc}") from exc
+        raise KafkaSetupError(f"cannot list, create or configure topics: {exc}") from exc
 
 
-def _ensure_topics(settings: Settings, timeout_s: float) -> None:
+def _create_missing(admin: Any, settings: Settings, timeout_s: float) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
-    admin = kafka_admin(settings.kafka_bootstrap_servers)
     deadline = time.monotonic() + timeout_s
     while True:
         existing = admin.list_topics(timeout=5).topics
         missing = [name for name in topics.ALL if name not in existing]
         if not missing:
-            break
+            return
         futures = admin.create_topics(
             [
-                NewTopic(name, num_partitions=settings.kafka_partitions, replication_factor=1)
+                NewTopic(
+                    name,
+                    num_partitions=settings.kafka_partitions,
+                    replication_factor=1,
+                    config=dict(topics.CONFIGS.get(name, {})),
+                )
                 for name in missing
             ],
             operation_timeout=10,
@@ -198,8 +212,11 @@ def _ensure_topics(settings: Settings, timeout_s: float) -> None:
                     raise KafkaSetupError(f"cannot create topic {name}: {error}") from exc
                 retry = True
         if not retry:
-            break
+            return
         time.sleep(0.2)
+
+
+def _warn_on_partition_counts(admin: Any, settings: Settings) -> None:
     for name in topics.ALL:
         meta = admin.list_topics(topic=name, timeout=5).topics[name]
         if len(meta.partitions) != settings.kafka_partitions:
@@ -211,3 +228,47 @@ def _ensure_topics(settings: Settings, timeout_s: float) -> None:
                     "configured": settings.kafka_partitions,
                 },
             )
+
+
+def topic_configs(admin: Any, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The effective value of every config of each topic (defaults included), as ``describe_configs`` says."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    futures = admin.describe_configs([ConfigResource(ResourceType.TOPIC, name) for name in names])
+    return {
+        resource.name: {key: entry.value for key, entry in future.result(timeout=10).items()}
+        for resource, future in futures.items()
+    }
+
+
+def config_drift(current: Mapping[str, Mapping[str, str | None]]) -> dict[str, dict[str, str]]:
+    """Per topic, the ``topics.CONFIGS`` entries whose value ``current`` does not have."""
+    drift = {}
+    for name, wanted in topics.CONFIGS.items():
+        have = current.get(name, {})
+        differing = {key: value for key, value in wanted.items() if have.get(key) != value}
+        if differing:
+            drift[name] = differing
+    return drift
+
+
+def _align_configs(admin: Any) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    drift = config_drift(topic_configs(admin, topics.CONFIGS))
+    if not drift:
+        return
+    resources = [
+        ConfigResource(
+            ResourceType.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)
+                for key, value in differing.items()
+            ],
+        )
+        for name, differing in drift.items()
+    ]
+    for resource, future in admin.incremental_alter_configs(resources).items():
+        future.result(timeout=10)
+        logger.info("set topic configs", extra={"topic": resource.name, "configs": drift[resource.name]})
