@@ -37,6 +37,30 @@ class TrainerSettings(Settings):
     split_seed: int = 20240601
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
 
+    # The retrain worker (`cxr-triage retrain-worker`, trainer/retrain*.py): its consumer group, the data it
+    # trains on, and bounds that keep one retraining within minutes on a CPU box.
+    retrain_group: str = "cxr-retrain"
+    # A CheXpert-layout folder trained on beside the feedback (its val split then picks the threshold);
+    # unset: feedback only.
+    retrain_public_data: Path | None = None
+    # Share of feedback studies never trained on and never used to choose a threshold: the gate's data.
+    retrain_heldout_fraction: float = Field(default=0.3, gt=0.0, lt=1.0)
+    # Below these the held-out slice cannot decide and the challenger is rejected (never promoted blind).
+    retrain_min_heldout: int = Field(default=20, ge=1)
+    retrain_min_heldout_per_class: int = Field(default=5, ge=1)
+    # "all": every training-slice example up to the request's up_to_seq (the champion's feedback too);
+    # "request": only the request's window (after_seq, up_to_seq].
+    retrain_feedback_window: Literal["all", "request"] = "all"
+    retrain_architecture: str = "densenet121"
+    # Unset: the champion's input size (its `cxr.input_size` tag), else the initial model's.
+    retrain_input_size: int | None = Field(default=None, ge=32, le=1024)
+    retrain_epochs: int = Field(default=2, ge=1)
+    retrain_max_steps: int | None = Field(default=50, ge=1)
+    retrain_batch_size: int = Field(default=8, ge=1)
+    retrain_workers: int = Field(default=2, ge=0)
+    retrain_lr: float = Field(default=1e-4, gt=0)
+    retrain_max_minutes: float | None = Field(default=30.0, gt=0)
+
     @property
     def ray_dir(self) -> Path:
         return self.ray_tmpdir or self.home / "ray"

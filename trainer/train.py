@@ -29,6 +29,7 @@ from trainer.data.dataset import CXRDataset
 from trainer.data.manifest import Manifest, Verify, build_manifest
 from trainer.data.open import open_sources
 from trainer.data.policies import UncertaintyPolicy
+from trainer.data.sources import ExampleSource
 from trainer.data.splits import Split, select
 from trainer.errors import TrainerError
 from trainer.export_model import export_trained, onnx_probabilities, parity, session
@@ -64,10 +65,17 @@ class TrainOutcome:
 
 
 def load_split_data(
-    data: Sequence[Path], settings: TrainerSettings, *, verify: Verify = Verify.DECODE
+    data: Sequence[Path],
+    settings: TrainerSettings,
+    *,
+    verify: Verify = Verify.DECODE,
+    sources: Sequence[ExampleSource] = (),
 ) -> tuple[Manifest, Manifest]:
-    """The training and validation manifests of ``data`` (patient-level split, checked before training)."""
-    manifest = build_manifest(open_sources(data), verify=verify)
+    """The training and validation manifests of ``data`` and ``sources`` (patient-level split, checked first).
+
+    Examples of a source's ``test`` split (the feedback's held-out slice) are in neither.
+    """
+    manifest = build_manifest([*open_sources(data), *sources], verify=verify)
     fraction, seed = settings.val_fraction, settings.split_seed
     return (
         select(manifest, Split.TRAIN, val_fraction=fraction, seed=seed),
@@ -159,10 +167,16 @@ def run_training(
     int8: bool = False,
     verify: Verify = Verify.DECODE,
     tags: dict[str, str] | None = None,
+    sources: Sequence[ExampleSource] = (),
+    params: dict[str, Any] | None = None,
 ) -> TrainOutcome:
-    """Train, evaluate on the validation split, export and check ONNX, register as ``challenger``."""
+    """Train, evaluate on the validation split, export and check ONNX, register as ``challenger``.
+
+    ``sources`` are data sources beside the ``data`` folders (the feedback store); ``params`` are logged
+    with the run's own.
+    """
     started = time.perf_counter()
-    train, val = load_split_data(data, settings, verify=verify)
+    train, val = load_split_data(data, settings, verify=verify, sources=sources)
     client = tracking.client_for(settings.mlflow_tracking_uri)
     experiment_id = tracking.ensure_experiment(client, experiment or settings.mlflow_experiment)
     run = client.create_run(
@@ -175,7 +189,7 @@ def run_training(
             run_id,
             {**cfg.model_dump(mode="json"), **_data_params(train, val, data), "val_fraction": settings.val_fraction,
              "split_seed": settings.split_seed, "target_sensitivity": settings.target_sensitivity,
-             "resumed_from": str(resume_from or "")},
+             "resumed_from": str(resume_from or ""), **(params or {})},
         )  # fmt: skip
         fit_started = time.perf_counter()
         # Local mode (no workers) runs the loop in this process: no cluster to start.
