@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 
 import click
 import httpx
@@ -36,7 +38,7 @@ def run() -> None:
     )
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 500))
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON.")
 @click.option(
@@ -45,8 +47,11 @@ def run() -> None:
     show_default="$CXR_API_TOKEN",
     help="Bearer token of a radiologist or engineer.",
 )
-def worklist(limit: int, as_json: bool, token: str) -> None:
-    """Print the top of the worklist, most urgent first."""
+@click.pass_context
+def worklist(ctx: click.Context, limit: int, as_json: bool, token: str) -> None:
+    """Print the top of the worklist, most urgent first; `worklist rebuild` restores it from Kafka."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings = load_settings()
     url = f"{settings.api_url}/worklist"
     if not token:
@@ -76,6 +81,42 @@ def worklist(limit: int, as_json: bool, token: str) -> None:
             f"{sla['tier']:<8}  {sla['effective_priority']:5.2f}  {item['priority']:5.3f}  "
             f"{sla['time_left_s'] / 60:6.0f}m  {item['study_id'][:20]:<20}  v{item['model_version']:<5}  {findings}"
         )
+
+
+@worklist.command("rebuild")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (and no progress bar).")
+def rebuild_command(as_json: bool) -> None:
+    """Rebuild the Redis worklist from cxr.studies.v1, cxr.predictions.v1 and cxr.verdicts.v1 alone.
+
+    Unread studies come back with their priorities and tiers, read ones read with their verdicts; leases
+    and activation maps do not. Safe to run twice and while workers run.
+    """
+    from tqdm import tqdm
+
+    from priority_queue_api.rebuild import RebuildError, rebuild
+
+    bars: list[tqdm[None]] = []
+
+    def progress(total: int) -> Callable[[], None]:
+        bar: tqdm[None] = tqdm(total=total, unit="event", desc="reading topics", file=sys.stderr)
+        bars.append(bar)
+        return lambda: bar.update(1)
+
+    try:
+        summary = rebuild(load_settings(), progress=None if as_json else progress)
+    except RebuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        for bar in bars:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(
+        f"rebuilt from {summary['studies']:.0f} studies, {summary['predictions']:.0f} predictions, "
+        f"{summary['verdicts']:.0f} verdicts: {summary['unread']:.0f} unread, {summary['read']:.0f} read, "
+        f"{summary['awaiting_score']:.0f} awaiting a score ({summary['seconds']:.1f} s)"
+    )
 
 
 @click.group()

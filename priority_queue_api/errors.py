@@ -24,6 +24,10 @@ class ApiError(Exception):
         self.message = message
 
 
+class BadRequest(ApiError):
+    status_code = 400
+
+
 class StudyNotFound(ApiError, LookupError):
     status_code = 404
 

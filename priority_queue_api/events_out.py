@@ -160,6 +160,7 @@ class AuditSubject:
 
 
 _OUTCOMES: dict[int, AuditOutcome] = {
+    400: "invalid",
     403: "denied",
     404: "not_found",
     409: "conflict",

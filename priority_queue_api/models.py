@@ -154,6 +154,9 @@ class VerdictPublic(BaseModel):
     note: str | None
     model_version: str
     decided_at: datetime
+    idempotency_key: str | None = Field(
+        default=None, description="The submission's Idempotency-Key: the client's, or the one the API derived"
+    )
     replayed: bool = Field(description="True when this exact verdict had been recorded before (no new event)")
 
 

@@ -1,18 +1,25 @@
-"""Recording a verdict: Kafka first (the source of truth), then the worklist projection.
+"""Recording a verdict: Kafka first (the source of truth), then the worklist projection, in one script.
 
-Order of work, so that an acknowledged verdict is never lost and a failed one changes nothing:
-1. hold the study for the author (``reserve``: 409 if another radiologist holds its lease);
-2. publish ``VerdictEventV1`` and wait for Kafka's acknowledgement (503 and the hold is undone otherwise);
-3. mark the study read and remember the verdict for idempotency.
-The same verdict sent again by the same radiologist is answered from step 3's record without a new event;
-a different one is an amendment that names the verdict it replaces.
+Each submission has an Idempotency-Key (the client's, else derived from it: ``idempotency``). Order of work,
+so that an acknowledged verdict is never lost, a failed one changes nothing, and a retry is safe:
+
+1. a key already recorded is answered from its record (``replayed``), without a new event; the same key
+   with a different reading is refused (422, as the draft says);
+2. hold the study for the author (``reserve``: 409 if another radiologist holds its lease);
+3. keep the event as pending under its key, publish it and wait for Kafka's acknowledgement (503 and the
+   hold is undone otherwise);
+4. one script records the verdict and its key and completes the study (``cxr_triage.worklist.verdicts``).
+
+If Kafka acknowledged but step 4 failed (Redis down, the API killed), the client's retry with the same key
+finds the pending event and publishes exactly it again (same verdict id, which every consumer dedupes), then
+records it. Without a key, the same reading as the radiologist's latest verdict is a replay; a different
+one is an amendment that names the verdict it replaces.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import cast
 
@@ -20,9 +27,11 @@ from redis.asyncio import Redis
 
 from cxr_triage import topics
 from cxr_triage.events import VerdictEventV1
-from cxr_triage.worklist.claims import complete, release, reserve
+from cxr_triage.worklist import verdicts as stored
+from cxr_triage.worklist.claims import release, reserve
 from cxr_triage.worklist.keys import WorklistKeys
-from priority_queue_api.errors import Conflict, EventsUnavailable, StudyNotFound
+from priority_queue_api import idempotency
+from priority_queue_api.errors import Conflict, EventsUnavailable, StudyNotFound, Unprocessable
 from priority_queue_api.events_out import DeliveryFailed, EventSink
 from priority_queue_api.models import VerdictCreate, VerdictPublic
 
@@ -49,7 +58,47 @@ def _public(event: VerdictEventV1, *, replayed: bool) -> VerdictPublic:
         note=event.note,
         model_version=event.model_version,
         decided_at=event.decided_at,
+        idempotency_key=event.idempotency_key,
         replayed=replayed,
+    )
+
+
+def _check_same(event: VerdictEventV1, body: VerdictCreate, *, client_key: bool) -> None:
+    # A derived key already is a hash of the reading; only a client's key can be reused for another one.
+    if client_key and idempotency.fingerprint_of_event(event) != idempotency.fingerprint_of_body(body):
+        raise Unprocessable(
+            f"this {idempotency.HEADER} was used for a different verdict on this study; "
+            "send a new key for a new verdict"
+        )
+
+
+def _new_event(
+    *,
+    study: dict[str, str],
+    study_id: str,
+    radiologist: str,
+    body: VerdictCreate,
+    key: str,
+    previous: VerdictEventV1 | None,
+    claimed_at: str | None,
+) -> VerdictEventV1:
+    return VerdictEventV1(
+        verdict_id=idempotency.verdict_id(study_id, radiologist, key),
+        kind="amendment" if previous is not None else "verdict",
+        amends=previous.verdict_id if previous is not None else None,
+        study_id=study_id,
+        radiologist=radiologist,
+        labels=body.labels,
+        uncertain=tuple(body.uncertain),
+        note=body.note or None,
+        agreed_with_model=body.agreed_with_model,
+        model_name=study["model_name"],
+        model_version=body.model_version_seen or study["model_version"],
+        received_at=datetime.fromisoformat(study["received_at"]),
+        scored_at=datetime.fromisoformat(study["scored_at"]),
+        claimed_at=datetime.fromtimestamp(float(claimed_at), UTC) if claimed_at else None,
+        decided_at=datetime.now(UTC),
+        idempotency_key=key,
     )
 
 
@@ -62,6 +111,7 @@ async def record_verdict(
     study_id: str,
     body: VerdictCreate,
     lease_s: int,
+    idempotency_key: str | None = None,
 ) -> VerdictPublic:
     study = cast(dict[str, str], await redis.hgetall(keys.study(study_id)))
     if not study:
@@ -72,44 +122,50 @@ async def record_verdict(
     try:
         previous_raw = await redis.hget(keys.verdicts(study_id), radiologist)
         previous = VerdictEventV1.from_bytes(previous_raw) if previous_raw else None
-        if previous is not None and _same_reading(previous, body):
+        client_key = idempotency_key is not None
+        key = idempotency_key or idempotency.derived_key(
+            study_id, radiologist, body, previous.verdict_id if previous else None
+        )
+        done = await stored.recorded(redis, keys=keys, study_id=study_id, radiologist=radiologist, key=key)
+        if done is not None:
+            _check_same(done, body, client_key=client_key)
+            return _public(done, replayed=True)
+        event = await stored.pending(redis, keys=keys, study_id=study_id, radiologist=radiologist, key=key)
+        if event is not None:
+            _check_same(event, body, client_key=client_key)
+        elif previous is not None and _same_reading(previous, body):
             return _public(previous, replayed=True)
 
         held = await reserve(redis, keys=keys, study_id=study_id, radiologist=radiologist, lease_s=lease_s)
-        if held.status == "conflict":
+        # A pending verdict may already be in Kafka, the record: it is completed whoever holds the study now.
+        if held.status == "conflict" and event is None:
             raise Conflict(
                 f"study {study_id!r} is claimed by {held.holder}; only they can record a verdict now"
             )
-        claimed_at = await redis.hget(keys.lease(study_id), "claimed_at")
-        event = VerdictEventV1(
-            verdict_id=uuid.uuid4().hex,
-            kind="amendment" if previous is not None else "verdict",
-            amends=previous.verdict_id if previous is not None else None,
-            study_id=study_id,
-            radiologist=radiologist,
-            labels=body.labels,
-            uncertain=tuple(body.uncertain),
-            note=body.note or None,
-            agreed_with_model=body.agreed_with_model,
-            model_name=study["model_name"],
-            model_version=body.model_version_seen or study["model_version"],
-            received_at=datetime.fromisoformat(study["received_at"]),
-            scored_at=datetime.fromisoformat(study["scored_at"]),
-            claimed_at=datetime.fromtimestamp(float(claimed_at), UTC) if claimed_at else None,
-            decided_at=datetime.now(UTC),
-        )
+        if event is None:
+            claimed_at = cast(str | None, await redis.hget(keys.lease(study_id), "claimed_at"))
+            event = _new_event(
+                study=study,
+                study_id=study_id,
+                radiologist=radiologist,
+                body=body,
+                key=key,
+                previous=previous,
+                claimed_at=claimed_at,
+            )
+            await stored.stash_pending(redis, keys=keys, event=event)
         try:
-            await sink.deliver(topics.VERDICTS, study_id, event)
+            await sink.deliver(topics.VERDICTS, event.key, event)
         except DeliveryFailed as exc:
             log.error("verdict not acknowledged by Kafka", extra={"error": str(exc)})
             if held.status == "reserved":  # we took the study only for this verdict: give it back
                 await release(redis, keys=keys, study_id=study_id, radiologist=radiologist)
+            # The pending event stays: if Kafka has it after all, the retry sends the very same one.
             raise EventsUnavailable(
                 "the verdict could not be saved: Kafka did not acknowledge it, so nothing was recorded; retry"
             ) from exc
 
-        await redis.hset(keys.verdicts(study_id), radiologist, event.model_dump_json())
-        holder = await complete(redis, keys=keys, study_id=study_id, now=time.time())
+        holder = await stored.record_verdict(redis, keys=keys, event=event, now=time.time())
         if holder and holder != radiologist:
             log.warning("verdict recorded while another radiologist held the lease")
         log.info("verdict recorded", extra={"kind": event.kind, "radiologist": radiologist})

@@ -34,3 +34,12 @@ class WorklistKeys(RedisKeys):
 
     def verdict_lock(self, study_id: str, radiologist: str) -> str:
         return f"{self.prefix}:verdict-lock:{study_id}:{radiologist}"
+
+    def verdict_times(self, study_id: str) -> str:
+        return f"{self.prefix}:verdict-at:{study_id}"
+
+    def verdict_keys(self, study_id: str, radiologist: str) -> str:
+        return f"{self.prefix}:verdict-keys:{study_id}:{radiologist}"
+
+    def verdict_pending(self, study_id: str, radiologist: str) -> str:
+        return f"{self.prefix}:verdict-pending:{study_id}:{radiologist}"

@@ -48,7 +48,7 @@ def upsert_study(
     """
     study_id = prediction.study_id
     reply = sync_script(client, "upsert")(
-        keys=[keys.study(study_id), keys.worklist, keys.cam(study_id)],
+        keys=[keys.study(study_id), keys.worklist, keys.cam(study_id), keys.read],
         args=_arguments(study, prediction, tier, cams),
         client=client,
     )

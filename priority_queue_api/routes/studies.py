@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 
 from cxr_triage.events import STUDY_ID_PATTERN
 from cxr_triage.labels import LABELS
 from cxr_triage.worklist.claims import release
+from priority_queue_api import idempotency
 from priority_queue_api.deps import (
     AuditorDep,
     PolicyDep,
@@ -146,10 +147,20 @@ async def post_verdict(
     auditor: AuditorDep,
     study_id: StudyId,
     body: VerdictCreate,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="Names this submission (1-128 visible ASCII characters, e.g. a UUID): a retry with it "
+            "is answered with the verdict recorded under it (no second event); the same key with a different "
+            "reading is refused (422). Without it the key is derived from the reading.",
+        ),
+    ] = None,
 ) -> VerdictPublic:
     """Record the radiologist's 14 findings. Answered only once Kafka (``cxr.verdicts.v1``) has the verdict;
     the same verdict again is a no-op, a different one from the same radiologist is an amendment."""
     with auditor.recording(user, "verdict", "study", study_id):
+        key = idempotency.parse_header(idempotency_key)
         verdict = await record_verdict(
             redis=redis,
             keys=keys,
@@ -158,6 +169,7 @@ async def post_verdict(
             study_id=study_id,
             body=body,
             lease_s=policy.lease_s,
+            idempotency_key=key,
         )
     if verdict.kind == "amendment" and not verdict.replayed:
         auditor.record(user, "amend", "verdict", "ok", study_id=study_id, status_code=200)

@@ -1,7 +1,8 @@
 -- Write one scored study: its hash, its worklist entry and its activation maps, together. A study is scored
 -- once: if the hash already holds a prediction, nothing changes and the stored one is returned, so that the
 -- worker republishes exactly it and files the study into the tier stored first.
--- KEYS: study hash, worklist, maps.
+-- KEYS: study hash, worklist, maps, read set (a study read already never goes back on the worklist: after Redis
+--       was lost, `worklist rebuild` may mark it read before a worker replaying its batch writes its hash).
 -- ARGV: study id, priority, model version, scored_at, probabilities (JSON), tier, maps (bytes or ""),
 --       cam_h, cam_w, then field/value pairs of the hash.
 -- Returns {changed (0/1), model version, scored_at, priority, probabilities, tier} as stored.
@@ -20,5 +21,5 @@ if ARGV[7] ~= '' then
   redis.call('SET', KEYS[3], ARGV[7])
   redis.call('HSET', KEYS[1], 'cam_h', ARGV[8], 'cam_w', ARGV[9])
 end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if not redis.call('ZSCORE', KEYS[4], ARGV[1]) then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
 return {1, ARGV[3], ARGV[4], ARGV[2], ARGV[5], ARGV[6]}
