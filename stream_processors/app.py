@@ -1,0 +1,46 @@
+"""The Faust app of the stream processors: built by a factory, never at import (no global app object)."""
+
+from __future__ import annotations
+
+import faust
+
+from cxr_triage.feedback.store import FeedbackStore
+from cxr_triage.image_store import open_image_store
+from stream_processors.agents import wire
+from stream_processors.config import ProcessorSettings
+from stream_processors.metrics import ProcessorMetrics
+from stream_processors.monitors import Monitors
+
+
+def create_app(settings: ProcessorSettings, *, metrics: ProcessorMetrics | None = None) -> faust.App:
+    """The processors' app: tables in memory, recovered from their changelog topics on start."""
+    app = faust.App(
+        settings.processors_app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        topic_partitions=settings.kafka_partitions,
+        topic_replication_factor=1,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_bind=settings.bind_host,
+        web_host=settings.bind_host,
+        web_port=settings.processors_port,
+        # Only our own /metrics page, not Faust's debugging views (tables by key would serve study ids).
+        web_graph_enabled=False,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
+        # The join's ordering needs one actor per agent; one worker process per app id (SQLite, one writer).
+        topic_disable_leader=True,
+    )
+    monitors = Monitors(
+        settings,
+        store=FeedbackStore(settings.feedback_db_path),
+        metrics=metrics or ProcessorMetrics(),
+        images=open_image_store(settings),
+    )
+    wire(app, settings, monitors)
+    return app

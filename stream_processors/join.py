@@ -1,0 +1,167 @@
+"""The join's decisions, without Faust: one study's state in, the new state and what to publish out.
+
+A study's ``JoinState`` (one Faust table row, key = study id) collects its study event, its latest prediction
+and, per radiologist, either the verdict waiting for the other two or the verdict already turned into
+feedback. Events may come in any order; the functions here are pure so each order is unit-tested.
+
+Per radiologist only the latest decision counts: an amendment replaces the earlier verdict (a new feedback
+event under the same key), while an older verdict seen again (a replay after an amendment, or a redelivery
+after a crash) changes nothing and publishes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from cxr_triage import topics
+from cxr_triage.events import (
+    DeadLetterEventV1,
+    FeedbackEventV1,
+    PredictionEventV1,
+    StudyEventV1,
+    VerdictEventV1,
+)
+
+
+class WaitingVerdict(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    verdict: VerdictEventV1
+    # Processing time (epoch seconds) the verdict was first seen unmatched: the wait runs from there.
+    since: float
+
+
+class JoinedVerdict(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    verdict_id: str
+    decided_at: datetime
+
+
+class JoinState(BaseModel):
+    """Everything the join knows about one study (a Faust table value, JSON)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    study: StudyEventV1 | None = None
+    prediction: PredictionEventV1 | None = None
+    waiting: dict[str, WaitingVerdict] = {}
+    joined: dict[str, JoinedVerdict] = {}
+    # The drift monitor's summary of the input image, kept until the prediction gives it a priority.
+    input_sample: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    state: JoinState
+    feedback: list[FeedbackEventV1] = field(default_factory=list)
+    dead_letters: list[DeadLetterEventV1] = field(default_factory=list)
+
+
+def _is_newer(verdict: VerdictEventV1, than: JoinedVerdict | WaitingVerdict | None) -> bool:
+    """Whether ``verdict`` replaces what is known of that radiologist's reading (None: nothing known)."""
+    if than is None:
+        return True
+    known_id, known_at = (
+        (than.verdict.verdict_id, than.verdict.decided_at)
+        if isinstance(than, WaitingVerdict)
+        else (than.verdict_id, than.decided_at)
+    )
+    return verdict.verdict_id != known_id and verdict.decided_at >= known_at
+
+
+def feedback_of(
+    study: StudyEventV1, prediction: PredictionEventV1, verdict: VerdictEventV1
+) -> FeedbackEventV1:
+    return FeedbackEventV1(
+        study_id=study.study_id,
+        radiologist=verdict.radiologist,
+        verdict_id=verdict.verdict_id,
+        kind=verdict.kind,
+        image_uri=study.image_uri,
+        sha256=study.sha256,
+        content_type=study.content_type,
+        source=study.source,
+        labels=verdict.labels,
+        uncertain=verdict.uncertain,
+        agreed_with_model=verdict.agreed_with_model,
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
+        probabilities=prediction.probabilities,
+        priority=prediction.priority,
+        tier=prediction.tier,
+        threshold=prediction.threshold,
+        received_at=study.received_at,
+        scored_at=prediction.scored_at,
+        claimed_at=verdict.claimed_at,
+        decided_at=verdict.decided_at,
+    )
+
+
+def _release(state: JoinState) -> Step:
+    """Turn every waiting verdict into feedback once the study and its prediction are both known."""
+    if state.study is None or state.prediction is None or not state.waiting:
+        return Step(state)
+    feedback = [feedback_of(state.study, state.prediction, w.verdict) for w in state.waiting.values()]
+    joined = dict(state.joined)
+    for radiologist, w in state.waiting.items():
+        joined[radiologist] = JoinedVerdict(verdict_id=w.verdict.verdict_id, decided_at=w.verdict.decided_at)
+    return Step(state.model_copy(update={"waiting": {}, "joined": joined}), feedback=feedback)
+
+
+def on_study(state: JoinState, study: StudyEventV1) -> Step:
+    return _release(state.model_copy(update={"study": study}))
+
+
+def on_prediction(state: JoinState, prediction: PredictionEventV1) -> Step:
+    # The latest scoring wins (a re-score by a new version); feedback already published keeps the
+    # prediction it was joined with: the verdict judged that one.
+    if state.prediction is not None and prediction.scored_at < state.prediction.scored_at:
+        return Step(state)
+    return _release(state.model_copy(update={"prediction": prediction}))
+
+
+def on_verdict(state: JoinState, verdict: VerdictEventV1, *, now: float) -> Step:
+    radiologist = verdict.radiologist
+    known = state.waiting.get(radiologist) or state.joined.get(radiologist)
+    if not _is_newer(verdict, known):
+        return Step(state)
+    previous = state.waiting.get(radiologist)
+    since = previous.since if previous is not None else now
+    waiting = {**state.waiting, radiologist: WaitingVerdict(verdict=verdict, since=since)}
+    return _release(state.model_copy(update={"waiting": waiting}))
+
+
+def expire(state: JoinState, *, now: float, wait_s: float) -> Step:
+    """Dead-letter the verdicts that waited ``wait_s`` for their study or prediction; keep the others."""
+    expired = {r: w for r, w in state.waiting.items() if now - w.since >= wait_s}
+    if not expired:
+        return Step(state)
+    missing = [
+        name for name, known in (("study", state.study), ("prediction", state.prediction)) if not known
+    ]
+    reason = (
+        f"verdict unmatched after {wait_s:g} s: no {' and no '.join(missing)} event for its study"
+        if missing
+        else f"verdict unmatched after {wait_s:g} s"
+    )
+    dead = [
+        DeadLetterEventV1(
+            stage="processor",
+            reason=reason,
+            error_type="UnmatchedVerdict",
+            study_id=w.verdict.study_id,
+            original=w.verdict.model_dump_json(),
+            original_topic=topics.VERDICTS,
+        )
+        for w in expired.values()
+    ]
+    waiting = {r: w for r, w in state.waiting.items() if r not in expired}
+    return Step(state.model_copy(update={"waiting": waiting}), dead_letters=dead)
+
+
+def waiting_count(state: JoinState) -> int:
+    return len(state.waiting)

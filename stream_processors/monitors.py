@@ -1,0 +1,269 @@
+"""What the processors do with the feedback store: the sink, online metrics, drift windows and the trigger.
+
+Kafka stays out of here (``agents`` publishes what these methods return), and so does asyncio: every method
+is plain blocking code on SQLite that the agents run in a thread. State documents that must survive a
+restart (the trigger, the drift windows, the serving version) live in the store's ``state`` table, which is
+also what ``cxr-triage feedback stats`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from cxr_triage.events import (
+    DriftReportV1,
+    FeedbackEventV1,
+    MetricsEventV1,
+    PredictionEventV1,
+    StudyEventV1,
+    TrainingRequestEventV1,
+    TrainingResultEventV1,
+)
+from cxr_triage.feedback.store import FeedbackStore
+from cxr_triage.image_store import ImageStore, ImageStoreError
+from cxr_triage.imaging import ImageRejected, decode_grayscale
+from stream_processors.config import ProcessorSettings
+from stream_processors.drift import DriftThresholds, InputSample, drift_report, input_sample
+from stream_processors.drift_windows import DriftWindows, add_sample, reported, view_of
+from stream_processors.metrics import ProcessorMetrics
+from stream_processors.online_metrics import compute_metrics
+from stream_processors.status import (
+    DRIFT_STATE,
+    DRIFT_WINDOWS_STATE,
+    JOIN_STATE,
+    SERVING_STATE,
+    TRIGGER_STATE,
+)
+from stream_processors.trigger import TriggerPolicy, TriggerState, decide, observe_serving, settle
+
+logger = logging.getLogger(__name__)
+
+
+class Monitors:
+    def __init__(
+        self,
+        settings: ProcessorSettings,
+        *,
+        store: FeedbackStore,
+        metrics: ProcessorMetrics,
+        images: ImageStore,
+        drift_thresholds: DriftThresholds | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.images = images
+        self.drift_thresholds = drift_thresholds or DriftThresholds()
+        self.policy = TriggerPolicy(
+            min_labels=settings.retrain_min_labels,
+            auroc_floor=settings.auroc_floor,
+            sensitivity_floor=settings.sensitivity_floor,
+            floor_min_examples=settings.floor_min_examples,
+            on_drift=settings.retrain_on_drift,
+        )
+        # The trigger's read-decide-record must not interleave between the sink and the timers' threads.
+        self._trigger_lock = threading.Lock()
+        self._drift_lock = threading.Lock()
+        self._sliding: dict[str, MetricsEventV1] = {}
+        self._drift = DriftWindows.model_validate(store.get_state(DRIFT_WINDOWS_STATE) or {})
+        self._drift_dirty = False
+        serving = store.get_state(SERVING_STATE) or {}
+        self._serving: str | None = serving.get("model_version")
+        self._serving_at: str | None = serving.get("scored_at")
+
+    # -- the sink ------------------------------------------------------------------------------------------
+
+    def store_feedback(self, event: FeedbackEventV1) -> bool:
+        changed = self.store.upsert(event)
+        if changed:
+            self.metrics.feedback_stored.inc()
+        return changed
+
+    # -- the serving version -------------------------------------------------------------------------------
+
+    def observe_prediction(self, prediction: PredictionEventV1) -> None:
+        """Follow the version that scored the newest study: the one the floors and drift are about."""
+        scored_at = prediction.scored_at.isoformat()
+        if self._serving == prediction.model_version or (
+            self._serving_at is not None and datetime.fromisoformat(self._serving_at) > prediction.scored_at
+        ):
+            return
+        self._serving, self._serving_at = prediction.model_version, scored_at
+        self.store.put_state(SERVING_STATE, {"model_version": self._serving, "scored_at": scored_at})
+
+    @property
+    def serving_version(self) -> str | None:
+        return self._serving
+
+    # -- online metrics ------------------------------------------------------------------------------------
+
+    def online_metrics(self) -> list[MetricsEventV1]:
+        """Sliding-window and since-promotion metrics of every model version with examples."""
+        events: list[MetricsEventV1] = []
+        counts = self.store.counts_by_model_version()
+        for version, n in counts.items():
+            self.metrics.feedback_examples.labels(model_version=version).set(n)
+            all_rows = [row.event for row in self.store.scored_by(version)]
+            if not all_rows:
+                continue
+            model_name = all_rows[-1].model_name
+            sliding_rows = all_rows[-self.settings.metrics_window :]
+            for window, rows in (("sliding", sliding_rows), ("since_promotion", all_rows)):
+                event = compute_metrics(rows, model_name=model_name, model_version=version, window=window)  # type: ignore[arg-type]
+                self.metrics.observe_metrics(event)
+                events.append(event)
+                if window == "sliding":
+                    self._sliding[version] = event
+        return events
+
+    # -- the retrain trigger -------------------------------------------------------------------------------
+
+    def trigger_state(self) -> TriggerState:
+        return TriggerState.model_validate(self.store.get_state(TRIGGER_STATE) or {})
+
+    def _save_trigger(self, state: TriggerState) -> None:
+        self.store.put_state(TRIGGER_STATE, state.model_dump(mode="json"))
+        self.metrics.training_pending.set(1 if state.pending is not None else 0)
+
+    def check_trigger(self) -> TrainingRequestEventV1 | None:
+        """A request to publish now: a new one, or one recorded but not yet published (before a crash)."""
+        with self._trigger_lock:
+            state = self.trigger_state()
+            if self._serving is not None:
+                state = observe_serving(state, self._serving)
+            if state.pending is not None:
+                return None if state.published else state.pending
+            drift = self.store.get_state(DRIFT_STATE) or {}
+            decided = decide(
+                state,
+                total=self.store.count(),
+                max_seq=self.store.max_seq(),
+                count_after=lambda seq: self.store.count(after_seq=seq),
+                metrics=self._sliding.get(self._serving or ""),
+                drift_alert=bool(drift.get("alert")) and drift.get("model_version") == self._serving,
+                policy=self.policy,
+            )
+            if decided != state:
+                self._save_trigger(decided)
+            return decided.pending
+
+    def mark_published(self, request: TrainingRequestEventV1) -> None:
+        with self._trigger_lock:
+            state = self.trigger_state()
+            if state.pending is not None and state.pending.request_id == request.request_id:
+                self._save_trigger(state.model_copy(update={"published": True}))
+        self.metrics.training_requests.labels(reason=request.reason).inc()
+        logger.info(
+            "training request published",
+            extra={
+                "request_id": request.request_id,
+                "reason": request.reason,
+                "up_to_seq": request.up_to_seq,
+            },
+        )
+
+    def settle(self, result: TrainingResultEventV1) -> bool:
+        """Record a training result; True if it answered the pending request."""
+        with self._trigger_lock:
+            state = self.trigger_state()
+            settled = settle(state, result)
+            if settled == state:
+                return False
+            self._save_trigger(settled)
+        logger.info(
+            "training request handled",
+            extra={
+                "request_id": result.request_id,
+                "outcome": result.outcome,
+                "serving": result.serving_version,
+            },
+        )
+        return True
+
+    # -- drift -------------------------------------------------------------------------------------------
+
+    def summarise_input(self, study: StudyEventV1) -> InputSample | None:
+        """The drift summary of a study's image; None (logged, without the study) if it cannot be read."""
+        try:
+            data = self.images.get(study.image_uri)
+            pixels = decode_grayscale(data, study.content_type)
+        except (ImageStoreError, ImageRejected) as exc:
+            logger.warning("input not summarised for drift", extra={"error_type": type(exc).__name__})
+            return None
+        return input_sample(pixels, view=view_of(data, study.content_type), source=study.source)
+
+    def add_drift_sample(self, sample: InputSample, prediction: PredictionEventV1) -> None:
+        with self._drift_lock:
+            before = self._drift.reference
+            self._drift = add_sample(
+                self._drift,
+                sample=sample.model_dump(mode="json"),
+                priority=prediction.priority,
+                model_version=prediction.model_version,
+                scored_at=prediction.scored_at,
+                reference_size=self.settings.drift_reference_size,
+                window_size=self.settings.drift_window_size,
+            )
+            self._drift_dirty = True
+            if len(before) != len(self._drift.reference) and len(self._drift.reference) in (
+                1,
+                self.settings.drift_reference_size,
+            ):
+                # The reference is saved the moment it is complete: a restart must never rebuild it from
+                # later (possibly drifted) inputs.
+                self._save_drift_windows()
+
+    def _save_drift_windows(self) -> None:
+        self.store.put_state(DRIFT_WINDOWS_STATE, self._drift.model_dump(mode="json"))
+        self._drift_dirty = False
+
+    def drift_report(self) -> DriftReportV1 | None:
+        """Compare the newest inputs with the reference, when both are full enough and something changed."""
+        with self._drift_lock:
+            windows = self._drift
+            if self._drift_dirty:
+                self._save_drift_windows()
+            ready = (
+                windows.model_version is not None
+                and len(windows.reference) >= self.settings.drift_reference_size
+                and len(windows.window) >= self.drift_thresholds.min_window
+                and windows.added_since_report > 0
+            )
+            if not ready:
+                return None
+            self._drift = reported(windows)
+        assert windows.model_version is not None
+        report = drift_report(
+            [InputSample.model_validate(s) for s in windows.reference],
+            [InputSample.model_validate(s) for s in windows.window],
+            reference_priorities=windows.reference_priorities,
+            window_priorities=windows.window_priorities,
+            model_version=windows.model_version,
+            thresholds=self.drift_thresholds,
+        )
+        self.store.put_state(DRIFT_STATE, report.model_dump(mode="json"))
+        self.metrics.observe_drift(report)
+        log = logger.warning if report.alert else logger.info
+        log(
+            "drift report",
+            extra={
+                "model_version": report.model_version,
+                "alert": report.alert,
+                "flagged": [s.feature for s in report.scores if s.flagged],
+            },
+        )
+        return report
+
+    # -- the join's status -------------------------------------------------------------------------------
+
+    def record_join_status(self, *, waiting: int, dead_lettered: int) -> None:
+        self.metrics.unmatched_waiting.set(waiting)
+        previous = self.store.get_state(JOIN_STATE) or {}
+        document = {
+            "unmatched_waiting": waiting,
+            "dead_lettered": int(previous.get("dead_lettered", 0)) + dead_lettered,
+        }
+        if document != previous:
+            self.store.put_state(JOIN_STATE, document)

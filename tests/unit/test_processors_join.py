@@ -1,0 +1,89 @@
+"""The join's decisions in every arrival order, amendments, replays and the unmatched wait."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cxr_triage import topics
+from cxr_triage.events import VerdictEventV1
+from stream_processors import join
+from tests.processors_factories import T0, prediction, study, verdict
+
+
+
+def test_verdict_after_its_study_and_prediction_becomes_feedback_at_once() -> None:
+    state = join.on_study(join.JoinState(), study("s1")).state
+    state = join.on_prediction(state, prediction("s1", priority=0.8)).state
+    step = join.on_verdict(state, verdict("s1"), now=100.0)
+    assert len(step.feedback) == 1
+    example = step.feedback[0]
+    assert (example.study_id, example.radiologist, example.model_version) == ("s1", "dr-a", "1")
+    assert example.priority == 0.8 and example.threshold == 0.5 and example.abnormal == 1
+    assert example.uncertain == ("Pneumothorax",)
+    assert example.received_at < example.scored_at < example.claimed_at < example.decided_at  # type: ignore[operator]
+    assert example.key == topics.verdict_key("s1", "dr-a")
+    assert step.state.waiting == {} and "dr-a" in step.state.joined
+
+
+def test_verdict_before_its_prediction_waits_then_joins() -> None:
+    step = join.on_verdict(join.JoinState(), verdict("s1"), now=100.0)
+    assert step.feedback == [] and "dr-a" in step.state.waiting
+    step = join.on_prediction(step.state, prediction("s1"))
+    assert step.feedback == []  # still no study event
+    step = join.on_study(step.state, study("s1"))
+    assert [f.verdict_id for f in step.feedback] == [verdict("s1").verdict_id]
+    assert step.state.waiting == {}
+
+
+def test_amendment_replaces_and_a_replayed_older_verdict_changes_nothing() -> None:
+    state = join.on_prediction(join.on_study(join.JoinState(), study("s1")).state, prediction("s1")).state
+    first = verdict("s1", abnormal=True)
+    state = join.on_verdict(state, first, now=1.0).state
+    amendment = verdict(
+        "s1", abnormal=False, kind="amendment", verdict_id="amend-000001", decided_at=T0 + timedelta(hours=1)
+    )
+    step = join.on_verdict(state, amendment, now=2.0)
+    assert [(f.verdict_id, f.kind, f.abnormal) for f in step.feedback] == [("amend-000001", "amendment", 0)]
+    for replay in (first, amendment):
+        again = join.on_verdict(step.state, replay, now=3.0)
+        assert again.feedback == [] and again.state == step.state
+
+
+def test_two_radiologists_are_two_examples() -> None:
+    state = join.on_verdict(join.JoinState(), verdict("s1", radiologist="dr-a"), now=1.0).state
+    state = join.on_verdict(state, verdict("s1", radiologist="dr-b", abnormal=False), now=1.0).state
+    state = join.on_study(state, study("s1")).state
+    step = join.on_prediction(state, prediction("s1"))
+    assert sorted(f.radiologist for f in step.feedback) == ["dr-a", "dr-b"]
+
+
+def test_unmatched_verdict_is_dead_lettered_after_the_wait_with_its_reason() -> None:
+    v = verdict("unknown-study")
+    state = join.on_verdict(join.JoinState(), v, now=100.0).state
+    assert join.expire(state, now=109.0, wait_s=10.0).dead_letters == []
+    step = join.expire(state, now=110.0, wait_s=10.0)
+    [dead] = step.dead_letters
+    assert dead.stage == "processor" and dead.error_type == "UnmatchedVerdict"
+    assert dead.study_id == "unknown-study" and dead.original_topic == topics.VERDICTS
+    assert "no study and no prediction" in dead.reason
+    assert VerdictEventV1.model_validate_json(dead.original or "") == v
+    assert step.state.waiting == {}
+
+
+def test_a_redelivered_waiting_verdict_keeps_its_original_wait() -> None:
+    v = verdict("s1")
+    state = join.on_verdict(join.JoinState(), v, now=100.0).state
+    state = join.on_verdict(state, v, now=150.0).state
+    assert state.waiting["dr-a"].since == 100.0
+
+
+def test_an_older_prediction_does_not_replace_a_newer_one() -> None:
+    newer = prediction("s1", version="2", scored_at=T0 + timedelta(hours=1))
+    state = join.on_prediction(join.JoinState(), newer).state
+    state = join.on_prediction(state, prediction("s1", version="1")).state
+    assert state.prediction == newer
+
+
+def test_state_survives_its_json_round_trip() -> None:
+    state = join.on_verdict(join.on_study(join.JoinState(), study("s1")).state, verdict("s1"), now=1.0).state
+    assert join.JoinState.model_validate(state.model_dump(mode="json")) == state
