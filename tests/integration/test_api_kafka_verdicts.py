@@ -83,7 +83,9 @@ def test_verdict_is_published_then_the_study_leaves_the_list(kapi: Api, kafka: K
         ("rad2", "verdict"),
     ]
     event = events[0]
-    assert event["_key"] == study_id
+    # Keyed per (study, radiologist): compaction keeps each radiologist's latest reading.
+    assert [e["_key"] for e in events] == [topics.verdict_key(study_id, e["radiologist"]) for e in events]
+    assert event["idempotency_key"] and events[1]["idempotency_key"] != event["idempotency_key"]
     assert event["labels"]["Edema"] == 1 and event["labels"]["Cardiomegaly"] == 0
     assert list(event["labels"]) == list(LABELS)
     assert event["uncertain"] == ["Edema"] and event["note"] == "small effusion"
