@@ -1,0 +1,156 @@
+"""A private broker and the real ``cxr-triage processors run`` for the stream processors' integration tests.
+
+Each test gets its own broker (a few seconds to start) so that what the processor reads from the start of
+the topics is that test's events alone, and its own state folder (feedback store) and processors port.
+Events are produced directly as JSON with the project's producer settings (murmur2 partitioner).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+
+from cxr_triage import topics
+from cxr_triage.events import Event, VerdictEventV1
+from cxr_triage.feedback.store import FeedbackStore
+from cxr_triage.kafka_config import producer_config
+from cxr_triage.settings import Settings
+from deploy.testing import cxr, free_ports, stack_env
+from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], *, timeout_s: float, what: str, every_s: float = 0.25) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with ``what`` when ``timeout_s`` runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(every_s)
+
+
+@dataclass
+class Processor:
+    env: dict[str, str]
+    home: Path
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.home / "processors.log"
+
+    @property
+    def port(self) -> int:
+        return int(self.env["CXR_PROCESSORS_PORT"])
+
+    def start(self) -> None:
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cxr_triage", "processors", "run"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(self.metrics_text, timeout_s=60, what="the processors' /metrics")
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+
+    def metrics_text(self) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = self.metrics_text() or ""
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+        )
+
+    @property
+    def store(self) -> FeedbackStore:
+        return FeedbackStore(Settings(home=self.home).feedback_db_path)
+
+    def stats(self) -> dict[str, Any]:
+        result = cxr(["feedback", "stats", "--json"], self.env, timeout_s=60)
+        assert result.returncode == 0, result.stderr
+        return dict(json.loads(result.stdout))
+
+
+class Events:
+    """Publishes events the way our services do (idempotent producer, Java partitioner)."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self._producer = Producer(producer_config(broker.settings, client_id=f"test-{uuid.uuid4().hex[:6]}"))
+
+    def send(self, topic: str, event: Event) -> None:
+        key = event.key if isinstance(event, VerdictEventV1) else getattr(event, "study_id", None)
+        if topic == topics.TRAINING_RESULTS:
+            key = getattr(event, "request_id", None)
+        self._producer.produce(topic, key=key.encode() if key else None, value=event.to_bytes())
+        self._producer.poll(0)
+
+    def flush(self) -> None:
+        assert self._producer.flush(30) == 0, "events not delivered"
+
+
+@contextlib.contextmanager
+def processor_stack(tmp_path: Path, **settings: str) -> Iterator[tuple[KafkaBroker, Processor, Events]]:
+    """A private broker, a processor (not started) on it with ``settings`` (CXR_ names without the prefix)."""
+    with start_kafka(tmp_path / "kafka-home", shared_jars(tmp_path)) as broker:
+        home = tmp_path / "processors"
+        home.mkdir()
+        env = stack_env(home)
+        (port,) = free_ports(1)
+        env |= {
+            "CXR_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "CXR_KAFKA_PARTITIONS": str(broker.settings.kafka_partitions),
+            "CXR_PROCESSORS_PORT": str(port),
+            "CXR_PROCESSORS_APP_ID": f"processors-{uuid.uuid4().hex[:8]}",
+            "CXR_METRICS_INTERVAL_S": "2",
+            "CXR_DRIFT_INTERVAL_S": "2",
+            "CXR_UNMATCHED_CHECK_INTERVAL_S": "1",
+        }
+        env |= {f"CXR_{name.upper()}": value for name, value in settings.items()}
+        processor = Processor(env=env, home=home)
+        try:
+            yield broker, processor, Events(broker)
+        finally:
+            processor.stop()
