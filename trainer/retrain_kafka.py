@@ -228,7 +228,16 @@ class RequestConsumer:
         self._processor = processor
         self._consumer.subscribe([topics.TRAINING_REQUESTS])
 
-    def next(self, *, timeout_s: float) -> tuple[Handled, TrainingResultEventV1 | None] | None:
+    def _rewind(self, message: Message) -> None:
+        tp = TopicPartition(str(message.topic()), message.partition() or 0, message.offset() or 0)
+        try:
+            self._consumer.seek(tp)
+        except KafkaException as exc:  # revoked meanwhile: its new owner reads from the last commit
+            logger.info("could not seek back", extra={"error": str(exc)})
+
+    def next(
+        self, *, timeout_s: float, retry_s: float = 5.0
+    ) -> tuple[Handled, TrainingResultEventV1 | None] | None:
         """Handle the next request if one arrives within ``timeout_s``; None otherwise."""
         message = self._consumer.poll(timeout_s)
         if message is None:
@@ -238,8 +247,16 @@ class RequestConsumer:
             if error.fatal():
                 raise KafkaException(error)
             return None
-        with KeepAlive(self._consumer).running():
-            handled = self._processor.process(message.value())
+        try:
+            with KeepAlive(self._consumer).running():
+                handled = self._processor.process(message.value())
+        except KafkaException as exc:
+            # The results topic could not be read or a result not published: read this request again later
+            # (if its result did get through, it is then recognised and skipped).
+            logger.warning("Kafka unavailable; the request will be read again", extra={"error": str(exc)})
+            self._rewind(message)
+            time.sleep(retry_s)
+            return None
         try:
             self._consumer.commit(message=message, asynchronous=False)
         except KafkaException as exc:
