@@ -267,3 +267,23 @@ def test_a_result_is_not_recorded_as_answered_when_publishing_fails(tmp_path: Pa
     with pytest.raises(RuntimeError):
         processor.process(_request(5).to_bytes())
     assert "req-00000001" not in answered  # uncommitted: handled again after a restart
+
+
+def test_metrics_endpoint_shows_outcomes_duration_and_busy() -> None:
+    import socket
+    import urllib.request
+
+    from trainer.retrain_metrics import RetrainMetrics
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    metrics = RetrainMetrics()
+    metrics.serve(host="127.0.0.1", port=port)
+    metrics.requests.labels(outcome="duplicate").inc()
+    metrics.last_duration.set(80.4)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    assert 'cxr_retrain_requests_total{outcome="duplicate"} 1.0' in text
+    assert 'cxr_retrain_requests_total{outcome="promoted"} 0.0' in text
+    assert "cxr_retrain_last_duration_seconds 80.4" in text and "cxr_retrain_busy 0.0" in text
