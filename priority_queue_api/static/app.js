@@ -3,7 +3,9 @@
 
 const $ = (sel) => document.querySelector(sel);
 const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh_ms")) || 5000;
-const state = { token: sessionStorage.getItem("cxr-token"), me: null, study: null, timer: null, labels: [] };
+const state = {
+  token: sessionStorage.getItem("cxr-token"), me: null, study: null, timer: null, labels: [], pendingVerdict: null,
+};
 
 function say(text, isError = false) {
   const el = $("#status");
@@ -224,16 +226,49 @@ async function submitVerdict(agreed) {
     labels, uncertain, note: $("#note").value || null, agreed_with_model: agreed,
     model_version_seen: s.model_version,
   };
+  // One Idempotency-Key per submission: a retry of the same submission (ours below, or the user pressing
+  // save again after a failure) reuses it, so the server answers it instead of recording it twice.
+  const text = JSON.stringify(body);
+  const pending = state.pendingVerdict;
+  const key = pending && pending.studyId === s.study_id && pending.body === text ? pending.key : newKey();
+  state.pendingVerdict = { studyId: s.study_id, body: text, key };
   say("Saving verdict…");
   try {
-    const verdict = await (await api(`/studies/${encodeURIComponent(s.study_id)}/verdict`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-    })).json();
+    const verdict = await (await postVerdict(s.study_id, text, key)).json();
+    state.pendingVerdict = null;
     say(`Verdict saved (${verdict.kind}${verdict.replayed ? ", already recorded" : ""}).`);
     await showList();
   } catch (error) {
     if (error.message !== "unauthorized") say(`Verdict not saved: ${error.message}`, true);
   }
+}
+
+const VERDICT_TRIES = 3;
+
+// A lost connection or a 503 (Kafka or Redis unavailable) may hide a verdict that was saved: try again with
+// the same key, which is safe. Other refusals are final.
+async function postVerdict(studyId, text, key) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await api(`/studies/${encodeURIComponent(studyId)}/verdict`, {
+        method: "POST", headers: { "Content-Type": "application/json", "Idempotency-Key": key }, body: text,
+      });
+    } catch (error) {
+      const retriable = error.status === undefined ? error.message !== "unauthorized" : error.status === 503;
+      if (!retriable || attempt >= VERDICT_TRIES) throw error;
+      say(`Saving verdict… (retry ${attempt})`);
+      await new Promise((resolve) => setTimeout(resolve, 500 * attempt));
+    }
+  }
+}
+
+// crypto.randomUUID exists only in secure contexts (https, localhost); random bytes exist everywhere.
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 async function release() {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from cxr_triage import topics
 from cxr_triage.image_store import LocalImageStore
@@ -26,6 +27,8 @@ from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, 
 from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
 
 pytestmark = pytest.mark.integration
+
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
 @dataclass
@@ -143,6 +146,7 @@ def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site
     assert event["radiologist"] == "rad" and event["agreed_with_model"] is True
     assert event["labels"]["Pneumothorax"] == 1 and sum(event["labels"].values()) == 1
     assert event["model_version"] == "1" and event["claimed_at"] is not None
+    assert UUID_RE.fullmatch(event["idempotency_key"]), event["idempotency_key"]  # the page's own key
 
 
 def test_disagree_path_with_the_keyboard(page: Page, site: Site) -> None:
@@ -182,3 +186,32 @@ def test_engineer_sees_the_list_read_only(page: Page, site: Site) -> None:
     _rows(page).first.click()
     expect(page.locator("#study-view")).to_be_visible()
     expect(page.locator("#verdict-form")).to_be_hidden()
+
+
+def test_a_lost_answer_is_retried_by_the_page_with_the_same_key(page: Page, site: Site) -> None:
+    put_study(site.redis, site.keys, "lost-answer", 0.99, age=timedelta(minutes=20))
+    keys_sent: list[str | None] = []
+
+    def lose_the_first_answer(route: Route) -> None:
+        keys_sent.append(route.request.headers.get("idempotency-key"))
+        if len(keys_sent) == 1:
+            route.fetch()  # the server records the verdict and publishes it...
+            route.abort("connectionreset")  # ...but its answer never reaches the page
+        else:
+            route.continue_()
+
+    page.route("**/studies/*/verdict", lose_the_first_answer)
+    page.goto(site.url)
+    page.fill("#token", site.tokens["rad"])
+    page.keyboard.press("Enter")
+    expect(_rows(page).first).to_have_attribute("data-study", "lost-answer")
+    page.keyboard.press("c")
+    expect(page.locator("#study-title")).to_contain_text("lost-answer")
+    page.click("#submit-verdict")
+    expect(page.locator("#status")).to_contain_text("Verdict saved (verdict, already recorded)")
+
+    assert len(keys_sent) == 2 and keys_sent[0] == keys_sent[1]
+    assert keys_sent[0] is not None and UUID_RE.fullmatch(keys_sent[0])
+    event = _verdict_of(site, "lost-answer")  # one event: the retry was answered from the record
+    assert event["idempotency_key"] == keys_sent[0]
+    assert event["_key"] == topics.verdict_key("lost-answer", "rad")
