@@ -11,7 +11,7 @@ from cxr_triage import cli
 
 SERVICE_COMMANDS = {
     "up", "down", "status", "produce", "model", "worker", "api", "worklist", "users",
-    "train", "evaluate", "promote", "rollback", "bench",
+    "train", "evaluate", "promote", "rollback", "bench", "retrain-worker", "processors", "feedback",
 }  # fmt: skip
 
 
