@@ -109,11 +109,11 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         """Publish the trigger's request, if it decides one (or holds one recorded but unpublished)."""
         async with request_lock:
             request = await asyncio.to_thread(monitors.check_trigger)
-            if request is None:
-                return
-            delivered = await requests.send(key=request.request_id.encode(), value=request.to_bytes())
-            await delivered  # in Kafka before it is marked published: a crash before this republishes it
-            await asyncio.to_thread(monitors.mark_published, request)
+            if request is not None:
+                delivered = await requests.send(key=request.request_id.encode(), value=request.to_bytes())
+                await delivered  # in Kafka before it is marked published: a crash before this republishes it
+                await asyncio.to_thread(monitors.mark_published, request)
+            monitors.metrics.trigger_checks.inc()
 
     def load(key: str) -> join.JoinState:
         value = table.get(key.encode())

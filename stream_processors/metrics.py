@@ -39,6 +39,11 @@ class ProcessorMetrics:
         self.training_requests = Counter(
             "cxr_processors_training_requests", "Training requests published", ["reason"], registry=r
         )
+        self.trigger_checks = Counter(
+            "cxr_processors_trigger_checks",
+            "Retrain trigger evaluations completed (published included)",
+            registry=r,
+        )
         self.training_pending = Gauge(
             "cxr_processors_training_request_pending",
             "1 while a training request awaits its result",

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from cxr_triage.events import (
     PredictionEventV1,
     StudyEventV1,
-    TrainingResultEventV1,
     TrainingOutcome,
+    TrainingResultEventV1,
     VerdictEventV1,
 )
 from cxr_triage.labels import LABELS, NO_FINDING
@@ -17,7 +17,9 @@ from cxr_triage.labels import LABELS, NO_FINDING
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 
 
-def study(study_id: str, *, image_uri: str | None = None, data: bytes | None = None, source: str = "test") -> StudyEventV1:
+def study(
+    study_id: str, *, image_uri: str | None = None, data: bytes | None = None, source: str = "test"
+) -> StudyEventV1:
     payload = data if data is not None else study_id.encode()
     return StudyEventV1(
         study_id=study_id,
@@ -64,10 +66,10 @@ def verdict(
         labels[NO_FINDING] = 1
     return VerdictEventV1(
         verdict_id=verdict_id or hashlib.sha256(f"{study_id}|{radiologist}|{kind}".encode()).hexdigest()[:32],
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         study_id=study_id,
         radiologist=radiologist,
-        labels=labels,  # type: ignore[arg-type]
+        labels=labels,
         uncertain=("Pneumothorax",) if abnormal else (),
         model_name="cxr_classifier",
         model_version=version,

@@ -10,7 +10,6 @@ from stream_processors import join
 from tests.processors_factories import T0, prediction, study, verdict
 
 
-
 def test_verdict_after_its_study_and_prediction_becomes_feedback_at_once() -> None:
     state = join.on_study(join.JoinState(), study("s1")).state
     state = join.on_prediction(state, prediction("s1", priority=0.8)).state

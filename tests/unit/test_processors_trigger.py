@@ -28,7 +28,12 @@ def test_fires_exactly_once_at_the_threshold_until_its_result() -> None:
     fired = _decide(state, 10)
     assert fired.pending is not None and not fired.published
     request = fired.pending
-    assert (request.reason, request.after_seq, request.up_to_seq, request.champion_version) == ("new_labels", 0, 10, "1")
+    assert (request.reason, request.after_seq, request.up_to_seq, request.champion_version) == (
+        "new_labels",
+        0,
+        10,
+        "1",
+    )
     assert request.labelled_since_champion == 10
     assert _decide(fired, 50).pending == request  # outstanding: no second request, whatever arrives
     same = _decide(state, 10).pending  # the same decision again (after a crash) carries the same id
