@@ -1,8 +1,10 @@
-"""The consumer loop: micro-batch -> prepare -> Triton -> Redis -> Kafka outputs -> commit (at-least-once).
+"""The consumer loop: micro-batch -> prepare -> Triton -> Redis -> Kafka outputs + commit.
 
 A micro-batch is what one ``consume`` returns: up to ``max_batch`` messages, or fewer once ``max_wait_s``
 has passed. Offsets are committed only after the worklist write and the delivery of every prediction and
-dead letter of the batch.
+dead letter of the batch (``KafkaPublisher``, what ``app`` wires: at-least-once, so a batch whose commit was
+lost to a rebalance, as after a broker restart, is published again, identical), or together with them in one
+Kafka transaction (``TransactionalPublisher``: exactly-once on the topics; not wired yet, see its docstring).
 
 Bounded work: the worker never reads ahead. It processes a batch to its commit before it consumes the next,
 so at most one batch is in flight; a slow Triton simply slows the consuming (librdkafka's own prefetch queue
@@ -42,7 +44,7 @@ from inference_worker.errors import StageUnavailable
 from inference_worker.lag import LagTracker
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.predictions import ScoredBatch, build_predictions
-from inference_worker.publisher import EventPublisher, Outgoing
+from inference_worker.publisher import EventPublisher, OffsetCommittingPublisher, Outgoing
 from inference_worker.records import Record
 from inference_worker.triton_client import Scorer
 from inference_worker.worklist import WorklistEntry, WorklistWriter
@@ -178,11 +180,16 @@ class InferenceWorker:
             else:  # scored before: republish the prediction as first stored, so consumers see the same event
                 predictions.append(outcome.applied_to(entry.prediction))
         rejected = batch.rejected + scored.rejected
-        self._publisher.publish(
-            [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions]
-            + [Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected]
-        )
-        self._commit(records)
+        outgoing = [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions] + [
+            Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected
+        ]
+        if isinstance(self._publisher, OffsetCommittingPublisher):
+            self._publisher.publish_committing(
+                outgoing, _next_offsets(records), self._consumer.consumer_group_metadata()
+            )
+        else:
+            self._publisher.publish(outgoing)
+            self._commit(records)
 
         changed = sum(outcome.changed for outcome in outcomes)
         report = BatchReport(len(records), changed, len(outcomes) - changed, len(rejected))
@@ -234,15 +241,8 @@ class InferenceWorker:
         )
 
     def _commit(self, records: list[Record]) -> None:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for record in records:
-            key = (record.topic, record.partition)
-            next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
-        offsets = [
-            TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()
-        ]
         try:
-            results = self._consumer.commit(offsets=offsets, asynchronous=False)
+            results = self._consumer.commit(offsets=_next_offsets(records), asynchronous=False)
         except KafkaException as exc:
             # The results are durable and idempotent: a lost commit only means this batch is read again.
             logger.warning("offset commit failed; the batch will be redelivered", extra={"error": str(exc)})
@@ -342,12 +342,29 @@ class InferenceWorker:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions assigned", extra={"partitions": _describe(partitions)})
+        self._renew_output()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions revoked", extra={"partitions": _describe(partitions)})
+        self._renew_output()
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
+        self._renew_output()
+
+    def _renew_output(self) -> None:
+        # Rebalance callbacks run inside consume, between batches: no transaction is open.
+        if isinstance(self._publisher, OffsetCommittingPublisher):
+            self._publisher.renew()
+
+
+def _next_offsets(records: list[Record]) -> list[TopicPartition]:
+    """The offsets to commit once ``records`` are done: one past the last of each partition."""
+    next_offsets: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        next_offsets[key] = max(next_offsets.get(key, 0), record.offset + 1)
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
 
 
 def _partitions(records: list[Record]) -> list[TopicPartition]:
