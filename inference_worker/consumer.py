@@ -170,6 +170,8 @@ class InferenceWorker:
         written_at = self._clock()
         predictions: list[PredictionEventV1] = []
         for entry, outcome in zip(entries, outcomes, strict=True):
+            if outcome.published:
+                continue  # a redelivered batch whose predictions Kafka already acknowledged: not sent twice
             if outcome.changed:
                 self._metrics.end_to_end_latency.observe(
                     (written_at - entry.study.received_at).total_seconds()
@@ -189,6 +191,10 @@ class InferenceWorker:
             )
         else:
             self._publisher.publish(outgoing)
+            # Between Kafka's ack and the commit: a commit lost to a rebalance or a broker restart then
+            # redelivers a batch whose studies are known as published, and nothing is sent twice.
+            if predictions:
+                self._worklist.mark_published([p.study_id for p in predictions])
             self._commit(records)
 
         changed = sum(outcome.changed for outcome in outcomes)

@@ -34,7 +34,7 @@ from cxr_triage.sla import SlaPolicy, Tier
 from cxr_triage.worklist.index import index_scored_study
 from cxr_triage.worklist.keys import WorklistKeys
 from cxr_triage.worklist.scripts import text
-from cxr_triage.worklist.study import StoredScore, stored_score, upsert_study
+from cxr_triage.worklist.study import StoredScore, mark_published, stored_score, upsert_study
 from inference_worker.errors import StageUnavailable
 
 STAGE = "redis"
@@ -65,6 +65,7 @@ class WriteOutcome:
     probabilities: dict[str, float]
     tier: Tier
     status: str = ""  # tier index: "waiting", "claimed" (leased, left there) or "read" (left alone)
+    published: bool = False  # Kafka acknowledged this prediction before (see mark_published)
 
     def applied_to(self, prediction: PredictionEventV1) -> PredictionEventV1:
         """``prediction`` with the stored values: what a replay republishes."""
@@ -80,6 +81,8 @@ class WriteOutcome:
 
 class WorklistWriter(Protocol):
     def write(self, entries: Sequence[WorklistEntry]) -> list[WriteOutcome]: ...
+
+    def mark_published(self, study_ids: Sequence[str]) -> None: ...
 
 
 class RedisWorklist:
@@ -119,6 +122,14 @@ class RedisWorklist:
             raise StageUnavailable(STAGE, f"{type(exc).__name__}: {exc}") from exc
         return [_outcome(score, text(status)) for score, status in zip(stored, statuses, strict=True)]
 
+    def mark_published(self, study_ids: Sequence[str]) -> None:
+        if not study_ids:
+            return
+        try:
+            mark_published(self._client, keys=self._keys, study_ids=study_ids)
+        except redis.RedisError as exc:
+            raise StageUnavailable(STAGE, f"{type(exc).__name__}: {exc}") from exc
+
 
 def _outcome(score: StoredScore, status: str) -> WriteOutcome:
     return WriteOutcome(
@@ -129,4 +140,5 @@ def _outcome(score: StoredScore, status: str) -> WriteOutcome:
         probabilities=score.probabilities,
         tier=score.tier,
         status=status,
+        published=score.published,
     )

@@ -109,6 +109,7 @@ def apply(client: redis.Redis, *, keys: WorklistKeys, policy: SlaPolicy, project
                     study=study,
                     prediction=prediction,
                     tier=prediction.tier or policy.tier_for(prediction.priority),
+                    published=True,  # read back from Kafka: a replaying worker need not publish it again
                 )
             stored = [stored_score(reply) for reply in pipe.execute()]
         with client.pipeline(transaction=False) as pipe:

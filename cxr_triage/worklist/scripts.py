@@ -20,7 +20,7 @@ from cxr_triage.sla import TIERS, SlaPolicy, Tier
 
 # Scripts of the tier index get prelude.lua (prefix, now, reap, tiers_from, effective, take) in front.
 INDEX_SCRIPTS: Final = frozenset({"index", "claim", "release", "reserve", "complete", "verdict", "page"})
-STANDALONE_SCRIPTS: Final = frozenset({"upsert"})
+STANDALONE_SCRIPTS: Final = frozenset({"upsert", "mark_published"})
 
 
 @cache

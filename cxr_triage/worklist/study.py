@@ -7,6 +7,7 @@ A study is scored once: the first prediction written wins, with the tier it was 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,8 @@ class StoredScore:
     priority: float
     probabilities: dict[str, float]
     tier: Tier
+    # Kafka already holds this prediction (acknowledged before): a replayed batch need not publish it again.
+    published: bool = False
 
 
 def upsert_study(
@@ -40,8 +43,11 @@ def upsert_study(
     prediction: PredictionEventV1,
     tier: Tier,
     cams: CamMaps | None = None,
+    published: bool = False,
 ) -> StoredScore | None:
     """Write a scored study (hash, worklist entry, maps) unless it was scored before.
+
+    ``published``: the prediction comes from Kafka itself (``worklist rebuild``), so it is marked published.
 
     With a pipeline as ``client`` the script is queued and None is returned: read the reply with
     ``stored_score``.
@@ -49,7 +55,7 @@ def upsert_study(
     study_id = prediction.study_id
     reply = sync_script(client, "upsert")(
         keys=[keys.study(study_id), keys.worklist, keys.cam(study_id), keys.read],
-        args=_arguments(study, prediction, tier, cams),
+        args=_arguments(study, prediction, tier, cams, published=published),
         client=client,
     )
     if isinstance(client, redis.client.Pipeline):
@@ -59,7 +65,7 @@ def upsert_study(
 
 def stored_score(reply: Any) -> StoredScore:
     """The upsert script's reply."""
-    changed, version, scored_at, priority, probabilities, tier = reply
+    changed, version, scored_at, priority, probabilities, tier, published = reply
     return StoredScore(
         changed=bool(int(changed)),
         model_version=text(version),
@@ -67,11 +73,30 @@ def stored_score(reply: Any) -> StoredScore:
         priority=float(text(priority)),
         probabilities={str(k): float(v) for k, v in json.loads(text(probabilities)).items()},
         tier=Tier(text(tier)),
+        published=text(published) == "1",
     )
 
 
+def mark_published(client: redis.Redis, *, keys: WorklistKeys, study_ids: Iterable[str]) -> None:
+    """Note that Kafka acknowledged these studies' predictions (after the ack, before the offsets commit).
+
+    A batch redelivered after a lost commit (a broker restart, a rebalance) then finds them published and
+    does not publish them again. Only an existing study hash is marked: a study that was never written (or a
+    wiped Redis) is simply published again, identical, which every consumer tolerates.
+    """
+    with client.pipeline(transaction=False) as pipe:
+        for study_id in study_ids:
+            sync_script(pipe, "mark_published")(keys=[keys.study(study_id)], client=pipe)
+        pipe.execute()
+
+
 def _arguments(
-    study: StudyEventV1, prediction: PredictionEventV1, tier: Tier, cams: CamMaps | None
+    study: StudyEventV1,
+    prediction: PredictionEventV1,
+    tier: Tier,
+    cams: CamMaps | None,
+    *,
+    published: bool = False,
 ) -> list[str | bytes]:
     fields = {
         "study_id": prediction.study_id,
@@ -81,6 +106,8 @@ def _arguments(
         "content_type": study.content_type,
         "sha256": study.sha256,
     }
+    if published:
+        fields["published"] = "1"
     head: list[str | bytes] = [
         prediction.study_id,
         repr(prediction.priority),

@@ -107,7 +107,9 @@ def test_rebuild_gives_the_state_the_services_wrote_and_twice_changes_nothing(
         _verdict("s007", "ana", 4, minutes=4),
     ]
     live = WorklistKeys(f"live{uuid.uuid4().hex[:6]}")
-    RedisWorklist(client, live, policy=POLICY).write([WorklistEntry(s, p) for s, p in scored])
+    worker = RedisWorklist(client, live, policy=POLICY)
+    worker.write([WorklistEntry(s, p) for s, p in scored])
+    worker.mark_published([p.study_id for _, p in scored])  # as the worker does once Kafka acknowledged them
     with async_redis(redis_server.url) as aio:
         for verdict in verdicts:
             aio(record_verdict, keys=live, event=verdict)

@@ -61,7 +61,7 @@ def test_bad_messages_are_dead_lettered_while_the_others_are_scored(rig: Rig) ->
     assert json.loads(letters[5].original or "")["study_id"] == "S-text"
 
     # one Triton call for the good ones; durable writes, then outputs, then the commit
-    assert rig.journal == ["triton:3", "redis:3", "kafka:8", "commit"]
+    assert rig.journal == ["triton:3", "redis:3", "kafka:8", "published:3", "commit"]
     assert rig.consumer is not None and rig.consumer.commits == [[(topics.STUDIES, 0, 8)]]
     assert rig.metric("cxr_worker_studies_scored_total") == 3
     assert rig.metric("cxr_worker_studies_dead_lettered_total", reason="image_rejected") == 1
@@ -131,32 +131,48 @@ def test_write_or_publish_failure_commits_nothing(rig: Rig, stage: str) -> None:
     assert len(rig.publisher.of(topics.DLQ)) == 1
 
 
-def test_replay_changes_nothing_and_republishes_the_same_prediction(rig: Rig) -> None:
+def test_a_replay_of_a_batch_kafka_never_acknowledged_republishes_the_same_prediction(rig: Rig) -> None:
     message = study_message(rig.store, "S-1", 0)
-    first_clock = NOW
-    rig.worker([message]).step()
-    first = rig.publisher.of(topics.PREDICTIONS)[0].event
+    worker = rig.worker([message])
+    rig.publisher.failures = 1  # written to Redis, then Kafka refused the prediction: not published
+    assert worker.step() is None
+    assert rig.publisher.of(topics.PREDICTIONS) == []
 
     replay = rig.worker([message])
-    replay._clock = lambda: first_clock + timedelta(hours=1)  # a later replay
+    replay._clock = lambda: NOW + timedelta(hours=1)  # a later replay
     report = replay.step()
     assert report is not None and (report.scored, report.unchanged) == (0, 1)
-    second = rig.publisher.of(topics.PREDICTIONS)[1].event
-    assert second == first  # same scored_at as stored, same probabilities and version
+    (sent,) = rig.publisher.of(topics.PREDICTIONS)
+    assert sent.event.scored_at == NOW  # the prediction as stored first, not re-scored  # type: ignore[attr-defined]
     assert rig.metric("cxr_worker_studies_unchanged_total") == 1
+
+
+def test_a_replay_of_a_batch_kafka_acknowledged_publishes_nothing_twice(rig: Rig) -> None:
+    # The commit was lost (a rebalance after a broker restart): the batch comes again, already published.
+    message = study_message(rig.store, "S-1", 0)
+    rig.worker([message]).step()
+    assert rig.journal[-2:] == ["published:1", "commit"]  # marked between Kafka's ack and the commit
+    report = rig.worker([message]).step()
+    assert report is not None and (report.scored, report.unchanged) == (0, 1)
+    assert len(rig.publisher.of(topics.PREDICTIONS)) == 1
+    assert rig.journal.count("commit") == 2 and rig.journal[-1] == "commit"  # the replay is still committed
 
 
 def test_a_version_switch_does_not_rescore_a_study_already_scored(rig: Rig) -> None:
     message = study_message(rig.store, "S-1", 0)
+    rig.publisher.failures = 1  # scored and stored by version 1, but Kafka never acknowledged it
     rig.worker([message]).step()
-    first = rig.publisher.of(topics.PREDICTIONS)[0].event
+    first = rig.worklist.stored["S-1"]
 
     rig.scorer.version = "2"  # the served version changed before the study was read again (a replay)
     rig.scorer.rows = {0: np.full(NUM_LABELS, 0.9, dtype=np.float32)}
     report = rig.worker([message, study_message(rig.store, "S-new", 1)]).step()
     assert report is not None and (report.scored, report.unchanged) == (1, 1)
-    by_id = {m.event.study_id: m.event for m in rig.publisher.of(topics.PREDICTIONS)[1:]}  # type: ignore[attr-defined]
-    assert by_id["S-1"] == first  # version 1's prediction, republished unchanged
+    by_id = {m.event.study_id: m.event for m in rig.publisher.of(topics.PREDICTIONS)}  # type: ignore[attr-defined]
+    assert (by_id["S-1"].model_version, by_id["S-1"].scored_at) == (
+        first.model_version,
+        first.scored_at,
+    )  # version 1's
     assert by_id["S-new"].model_version == "2"
     assert rig.metric("cxr_worker_model_info", model_name="cxr_classifier", model_version="2") == 1
 

@@ -175,6 +175,12 @@ class FakeWorklist:
             outcomes.append(self.stored[p.study_id])
         return outcomes
 
+    def mark_published(self, study_ids: Sequence[str]) -> None:
+        self.journal.append(f"published:{len(study_ids)}")
+        for study_id in study_ids:
+            if study_id in self.stored:
+                self.stored[study_id] = replace(self.stored[study_id], published=True)
+
 
 class FakePublisher:
     def __init__(self, journal: list[str]) -> None:
