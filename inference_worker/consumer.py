@@ -2,9 +2,10 @@
 
 A micro-batch is what one ``consume`` returns: up to ``max_batch`` messages, or fewer once ``max_wait_s``
 has passed. Offsets are committed only after the worklist write and the delivery of every prediction and
-dead letter of the batch (``KafkaPublisher``, what ``app`` wires: at-least-once, so a batch whose commit was
-lost to a rebalance, as after a broker restart, is published again, identical), or together with them in one
-Kafka transaction (``TransactionalPublisher``: exactly-once on the topics; not wired yet, see its docstring).
+dead letter of the batch (at-least-once). Between Kafka's ack and the commit the batch's studies are marked
+published in Redis, so a batch whose commit was lost (a rebalance, a broker restart) publishes nothing twice.
+Kafka transactions would make that exactly-once on the topics alone, but librdkafka 2.16's
+``send_offsets_to_transaction`` hung past its timeout across a broker restart (librdkafka issues 5456, 5511).
 
 Bounded work: the worker never reads ahead. It processes a batch to its commit before it consumes the next,
 so at most one batch is in flight; a slow Triton simply slows the consuming (librdkafka's own prefetch queue
@@ -44,7 +45,7 @@ from inference_worker.errors import StageUnavailable
 from inference_worker.lag import LagTracker
 from inference_worker.metrics import WorkerMetrics
 from inference_worker.predictions import ScoredBatch, build_predictions
-from inference_worker.publisher import EventPublisher, OffsetCommittingPublisher, Outgoing
+from inference_worker.publisher import EventPublisher, Outgoing
 from inference_worker.records import Record
 from inference_worker.triton_client import Scorer
 from inference_worker.worklist import WorklistEntry, WorklistWriter
@@ -185,17 +186,12 @@ class InferenceWorker:
         outgoing = [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions] + [
             Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected
         ]
-        if isinstance(self._publisher, OffsetCommittingPublisher):
-            self._publisher.publish_committing(
-                outgoing, _next_offsets(records), self._consumer.consumer_group_metadata()
-            )
-        else:
-            self._publisher.publish(outgoing)
-            # Between Kafka's ack and the commit: a commit lost to a rebalance or a broker restart then
-            # redelivers a batch whose studies are known as published, and nothing is sent twice.
-            if predictions:
-                self._worklist.mark_published([p.study_id for p in predictions])
-            self._commit(records)
+        self._publisher.publish(outgoing)
+        # Between Kafka's ack and the commit: a commit lost to a rebalance or a broker restart then
+        # redelivers a batch whose studies are known as published, and nothing is sent twice.
+        if predictions:
+            self._worklist.mark_published([p.study_id for p in predictions])
+        self._commit(records)
 
         changed = sum(outcome.changed for outcome in outcomes)
         report = BatchReport(len(records), changed, len(outcomes) - changed, len(rejected))
@@ -348,20 +344,12 @@ class InferenceWorker:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions assigned", extra={"partitions": _describe(partitions)})
-        self._renew_output()
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions revoked", extra={"partitions": _describe(partitions)})
-        self._renew_output()
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
-        self._renew_output()
-
-    def _renew_output(self) -> None:
-        # Rebalance callbacks run inside consume, between batches: no transaction is open.
-        if isinstance(self._publisher, OffsetCommittingPublisher):
-            self._publisher.renew()
 
 
 def _next_offsets(records: list[Record]) -> list[TopicPartition]:
