@@ -87,14 +87,28 @@ def _print_table(stats: dict[str, Any]) -> None:
 
 @feedback.command("stats")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def stats(as_json: bool) -> None:
+@click.option(
+    "--since-version",
+    "since_version",
+    default=None,
+    help="Also count the examples stored since the first one this model version scored.",
+)
+def stats(as_json: bool, since_version: str | None) -> None:
     """Examples in the store, unmatched verdicts, training requests and the last drift scores."""
     from cxr_triage.feedback.store import FeedbackStore
     from cxr_triage.settings import load_settings
     from stream_processors.status import feedback_stats
 
-    document = feedback_stats(FeedbackStore(load_settings().feedback_db_path))
+    store = FeedbackStore(load_settings().feedback_db_path)
+    document = feedback_stats(store)
+    if since_version is not None:
+        document["since_version"] = {
+            "model_version": since_version,
+            "examples": len(store.since_model_version(since_version)),
+        }
     if as_json:
         click.echo(json.dumps(document, default=str))
     else:
         _print_table(document)
+        if since_version is not None:
+            click.echo(f"since model {since_version:<6} {document['since_version']['examples']} examples")

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cxr_triage.feedback.store import FeedbackStore
+from stream_processors.cli import feedback
+from tests.factories import feedback_event
+
+
+def test_stats_counts_examples_per_version_and_since_a_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_HOME", str(tmp_path))
+    store = FeedbackStore(tmp_path / "feedback" / "feedback.sqlite3")
+    for i in range(3):
+        store.upsert(feedback_event(f"a{i}", model_version="1"))
+    store.upsert(feedback_event("b0", model_version="2"))
+    store.upsert(feedback_event("a9", model_version="1"))  # read after version 2 started serving
+
+    result = CliRunner().invoke(feedback, ["stats", "--json", "--since-version", "2"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    assert document["total"] == 5
+    assert document["by_model_version"] == {"1": 4, "2": 1}
+    assert document["since_version"] == {"model_version": "2", "examples": 2}
+    assert document["training_requests"]["pending"] == 0 and document["unmatched_waiting"] == 0
+
+    table = CliRunner().invoke(feedback, ["stats", "--since-version", "7"])
+    assert table.exit_code == 0 and "since model 7" in table.output and " 0 examples" in table.output
