@@ -43,7 +43,8 @@ def loop_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # The trigger fires when every verdict of the test is in; the floors and drift need more reads.
             "CXR_RETRAIN_MIN_LABELS": str(STUDIES),
             "CXR_METRICS_INTERVAL_S": "3",
-            # A tiny bounded training on feedback alone (no public set), so the loop fits a test.
+            # A tiny bounded training on the public set and the feedback, so the loop fits a test.
+            "CXR_RETRAIN_PUBLIC_DATA": str(DATASET),
             "CXR_RETRAIN_EPOCHS": "1",
             "CXR_RETRAIN_MAX_STEPS": "3",
             "CXR_RETRAIN_BATCH_SIZE": "4",
