@@ -39,6 +39,7 @@ from cxr_triage.events import (
 from stream_processors import join
 from stream_processors.config import ProcessorSettings
 from stream_processors.drift import InputSample
+from stream_processors.join_index import JoinIndex
 from stream_processors.monitors import Monitors
 
 logger = logging.getLogger(__name__)
@@ -82,14 +83,20 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         key_type=bytes,  # raw study id bytes, as the producers key it; values are JSON
     )
     request_lock = asyncio.Lock()
+    # Held from reading a study's state to writing it back, by the join agent and by the expiry timer: each
+    # awaits Kafka's ack of what it publishes before the write, and the other must not write in between.
+    join_lock = asyncio.Lock()
+    index = JoinIndex()
     metrics_due = {"dirty": True, "last": 0.0}
 
-    async def send(topic: faust.TopicT, key: str, event: Event) -> None:
-        await topic.send(key=key.encode(), value=event.to_bytes())
+    async def send(topic: faust.TopicT, key: str, event: Event) -> Any:
+        """Queue ``event``; the returned future resolves once Kafka acknowledged it."""
+        return await topic.send(key=key.encode(), value=event.to_bytes())
 
-    async def dead_letter(event: DeadLetterEventV1, label: str) -> None:
-        await send(dlq, event.study_id or "processor", event)
+    async def dead_letter(event: DeadLetterEventV1, label: str) -> Any:
+        delivered = await send(dlq, event.study_id or "processor", event)
         monitors.metrics.dead_lettered.labels(reason=label).inc()
+        return delivered
 
     async def invalid(message: faust.types.Message, exc: ValidationError) -> None:
         await dead_letter(
@@ -120,13 +127,23 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         return join.JoinState() if value is None else join.JoinState.model_validate(value)
 
     async def apply(key: str, before: join.JoinState, step: join.Step) -> None:
-        if step.state != before:
-            table[key.encode()] = step.state.model_dump(mode="json")
+        """Publish what the step caused, and only once Kafka has it write the study's new state.
+
+        In that order a crash in between replays the event against the old state and publishes again (the
+        sinks are idempotent); the other order could leave a state saying "joined" for feedback never sent.
+        """
+        deliveries = []
         for example in step.feedback:
-            await send(feedback, example.key, example)
+            deliveries.append(await send(feedback, example.key, example))
             monitors.metrics.feedback_published.inc()
         for dead in step.dead_letters:
-            await dead_letter(dead, "unmatched_verdict")
+            deliveries.append(await dead_letter(dead, "unmatched_verdict"))
+        for delivered in deliveries:
+            await delivered
+        if step.state != before:
+            state = step.state.model_copy(update={"updated_at": time.time()})
+            table[key.encode()] = state.model_dump(mode="json")
+            index.update(key.encode(), state, now=time.time())
 
     def add_drift_sample(state: join.JoinState) -> join.JoinState:
         """Pair the input's summary with its prediction's priority once both are known (either order)."""
@@ -155,33 +172,33 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
             try:
                 if source == topics.STUDIES:
                     study = StudyEventV1.from_bytes(event.value)
-                    key = study.study_id
                     sample = await asyncio.to_thread(monitors.summarise_input, study)
-                    before = load(key)
-                    step = join.on_study(before, study)
-                    if sample is not None:
-                        summary = sample.model_dump(mode="json")
-                        step = with_state(
-                            step, add_drift_sample(step.state.model_copy(update={"input_sample": summary}))
-                        )
+                    async with join_lock:
+                        before = load(study.study_id)
+                        step = join.on_study(before, study)
+                        if sample is not None:
+                            summary = sample.model_dump(mode="json")
+                            step = with_state(
+                                step,
+                                add_drift_sample(step.state.model_copy(update={"input_sample": summary})),
+                            )
+                        await apply(study.study_id, before, step)
                 elif source == topics.PREDICTIONS:
                     prediction = PredictionEventV1.from_bytes(event.value)
-                    key = prediction.study_id
                     await asyncio.to_thread(monitors.observe_prediction, prediction)
-                    before = load(key)
-                    step = join.on_prediction(before, prediction)
-                    step = with_state(step, add_drift_sample(step.state))
+                    async with join_lock:
+                        before = load(prediction.study_id)
+                        step = join.on_prediction(before, prediction)
+                        step = with_state(step, add_drift_sample(step.state))
+                        await apply(prediction.study_id, before, step)
                 else:
                     verdict = VerdictEventV1.from_bytes(event.value)
-                    key = verdict.study_id
-                    before = load(key)
-                    step = join.on_verdict(before, verdict, now=time.time())
+                    async with join_lock:
+                        before = load(verdict.study_id)
+                        step = join.on_verdict(before, verdict, now=time.time())
+                        await apply(verdict.study_id, before, step)
             except ValidationError as exc:
                 await invalid(event.message, exc)
-                continue
-            # No await between load() and apply()'s table write: the expiry timer cannot write the same key
-            # in between, and one actor takes one event at a time.
-            await apply(key, before, step)
 
     @app.agent(feedback, name="sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:
@@ -212,22 +229,67 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         if not recovery.completed.is_set():
             return  # a write now could be overwritten by the changelog still being replayed
         now = time.time()
-        dead: list[DeadLetterEventV1] = []
-        waiting = 0
-        for key, value in list(table.items()):
-            if value is None or not value.get("waiting"):
-                continue
-            state = join.JoinState.model_validate(value)
-            step = join.expire(state, now=now, wait_s=settings.unmatched_verdict_wait_s)
-            if step.dead_letters:
-                table[key] = step.state.model_dump(mode="json")
-                dead.extend(step.dead_letters)
-            waiting += join.waiting_count(step.state)
-        for event in dead:
-            await dead_letter(event, "unmatched_verdict")
+        if not index.built:
+            # Once per start, after recovery: the only full scan; table writes keep the index current after.
+            index.rebuild(
+                ((key, join.JoinState.model_validate(value)) for key, value in list(table.items()) if value),
+                now=now,
+            )
+        dead: list[tuple[bytes, DeadLetterEventV1]] = []
+        for key in list(index.waiting):
+            state = load(key.decode())
+            step = join.expire(
+                state,
+                now=now,
+                wait_s=settings.unmatched_verdict_wait_s,
+                settled_ttl_s=settings.join_settled_ttl_s,
+            )
+            dead.extend((key, letter) for letter in step.dead_letters)
         if dead:
+            # In Kafka first, then off the table: a crash in between dead-letters them again after the
+            # restart (an operational topic: a duplicate is harmless), never drops a verdict silently.
+            deliveries = [await dead_letter(letter, "unmatched_verdict") for _, letter in dead]
+            for delivered in deliveries:
+                await delivered
+            async with join_lock:
+                for key in {key for key, _ in dead}:
+                    current = load(key.decode())
+                    # Re-read: the agent may have joined or replaced a verdict while the DLQ was acked.
+                    kept = join.drop_waiting(current, [letter for k, letter in dead if k == key])
+                    if kept != current:
+                        kept = kept.model_copy(update={"updated_at": now})
+                        table[key] = kept.model_dump(mode="json")
+                        index.update(key, kept, now=now)
             logger.warning("unmatched verdicts dead-lettered", extra={"count": len(dead)})
-        await asyncio.to_thread(monitors.record_join_status, waiting=waiting, dead_lettered=len(dead))
+        pruned = await prune_settled(now)
+        await asyncio.to_thread(
+            monitors.record_join_status,
+            waiting=sum(join.waiting_count(load(key.decode())) for key in index.waiting),
+            dead_lettered=len(dead),
+            settled=len(index),
+            pruned=pruned,
+        )
+
+    async def prune_settled(now: float) -> int:
+        """Drop the studies settled longer than the TTL ago (a changelog tombstone each): a bounded table."""
+        due = index.settled_before(now - settings.join_settled_ttl_s)
+        if not due:
+            return 0
+        pruned = 0
+        async with join_lock:
+            for key in due:
+                value = table.get(key)
+                state = None if value is None else join.JoinState.model_validate(value)
+                if state is None:
+                    index.forget(key)
+                    continue
+                if not join.settled(state) or (state.updated_at or now) >= now - settings.join_settled_ttl_s:
+                    index.update(key, state, now=now)  # changed since indexed: keep, in its new place
+                    continue
+                del table[key]
+                index.forget(key)
+                pruned += 1
+        return pruned
 
     @app.timer(_METRICS_POLL_S)
     async def online_metrics() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 
 from cxr_triage.feedback.store import FeedbackStore
@@ -12,12 +14,18 @@ from stream_processors.metrics import ProcessorMetrics
 from stream_processors.monitors import Monitors
 
 
+def datadir(settings: ProcessorSettings) -> Path:
+    return settings.home / "processors" / settings.processors_app_id
+
+
 def create_app(settings: ProcessorSettings, *, metrics: ProcessorMetrics | None = None) -> faust.App:
     """The processors' app: tables in memory, recovered from their changelog topics on start."""
     app = faust.App(
         settings.processors_app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
+        # Faust's own folder (table metadata) under the state home, never `<app id>-data/` in the cwd.
+        datadir=datadir(settings),
         topic_partitions=settings.kafka_partitions,
         topic_replication_factor=1,
         key_serializer="raw",

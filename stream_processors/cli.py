@@ -95,17 +95,26 @@ def _print_table(stats: dict[str, Any]) -> None:
 )
 def stats(as_json: bool, since_version: str | None) -> None:
     """Examples in the store, unmatched verdicts, training requests and the last drift scores."""
-    from cxr_triage.feedback.store import FeedbackStore
+    import sqlite3
+
+    from cxr_triage.feedback.store import FeedbackStore, FeedbackStoreUnavailable
     from cxr_triage.settings import load_settings
     from stream_processors.status import feedback_stats
 
-    store = FeedbackStore(load_settings().feedback_db_path)
-    document = feedback_stats(store)
-    if since_version is not None:
-        document["since_version"] = {
-            "model_version": since_version,
-            "examples": len(store.since_model_version(since_version)),
-        }
+    path = load_settings().feedback_db_path
+    try:
+        # Read-only: a wrong CXR_HOME / CXR_FEEDBACK_DB is reported, never answered by a new empty store.
+        store = FeedbackStore.open_existing(path)
+        document = feedback_stats(store)
+        if since_version is not None:
+            document["since_version"] = {
+                "model_version": since_version,
+                "examples": store.count_since_model_version(since_version),
+            }
+    except FeedbackStoreUnavailable as exc:
+        raise click.ClickException(f"{exc} (set by CXR_FEEDBACK_DB or CXR_HOME)") from exc
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"cannot read the feedback store at {path}: {exc}") from exc
     if as_json:
         click.echo(json.dumps(document, default=str))
     else:

@@ -19,6 +19,11 @@ class ProcessorSettings(Settings):
     # How often waiting verdicts are checked against that wait (at most one wait late by this much).
     unmatched_check_interval_s: float = Field(default=5.0, gt=0.0)
 
+    # A settled study (study, prediction and a joined verdict, nothing waiting) leaves the join table this long
+    # after its last event: the table stays bounded. A verdict (a late amendment) for a study pruned before it
+    # arrived waits like one for an unknown study and goes to the DLQ with a reason saying so.
+    join_settled_ttl_s: float = Field(default=7 * 86400.0, gt=0.0)
+
     metrics_interval_s: float = Field(default=30.0, gt=0.0, description="Online metrics every this often")
     metrics_window: int = Field(default=500, ge=10, description="Sliding window: the newest N examples")
 
@@ -28,6 +33,10 @@ class ProcessorSettings(Settings):
     sensitivity_floor: float = Field(default=0.80, ge=0.0, le=1.0)
     floor_min_examples: int = Field(default=100, ge=1, description="Examples before the floors apply")
     retrain_on_drift: bool = True
+    # A failed training run (an error, not a rejected challenger) is retried after this long, doubled after
+    # each consecutive failure up to the max; a rejected challenger waits for retrain_min_labels new labels.
+    retrain_failure_backoff_s: float = Field(default=300.0, gt=0.0)
+    retrain_failure_backoff_max_s: float = Field(default=6 * 3600.0, gt=0.0)
 
     drift_reference_size: int = Field(default=200, ge=10, description="First N inputs of the champion")
     drift_window_size: int = Field(default=200, ge=10, description="The newest N inputs")

@@ -5,8 +5,10 @@ and, per radiologist, either the verdict waiting for the other two or the verdic
 feedback. Events may come in any order; the functions here are pure so each order is unit-tested.
 
 Per radiologist only the latest decision counts: an amendment replaces the earlier verdict (a new feedback
-event under the same key), while an older verdict seen again (a replay after an amendment, or a redelivery
-after a crash) changes nothing and publishes nothing.
+event under the same key), while an older verdict seen again (a replay after an amendment) changes nothing
+and publishes nothing. The verdict already joined seen again publishes its feedback again: it is the replay
+of an event whose feedback may never have reached Kafka (the table write acked, the feedback not, the source
+offset uncommitted), and the feedback store ignores a verdict id it holds.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class JoinState(BaseModel):
     joined: dict[str, JoinedVerdict] = {}
     # The drift monitor's summary of the input image, kept until the prediction gives it a priority.
     input_sample: dict[str, object] | None = None
+    # Processing time (epoch seconds) of the last change, set by the agent: a settled study leaves the table
+    # CXR_JOIN_SETTLED_TTL_S after it.
+    updated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,16 @@ def on_prediction(state: JoinState, prediction: PredictionEventV1) -> Step:
 
 def on_verdict(state: JoinState, verdict: VerdictEventV1, *, now: float) -> Step:
     radiologist = verdict.radiologist
-    known = state.waiting.get(radiologist) or state.joined.get(radiologist)
+    joined = state.joined.get(radiologist)
+    if (
+        joined is not None
+        and joined.verdict_id == verdict.verdict_id
+        and state.study is not None
+        and state.prediction is not None
+    ):
+        # A replay of the joined verdict: its feedback again, in case the first one was lost in a crash.
+        return Step(state, feedback=[feedback_of(state.study, state.prediction, verdict)])
+    known = state.waiting.get(radiologist) or joined
     if not _is_newer(verdict, known):
         return Step(state)
     previous = state.waiting.get(radiologist)
@@ -135,7 +149,28 @@ def on_verdict(state: JoinState, verdict: VerdictEventV1, *, now: float) -> Step
     return _release(state.model_copy(update={"waiting": waiting}))
 
 
-def expire(state: JoinState, *, now: float, wait_s: float) -> Step:
+def settled(state: JoinState) -> bool:
+    """Whether the study is done with: study, prediction and a joined verdict known, nothing waiting."""
+    return (
+        state.study is not None
+        and state.prediction is not None
+        and bool(state.joined)
+        and not state.waiting
+        and state.input_sample is None
+    )
+
+
+def drop_waiting(state: JoinState, dead: list[DeadLetterEventV1]) -> JoinState:
+    """``state`` without the waiting verdicts that ``dead`` dead-lettered (those still waiting unchanged)."""
+    gone = {
+        (v.radiologist, v.verdict_id)
+        for v in (VerdictEventV1.model_validate_json(d.original or "") for d in dead)
+    }
+    waiting = {r: w for r, w in state.waiting.items() if (r, w.verdict.verdict_id) not in gone}
+    return state if len(waiting) == len(state.waiting) else state.model_copy(update={"waiting": waiting})
+
+
+def expire(state: JoinState, *, now: float, wait_s: float, settled_ttl_s: float | None = None) -> Step:
     """Dead-letter the verdicts that waited ``wait_s`` for their study or prediction; keep the others."""
     expired = {r: w for r, w in state.waiting.items() if now - w.since >= wait_s}
     if not expired:
@@ -148,6 +183,12 @@ def expire(state: JoinState, *, now: float, wait_s: float) -> Step:
         if missing
         else f"verdict unmatched after {wait_s:g} s"
     )
+    if len(missing) == 2 and settled_ttl_s is not None:
+        # Indistinguishable here from a study the join settled and then forgot (CXR_JOIN_SETTLED_TTL_S).
+        reason += (
+            f" (unknown study, or one settled and pruned from the join more than {settled_ttl_s:g} s"
+            " after its last event: a late amendment)"
+        )
     dead = [
         DeadLetterEventV1(
             stage="processor",

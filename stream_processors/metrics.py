@@ -33,6 +33,16 @@ class ProcessorMetrics:
         self.unmatched_waiting = Gauge(
             "cxr_processors_unmatched_verdicts", "Verdicts waiting for their study or prediction", registry=r
         )
+        self.join_settled = Gauge(
+            "cxr_processors_join_settled_studies",
+            "Settled studies held in the join table until their TTL",
+            registry=r,
+        )
+        self.join_pruned = Counter(
+            "cxr_processors_join_pruned",
+            "Settled studies dropped from the join table after their TTL",
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "cxr_processors_dead_lettered", "Events sent to the DLQ by the processors", ["reason"], registry=r
         )

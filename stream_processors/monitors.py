@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 
 from cxr_triage.events import (
@@ -62,11 +63,17 @@ class Monitors:
             sensitivity_floor=settings.sensitivity_floor,
             floor_min_examples=settings.floor_min_examples,
             on_drift=settings.retrain_on_drift,
+            failure_backoff_s=settings.retrain_failure_backoff_s,
+            failure_backoff_max_s=settings.retrain_failure_backoff_max_s,
         )
         # The trigger's read-decide-record must not interleave between the sink and the timers' threads.
         self._trigger_lock = threading.Lock()
         self._drift_lock = threading.Lock()
         self._sliding: dict[str, MetricsEventV1] = {}
+        # Per (version, window): the (count, max seq) of the version's rows when last computed, the event, and
+        # when (monotonic). A version without new rows is not recomputed; since-promotion (every row of the
+        # version) at most once per metrics interval.
+        self._computed: dict[tuple[str, str], tuple[tuple[int, int], MetricsEventV1, float]] = {}
         self._drift = DriftWindows.model_validate(store.get_state(DRIFT_WINDOWS_STATE) or {})
         self._drift_dirty = False
         serving = store.get_state(SERVING_STATE) or {}
@@ -99,21 +106,45 @@ class Monitors:
 
     # -- online metrics ------------------------------------------------------------------------------------
 
-    def online_metrics(self) -> list[MetricsEventV1]:
-        """Sliding-window and since-promotion metrics of every model version with examples."""
+    def online_metrics(self, *, now: float | None = None) -> list[MetricsEventV1]:
+        """Sliding-window and since-promotion metrics of the model versions whose rows changed.
+
+        A version with no new row since its last computation is not read again (a retired version costs one
+        GROUP BY row per tick); the serving version's last events are republished unchanged, so consumers of
+        ``cxr.metrics.v1`` keep seeing it. Since-promotion reads every row of the version: it is recomputed
+        at most once per ``metrics_interval_s``, the sliding window (``last=metrics_window`` rows) on every
+        tick with new rows.
+        """
+        now = time.monotonic() if now is None else now
         events: list[MetricsEventV1] = []
-        counts = self.store.counts_by_model_version()
-        for version, n in counts.items():
+        for version, (n, max_seq) in self.store.version_signatures().items():
             self.metrics.feedback_examples.labels(model_version=version).set(n)
-            all_rows = [row.event for row in self.store.scored_by(version)]
-            if not all_rows:
-                continue
-            model_name = all_rows[-1].model_name
-            sliding_rows = all_rows[-self.settings.metrics_window :]
-            for window, rows in (("sliding", sliding_rows), ("since_promotion", all_rows)):
-                event = compute_metrics(rows, model_name=model_name, model_version=version, window=window)  # type: ignore[arg-type]
+            signature = (n, max_seq)
+            for window in ("sliding", "since_promotion"):
+                known = self._computed.get((version, window))
+                fresh = known is not None and known[0] == signature
+                throttled = (
+                    window == "since_promotion"
+                    and known is not None
+                    and now - known[2] < self.settings.metrics_interval_s
+                )
+                if known is not None and (fresh or throttled):
+                    if version == self._serving:
+                        events.append(known[1])
+                    continue
+                last = self.settings.metrics_window if window == "sliding" else None
+                rows = [row.event for row in self.store.scored_by(version, last=last)]
+                if not rows:
+                    continue
+                event = compute_metrics(
+                    rows,
+                    model_name=rows[-1].model_name,
+                    model_version=version,
+                    window=window,
+                )
                 self.metrics.observe_metrics(event)
                 events.append(event)
+                self._computed[(version, window)] = (signature, event, now)
                 if window == "sliding":
                     self._sliding[version] = event
         return events
@@ -144,6 +175,7 @@ class Monitors:
                 metrics=self._sliding.get(self._serving or ""),
                 drift_alert=bool(drift.get("alert")) and drift.get("model_version") == self._serving,
                 policy=self.policy,
+                now=time.time(),
             )
             if decided != state:
                 self._save_trigger(decided)
@@ -168,7 +200,7 @@ class Monitors:
         """Record a training result; True if it answered the pending request."""
         with self._trigger_lock:
             state = self.trigger_state()
-            settled = settle(state, result)
+            settled = settle(state, result, now=time.time(), policy=self.policy)
             if settled == state:
                 return False
             self._save_trigger(settled)
@@ -199,6 +231,7 @@ class Monitors:
             before = self._drift.reference
             self._drift = add_sample(
                 self._drift,
+                study_id=prediction.study_id,
                 sample=sample.model_dump(mode="json"),
                 priority=prediction.priority,
                 model_version=prediction.model_version,
@@ -258,8 +291,12 @@ class Monitors:
 
     # -- the join's status -------------------------------------------------------------------------------
 
-    def record_join_status(self, *, waiting: int, dead_lettered: int) -> None:
+    def record_join_status(
+        self, *, waiting: int, dead_lettered: int, settled: int = 0, pruned: int = 0
+    ) -> None:
         self.metrics.unmatched_waiting.set(waiting)
+        self.metrics.join_settled.set(settled)
+        self.metrics.join_pruned.inc(pruned)
         previous = self.store.get_state(JOIN_STATE) or {}
         document = {
             "unmatched_waiting": waiting,

@@ -9,8 +9,10 @@ Rules, checked in this order (the first that holds names the request's reason):
 
 At most one request is outstanding: it is recorded (feedback store state) before it is published, and a
 restart re-publishes a recorded, unpublished one unchanged. Its id is a hash of (champion, data window start,
-reason, attempt), so the same decision always carries the same id. After a rejected or failed challenger no
-rule fires until ``min_labels`` more examples arrived: the same data would only give the same challenger.
+reason, attempt), so the same decision always carries the same id. After a rejected challenger no rule fires
+until ``min_labels`` more examples arrived: the same data would only give the same challenger. After a failed
+run (an error: nothing was learnt about the data) the rules apply again after a backoff that doubles with each
+consecutive failure (``failure_backoff_s`` up to ``failure_backoff_max_s``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class TriggerPolicy(BaseModel):
     sensitivity_floor: float
     floor_min_examples: int
     on_drift: bool = True
+    failure_backoff_s: float = 300.0
+    failure_backoff_max_s: float = 6 * 3600.0
 
 
 class TriggerState(BaseModel):
@@ -46,10 +50,13 @@ class TriggerState(BaseModel):
     # Whether the pending request reached Kafka (a crash between deciding and publishing re-publishes it).
     published: bool = False
     handled: int = 0
-    # After a challenger was rejected (or failed), retrying on the same data would only repeat that: no
-    # request until min_labels more examples arrived after the rejected request's window.
+    # After a challenger was rejected, retrying on the same data would only repeat that: no request until
+    # min_labels more examples arrived after the rejected request's window.
     cooldown_after_seq: int | None = None
     last_outcome: Literal["promoted", "rejected", "failed"] | None = None
+    # After a failed run: no request before this processing time (epoch seconds), then the rules as usual.
+    retry_after: float | None = None
+    consecutive_failures: int = 0
 
 
 def request_id(champion_version: str | None, after_seq: int, reason: TrainingReason, attempt: int) -> str:
@@ -96,12 +103,16 @@ def decide(
     metrics: MetricsEventV1 | None,
     drift_alert: bool,
     policy: TriggerPolicy,
+    now: float,
 ) -> TriggerState:
     """The state after checking the rules; a new ``pending`` (unpublished) request when one fires.
 
-    ``count_after(seq)`` is the number of stored examples with a greater ``seq`` (the feedback store's count).
+    ``count_after(seq)`` is the number of stored examples with a greater ``seq`` (the feedback store's count);
+    ``now`` is processing time (epoch seconds), for the backoff after a failed run.
     """
     if state.pending is not None:
+        return state
+    if state.retry_after is not None and now < state.retry_after:
         return state
     if state.cooldown_after_seq is not None and count_after(state.cooldown_after_seq) < policy.min_labels:
         return state
@@ -124,8 +135,14 @@ def decide(
     return state.model_copy(update={"pending": request, "published": False})
 
 
-def settle(state: TriggerState, result: TrainingResultEventV1) -> TriggerState:
-    """Clear the pending request this result answers; a promotion moves the champion and its data window."""
+def settle(
+    state: TriggerState, result: TrainingResultEventV1, *, now: float, policy: TriggerPolicy
+) -> TriggerState:
+    """Clear the pending request this result answers; a promotion moves the champion and its data window.
+
+    Rejected: a cooldown until ``min_labels`` new examples. Failed: a retry after the backoff (``now`` is
+    processing time, epoch seconds), the data window unchanged.
+    """
     if state.pending is None or result.request_id != state.pending.request_id:
         return state  # a result of an older request, replayed: already settled
     update: dict[str, object] = {
@@ -133,13 +150,22 @@ def settle(state: TriggerState, result: TrainingResultEventV1) -> TriggerState:
         "published": False,
         "handled": state.handled + 1,
         "last_outcome": result.outcome,
+        "cooldown_after_seq": None,
+        "retry_after": None,
+        "consecutive_failures": 0,
     }
     if result.outcome == "promoted":
         update["champion_version"] = result.serving_version or result.challenger_version
         update["champion_up_to_seq"] = max(result.up_to_seq, state.champion_up_to_seq)
-        update["cooldown_after_seq"] = None
-    else:
+    elif result.outcome == "rejected":
         update["cooldown_after_seq"] = state.pending.up_to_seq
+    else:
+        failures = state.consecutive_failures + 1
+        backoff = min(policy.failure_backoff_s * 2 ** (failures - 1), policy.failure_backoff_max_s)
+        update["consecutive_failures"] = failures
+        update["retry_after"] = now + backoff
+        # A cooldown set by an earlier rejection still holds: the failure taught nothing new about the data.
+        update["cooldown_after_seq"] = state.cooldown_after_seq
     return state.model_copy(update=update)
 
 

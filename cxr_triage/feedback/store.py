@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS state (
 """
 
 
+class FeedbackStoreUnavailable(Exception):
+    """The store cannot be read: missing, not a file, or not a SQLite feedback store (the message says)."""
+
+
 @dataclass(frozen=True)
 class StoredExample:
     seq: int
@@ -57,18 +61,50 @@ class StoredExample:
 class FeedbackStore:
     """A connection per call: safe from threads and processes, and nothing left open between calls."""
 
-    def __init__(self, path: Path, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path, *, timeout_s: float = 30.0, _read_only: bool = False) -> None:
         self.path = path
         self._timeout_s = timeout_s
+        self.read_only = _read_only
+        if _read_only:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
+    @classmethod
+    def open_existing(cls, path: Path, *, timeout_s: float = 30.0) -> FeedbackStore:
+        """A read-only handle on a store that must exist already (readers: ``feedback stats``, the trainer).
+
+        Never creates a file (a wrong path must not read as an empty store) and never writes; raises
+        ``FeedbackStoreUnavailable`` naming the cause when ``path`` is missing, not a file, or not a store.
+        """
+        if not path.exists():
+            raise FeedbackStoreUnavailable(f"no feedback store at {path}")
+        if not path.is_file():
+            raise FeedbackStoreUnavailable(f"the feedback store path {path} is not a file")
+        store = cls(path, timeout_s=timeout_s, _read_only=True)
+        try:
+            with store._connect() as db:
+                tables = {
+                    name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                }
+        except sqlite3.DatabaseError as exc:
+            raise FeedbackStoreUnavailable(f"{path} is not a readable SQLite database: {exc}") from exc
+        if not {"examples", "state"} <= tables:
+            raise FeedbackStoreUnavailable(f"{path} is a SQLite database but not a feedback store")
+        return store
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=self._timeout_s)) as db:
-            db.execute("PRAGMA synchronous=FULL")  # an acknowledged example survives a power cut
+        if self.read_only:
+            # mode=ro: SQLite never creates the file nor writes to it (a WAL reader may still add -shm).
+            target, uri = f"{self.path.resolve().as_uri()}?mode=ro", True
+        else:
+            target, uri = str(self.path), False
+        with closing(sqlite3.connect(target, timeout=self._timeout_s, uri=uri)) as db:
+            if not self.read_only:
+                db.execute("PRAGMA synchronous=FULL")  # an acknowledged example survives a power cut
             with db:  # one transaction: committed on success, rolled back on error
                 yield db
 
@@ -119,6 +155,15 @@ class FeedbackStore:
             ).fetchall()
         return {str(version): int(n) for version, n in rows}
 
+    def version_signatures(self) -> dict[str, tuple[int, int]]:
+        """Per model version: (examples, newest ``seq``); a version whose pair is unchanged has no new row."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT model_version, count(*), max(seq) FROM examples GROUP BY model_version"
+                " ORDER BY model_version"
+            ).fetchall()
+        return {str(version): (int(n), int(seq)) for version, n, seq in rows}
+
     def max_seq(self) -> int:
         """The newest example's ``seq`` (0 when empty): the upper end of a data window taken now."""
         with self._connect() as db:
@@ -154,6 +199,16 @@ class FeedbackStore:
                 "SELECT min(seq) FROM examples WHERE model_version = ?", (model_version,)
             ).fetchone()
         return [] if first is None else self.examples(after_seq=int(first) - 1)
+
+    def count_since_model_version(self, model_version: str) -> int:
+        """How many examples ``since_model_version`` would return, counted in SQL."""
+        with self._connect() as db:
+            (n,) = db.execute(
+                "SELECT count(*) FROM examples"
+                " WHERE seq >= (SELECT min(seq) FROM examples WHERE model_version = ?)",
+                (model_version,),
+            ).fetchone()
+        return int(n)
 
     def put_state(self, name: str, value: dict[str, Any]) -> None:
         with self._connect() as db:

@@ -237,3 +237,38 @@ def test_window_from_a_source_the_reference_lacks_is_source_drift(public: list[L
     # A new site is drift by definition (docs/drift.md); this one also films mostly AP and enhances
     # contrast (CLAHE), which the view and intensity features see on their own.
     assert flagged(r) == {"source", "view", "intensity"}
+
+
+# --- the windows: a replayed study adds nothing -------------------------------------------------------------
+
+
+def test_a_study_replayed_after_a_crash_adds_no_second_sample_to_either_window() -> None:
+    from datetime import UTC, datetime
+
+    from stream_processors.drift_windows import DriftWindows, add_sample
+
+    samples = [s.model_dump(mode="json") for s in films(3, 4)]
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    windows = DriftWindows()
+
+    def add(w: DriftWindows, study_id: str, sample: dict[str, object]) -> DriftWindows:
+        return add_sample(
+            w,
+            study_id=study_id,
+            sample=sample,
+            priority=0.5,
+            model_version="7",
+            scored_at=at,
+            reference_size=2,
+            window_size=10,
+        )
+
+    windows = add(add(windows, "a", samples[0]), "b", samples[1])  # the reference, full
+    windows = add(windows, "c", samples[2])
+    for study_id, sample in (("a", samples[0]), ("c", samples[2]), ("b", samples[1])):  # replayed
+        windows = add(windows, study_id, sample)
+    assert windows.reference_ids == ("a", "b") and len(windows.reference) == 2
+    assert windows.window_ids == ("c",) and len(windows.window) == len(windows.window_priorities) == 1
+    assert windows.added_since_report == 1
+    # The ids live in the state document (saved and reloaded), never in the report.
+    assert DriftWindows.model_validate(windows.model_dump(mode="json")) == windows

@@ -56,3 +56,46 @@ def test_state_documents_survive_reopening(tmp_path: Path) -> None:
     FeedbackStore(path).put_state("trigger", {"pending": None, "n": 4})
     assert FeedbackStore(path).get_state("trigger") == {"pending": None, "n": 4}
     assert FeedbackStore(path).get_state("absent") is None
+
+
+def test_open_existing_reads_without_creating_or_writing(tmp_path: Path) -> None:
+    import sqlite3
+
+    import pytest
+
+    from cxr_triage.feedback.store import FeedbackStoreUnavailable
+
+    missing = tmp_path / "nowhere" / "fb.sqlite3"
+    with pytest.raises(FeedbackStoreUnavailable, match="no feedback store at"):
+        FeedbackStore.open_existing(missing)
+    assert not missing.parent.exists()  # nothing created on the way
+    with pytest.raises(FeedbackStoreUnavailable, match="is not a file"):
+        FeedbackStore.open_existing(tmp_path)
+    junk = tmp_path / "junk.sqlite3"
+    junk.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(FeedbackStoreUnavailable, match="not a readable SQLite database"):
+        FeedbackStore.open_existing(junk)
+    other = tmp_path / "other.sqlite3"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(FeedbackStoreUnavailable, match="not a feedback store"):
+        FeedbackStore.open_existing(other)
+
+    path = tmp_path / "fb.sqlite3"
+    writer = FeedbackStore(path)
+    writer.upsert(feedback_event("s1", model_version="1"))
+    reader = FeedbackStore.open_existing(path)
+    assert reader.count() == 1 and reader.counts_by_model_version() == {"1": 1}
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.put_state("x", {})
+    writer.upsert(feedback_event("s2", model_version="2"))  # the writer goes on while a reader is open
+    assert reader.count() == 2
+
+
+def test_count_since_model_version_matches_the_rows(tmp_path: Path) -> None:
+    store = FeedbackStore(tmp_path / "fb.sqlite3")
+    for i, version in enumerate(["1", "1", "2", "1", "3", "2"]):
+        store.upsert(feedback_event(f"s{i}", model_version=version))
+    for version in ("1", "2", "3", "9"):
+        assert store.count_since_model_version(version) == len(store.since_model_version(version))
+    assert store.count_since_model_version("2") == 4

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from cxr_triage import topics
 from cxr_triage.events import VerdictEventV1
+from cxr_triage.feedback.store import FeedbackStore
 from stream_processors import join
 from tests.processors_factories import T0, prediction, study, verdict
 
@@ -43,9 +45,29 @@ def test_amendment_replaces_and_a_replayed_older_verdict_changes_nothing() -> No
     )
     step = join.on_verdict(state, amendment, now=2.0)
     assert [(f.verdict_id, f.kind, f.abnormal) for f in step.feedback] == [("amend-000001", "amendment", 0)]
-    for replay in (first, amendment):
-        again = join.on_verdict(step.state, replay, now=3.0)
-        assert again.feedback == [] and again.state == step.state
+    again = join.on_verdict(step.state, first, now=3.0)
+    assert again.feedback == [] and again.state == step.state
+    # The joined verdict replayed publishes its feedback again (it may have been lost in a crash).
+    again = join.on_verdict(step.state, amendment, now=3.0)
+    assert [f.verdict_id for f in again.feedback] == ["amend-000001"] and again.state == step.state
+
+
+def test_a_replayed_joined_verdict_republishes_its_feedback_which_the_store_takes_once(
+    tmp_path: Path,
+) -> None:
+    """The crash D1: the table write was acked, the feedback was not, the verdict's offset uncommitted."""
+    state = join.on_prediction(join.on_study(join.JoinState(), study("s1")).state, prediction("s1")).state
+    v = verdict("s1")
+    first = join.on_verdict(state, v, now=1.0)
+    assert len(first.feedback) == 1  # ... and lost: only the table's new state survived the crash
+    replay = join.on_verdict(first.state, v, now=2.0)
+    assert replay.state == first.state
+    [again] = replay.feedback
+    assert again.model_dump(exclude={"joined_at"}) == first.feedback[0].model_dump(exclude={"joined_at"})
+    store = FeedbackStore(tmp_path / "fb.sqlite3")
+    assert store.upsert(again)
+    assert not store.upsert(join.on_verdict(replay.state, v, now=3.0).feedback[0])  # replayed once more
+    assert store.count() == 1
 
 
 def test_two_radiologists_are_two_examples() -> None:
@@ -86,3 +108,31 @@ def test_an_older_prediction_does_not_replace_a_newer_one() -> None:
 def test_state_survives_its_json_round_trip() -> None:
     state = join.on_verdict(join.on_study(join.JoinState(), study("s1")).state, verdict("s1"), now=1.0).state
     assert join.JoinState.model_validate(state.model_dump(mode="json")) == state
+
+
+def test_a_verdict_for_an_unknown_or_pruned_study_says_so_in_its_dead_letter() -> None:
+    state = join.on_verdict(join.JoinState(), verdict("gone"), now=0.0).state
+    [dead] = join.expire(state, now=10.0, wait_s=10.0, settled_ttl_s=604800.0).dead_letters
+    assert (
+        "no study and no prediction" in dead.reason and "pruned" in dead.reason and "604800 s" in dead.reason
+    )
+
+
+def test_drop_waiting_removes_only_the_dead_lettered_verdicts_still_waiting() -> None:
+    state = join.on_verdict(join.JoinState(), verdict("s1", radiologist="dr-a"), now=0.0).state
+    dead = join.expire(state, now=10.0, wait_s=10.0).dead_letters
+    # Meanwhile dr-a amended (a new verdict id waits) and dr-b's verdict arrived: both stay.
+    amended = verdict("s1", radiologist="dr-a", verdict_id="amend-000001", decided_at=T0 + timedelta(hours=1))
+    newer = join.on_verdict(state, amended, now=11.0).state
+    newer = join.on_verdict(newer, verdict("s1", radiologist="dr-b"), now=11.0).state
+    assert join.drop_waiting(newer, dead) == newer
+    assert join.drop_waiting(state, dead).waiting == {}
+
+
+def test_settled_means_study_prediction_and_a_joined_verdict_with_nothing_waiting() -> None:
+    state = join.on_prediction(join.on_study(join.JoinState(), study("s1")).state, prediction("s1")).state
+    assert not join.settled(state)  # unread yet: its verdict must still find it
+    state = join.on_verdict(state, verdict("s1"), now=1.0).state
+    assert join.settled(state)
+    waiting = join.on_verdict(join.JoinState(), verdict("s2"), now=1.0).state
+    assert not join.settled(waiting)

@@ -1,0 +1,23 @@
+"""The processors' app is built under the state home: Faust's data folder never lands in the working directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stream_processors.app import create_app
+from stream_processors.config import ProcessorSettings
+
+
+def test_faust_data_folder_is_under_the_home_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    home = tmp_path / "home"
+    app = create_app(ProcessorSettings(home=home, processors_app_id="app-under-test"))
+    assert Path(app.conf.datadir) == home / "processors" / "app-under-test"
+    assert Path(app.conf.tabledir).is_relative_to(home)
+    assert list(cwd.iterdir()) == []
