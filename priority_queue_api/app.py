@@ -25,6 +25,7 @@ from priority_queue_api.routes import health, me, page, studies, uploads, workli
 from priority_queue_api.routes.page import STATIC_DIR
 from priority_queue_api.uploads import UploadPublisher
 from priority_queue_api.users import UserDirectory, users_file
+from priority_queue_api.verdict_lookup import VerdictLookup
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,9 @@ def create_app(
         app.state.image_store = open_image_store(settings)
         app.state.verdict_sink = EventSink(
             settings, client_id="cxr-api-verdicts", timeout_s=policy.verdict_timeout_s
+        )
+        app.state.verdict_lookup = VerdictLookup.from_settings(
+            settings, timeout_s=policy.verdict_lookup_timeout_s
         )
         audit_sink = EventSink(settings, client_id="cxr-api-audit", timeout_s=AUDIT_MESSAGE_TIMEOUT_S)
         app.state.auditor = Auditor(audit_sink, on_undelivered=app.state.metrics.audit_undelivered.inc)

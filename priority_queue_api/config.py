@@ -16,6 +16,12 @@ class ApiPolicy(BaseSettings):
     verdict_timeout_s: float = Field(
         default=5.0, gt=0.0, le=60.0, description="How long a verdict waits for Kafka's acknowledgement"
     )
+    verdict_lookup_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=60.0,
+        description="How long a retried verdict may read cxr.verdicts.v1 to learn whether Kafka already has it",
+    )
     upload_timeout_s: float = Field(default=10.0, gt=0.0, le=120.0)
     max_upload_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(

@@ -18,6 +18,7 @@ from priority_queue_api.config import ApiPolicy
 from priority_queue_api.events_out import Auditor, EventSink
 from priority_queue_api.uploads import UploadPublisher
 from priority_queue_api.users import Role, User
+from priority_queue_api.verdict_lookup import VerdictLookup
 
 
 async def get_settings(request: Request) -> Settings:
@@ -60,6 +61,11 @@ async def get_verdict_sink(request: Request) -> EventSink:
     return sink
 
 
+async def get_verdict_lookup(request: Request) -> VerdictLookup:
+    lookup: VerdictLookup = request.app.state.verdict_lookup
+    return lookup
+
+
 async def get_uploads(request: Request) -> UploadPublisher:
     uploads: UploadPublisher = request.app.state.uploads
     return uploads
@@ -78,6 +84,7 @@ PolicyDep = Annotated[ApiPolicy, Depends(get_policy)]
 SlaDep = Annotated[SlaPolicy, Depends(get_sla)]
 AuditorDep = Annotated[Auditor, Depends(get_auditor)]
 VerdictSinkDep = Annotated[EventSink, Depends(get_verdict_sink)]
+VerdictLookupDep = Annotated[VerdictLookup, Depends(get_verdict_lookup)]
 UploadsDep = Annotated[UploadPublisher, Depends(get_uploads)]
 StoreDep = Annotated[ImageStore, Depends(get_store)]
 

@@ -32,6 +32,14 @@ class DeliveryFailed(RuntimeError):
     """Kafka did not acknowledge the event in time (or refused it)."""
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """Where Kafka put an acknowledged event: proof that it is in the log."""
+
+    partition: int
+    offset: int
+
+
 class EventSink:
     def __init__(self, settings: Settings, *, client_id: str, timeout_s: float) -> None:
         config = producer_config(settings, client_id=client_id)
@@ -47,15 +55,18 @@ class EventSink:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    async def deliver(self, topic: str, key: str, event: Event) -> None:
-        """Produce ``event`` and return once Kafka has acknowledged it; ``DeliveryFailed`` otherwise."""
+    async def deliver(self, topic: str, key: str, event: Event) -> Delivered:
+        """Produce ``event`` and return where it landed once Kafka has acknowledged it; ``DeliveryFailed``
+        otherwise."""
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[KafkaError | None] = loop.create_future()
+        done: asyncio.Future[tuple[KafkaError | None, Delivered]] = loop.create_future()
 
         def settle(err: KafkaError | None, msg: Message) -> None:
+            where = Delivered(partition=msg.partition() or 0, offset=msg.offset() or 0)
+
             def _set() -> None:
                 if not done.done():
-                    done.set_result(err)
+                    done.set_result((err, where))
 
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
                 loop.call_soon_threadsafe(_set)
@@ -65,11 +76,12 @@ class EventSink:
         except (BufferError, KafkaException) as exc:
             raise DeliveryFailed(f"could not queue the event: {exc}") from exc
         try:
-            err = await asyncio.wait_for(done, self.timeout_s + 1.0)
+            err, where = await asyncio.wait_for(done, self.timeout_s + 1.0)
         except TimeoutError as exc:
             raise DeliveryFailed(f"no acknowledgement within {self.timeout_s:.0f} s") from exc
         if err is not None:
             raise DeliveryFailed(str(err))
+        return where
 
     def send(self, topic: str, key: str, event: Event, on_failure: Callable[[str], None]) -> None:
         """Produce without waiting; ``on_failure`` runs (on the poll thread) if delivery fails."""

@@ -4,8 +4,8 @@ The client names each submission with an ``Idempotency-Key`` header (the page: o
 submission, reused by its own retries). Without one the key is derived from what was submitted, so an
 identical resubmission is recognised, never from the note's text itself: only its hash.
 
-A submission's verdict id is derived from (study, radiologist, key): a retry after Kafka acknowledged the
-verdict but its recording in Redis failed publishes the same verdict id again, which every consumer dedupes.
+A submission's verdict id is derived from (study, radiologist, key): a retry finds its pending event by the
+key, and ``verdict_lookup`` finds that event on cxr.verdicts.v1 by the id, so it is never published twice.
 """
 
 from __future__ import annotations

@@ -7,13 +7,23 @@ so that an acknowledged verdict is never lost, a failed one changes nothing, and
    with a different reading is refused (422, as the draft says);
 2. hold the study for the author (``reserve``: 409 if another radiologist holds its lease);
 3. keep the event as pending under its key, publish it and wait for Kafka's acknowledgement (503 and the
-   hold is undone otherwise);
+   hold is undone otherwise), then note in the pending record where Kafka put it (partition, offset);
 4. one script records the verdict and its key and completes the study (``cxr_triage.worklist.verdicts``).
 
-If Kafka acknowledged but step 4 failed (Redis down, the API killed), the client's retry with the same key
-finds the pending event and publishes exactly it again (same verdict id, which every consumer dedupes), then
-records it. Without a key, the same reading as the radiologist's latest verdict is a replay; a different
-one is an amendment that names the verdict it replaces.
+A retry that finds the pending event of its key (Kafka acknowledged but step 4 failed: Redis down, the API
+killed; or the acknowledgement never came) must neither publish a verdict Kafka already has nor lose one
+Kafka lacks, and still complete step 4 (``_in_kafka``):
+
+- the acknowledgement was noted: Kafka has it, nothing is published;
+- it was not (that write failed too, or no ack came): ``verdict_lookup`` reads cxr.verdicts.v1 for the
+  verdict id since shortly before the event was decided; found, nothing is published; not found, the very
+  same event (same id, same times) is; Kafka not readable → 503 and the hold is undone: never a blind publish.
+
+Chosen over publishing again and leaving the duplicate to the consumers' dedupe by verdict id (the issue: a
+retry never duplicates the event); the idempotent producer cannot help, its dedupe spans one producer session,
+not a later request or a restarted API. Kafka is asked only when no delivery was noted, so the common retry
+(Redis failed after the ack) reads nothing. Without a key, the same reading as the radiologist's latest
+verdict is a replay; a different one is an amendment that names the verdict it replaces.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from datetime import UTC, datetime
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cxr_triage import topics
 from cxr_triage.events import VerdictEventV1
@@ -34,6 +45,7 @@ from priority_queue_api import idempotency
 from priority_queue_api.errors import Conflict, EventsUnavailable, StudyNotFound, Unprocessable
 from priority_queue_api.events_out import DeliveryFailed, EventSink
 from priority_queue_api.models import VerdictCreate, VerdictPublic
+from priority_queue_api.verdict_lookup import LookupFailed, VerdictLookup
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +114,19 @@ def _new_event(
     )
 
 
+async def _in_kafka(pending: stored.Pending, lookup: VerdictLookup) -> bool:
+    """Whether Kafka already holds the pending verdict (``LookupFailed``: it cannot be told now)."""
+    if pending.delivered is not None:  # its delivery report: acks=all made it durable there
+        return True
+    return await lookup.published(pending.event)
+
+
 async def record_verdict(
     *,
     redis: Redis,
     keys: WorklistKeys,
     sink: EventSink,
+    lookup: VerdictLookup,
     radiologist: str,
     study_id: str,
     body: VerdictCreate,
@@ -117,7 +137,10 @@ async def record_verdict(
     if not study:
         raise StudyNotFound(study_id)
     lock = keys.verdict_lock(study_id, radiologist)
-    if not await redis.set(lock, "1", nx=True, px=int((sink.timeout_s + 10) * 1000)):
+    # Held past the longest a submission can take (a lookup, then a publish): two submissions of one key at
+    # once could both find the verdict missing from Kafka and both publish it.
+    lock_s = lookup.timeout_s + sink.timeout_s + 1 + 10
+    if not await redis.set(lock, "1", nx=True, px=int(lock_s * 1000)):
         raise Conflict("a verdict of yours on this study is being recorded right now; retry in a moment")
     try:
         previous_raw = await redis.hget(keys.verdicts(study_id), radiologist)
@@ -130,7 +153,10 @@ async def record_verdict(
         if done is not None:
             _check_same(done, body, client_key=client_key)
             return _public(done, replayed=True)
-        event = await stored.pending(redis, keys=keys, study_id=study_id, radiologist=radiologist, key=key)
+        pending = await stored.pending_verdict(
+            redis, keys=keys, study_id=study_id, radiologist=radiologist, key=key
+        )
+        event = pending.event if pending is not None else None
         if event is not None:
             _check_same(event, body, client_key=client_key)
         elif previous is not None and _same_reading(previous, body):
@@ -142,6 +168,18 @@ async def record_verdict(
             raise Conflict(
                 f"study {study_id!r} is claimed by {held.holder}; only they can record a verdict now"
             )
+        publish = True
+        if pending is not None:
+            try:
+                publish = not await _in_kafka(pending, lookup)
+            except LookupFailed as exc:
+                log.error("could not tell whether Kafka has the pending verdict", extra={"error": str(exc)})
+                if held.status == "reserved":
+                    await release(redis, keys=keys, study_id=study_id, radiologist=radiologist)
+                raise EventsUnavailable(
+                    "the verdict could not be saved: Kafka could not be asked whether it already has this "
+                    "submission, so nothing was recorded; retry"
+                ) from exc
         if event is None:
             claimed_at = cast(str | None, await redis.hget(keys.lease(study_id), "claimed_at"))
             event = _new_event(
@@ -154,16 +192,10 @@ async def record_verdict(
                 claimed_at=claimed_at,
             )
             await stored.stash_pending(redis, keys=keys, event=event)
-        try:
-            await sink.deliver(topics.VERDICTS, event.key, event)
-        except DeliveryFailed as exc:
-            log.error("verdict not acknowledged by Kafka", extra={"error": str(exc)})
-            if held.status == "reserved":  # we took the study only for this verdict: give it back
-                await release(redis, keys=keys, study_id=study_id, radiologist=radiologist)
-            # The pending event stays: if Kafka has it after all, the retry sends the very same one.
-            raise EventsUnavailable(
-                "the verdict could not be saved: Kafka did not acknowledge it, so nothing was recorded; retry"
-            ) from exc
+        if publish:
+            await _publish(redis, keys=keys, sink=sink, event=event, held=held.status)
+        else:
+            log.info("pending verdict already in Kafka: recorded without publishing it again")
 
         holder = await stored.record_verdict(redis, keys=keys, event=event, now=time.time())
         if holder and holder != radiologist:
@@ -172,3 +204,25 @@ async def record_verdict(
         return _public(event, replayed=False)
     finally:
         await redis.delete(lock)
+
+
+async def _publish(
+    redis: Redis, *, keys: WorklistKeys, sink: EventSink, event: VerdictEventV1, held: str
+) -> None:
+    try:
+        where = await sink.deliver(topics.VERDICTS, event.key, event)
+    except DeliveryFailed as exc:
+        log.error("verdict not acknowledged by Kafka", extra={"error": str(exc)})
+        if held == "reserved":  # we took the study only for this verdict: give it back
+            await release(redis, keys=keys, study_id=event.study_id, radiologist=event.radiologist)
+        # The pending event stays: the retry asks Kafka whether it got it after all before sending it again.
+        raise EventsUnavailable(
+            "the verdict could not be saved: Kafka did not acknowledge it, so nothing was recorded; retry"
+        ) from exc
+    try:
+        await stored.mark_delivered(
+            redis, keys=keys, event=event, partition=where.partition, offset=where.offset
+        )
+    except RedisError as exc:
+        # The recording that follows most likely fails too (503); its retry then asks Kafka instead.
+        log.warning("delivery of a pending verdict not noted", extra={"error": str(exc)})

@@ -3,11 +3,13 @@
 One script writes the radiologist's latest verdict, the record of its Idempotency-Key and the study's
 completion (off its tier, its lease and the worklist; read), so that no reader ever sees a verdict recorded
 on a study still unread, or the reverse. Pending verdicts (sent to Kafka, not yet recorded) are the API's:
-``stash_pending`` / ``pending`` keep the exact event a retry must send again.
+``stash_pending`` / ``pending`` keep the exact event a retry must complete, and ``mark_delivered`` where
+Kafka put it once acknowledged (``pending_verdict``), so that a retry knows not to send it again.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import redis
@@ -17,9 +19,20 @@ from cxr_triage.events import VerdictEventV1
 from cxr_triage.worklist.keys import WorklistKeys
 from cxr_triage.worklist.scripts import async_script, now_arg, sync_script, text, tier_names
 
-# A pending verdict only matters to a client retrying soon; after a day the retry derives the same verdict id
-# again, which every consumer dedupes, so nothing depends on the record outliving this.
+# A pending verdict only matters to a client retrying soon (the draft lets keys expire). A retry later than
+# this is a new submission with the same verdict id, which every consumer dedupes.
 PENDING_TTL_S: Final = 24 * 3600
+# The pending hash's field of a key's delivery report. An Idempotency-Key never holds a space, so no client
+# key can be mistaken for it; lua/verdict.lua deletes it with the key's pending event.
+_DELIVERED_SUFFIX: Final = " kafka"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A verdict kept before it was sent, and where Kafka put it if its acknowledgement was noted."""
+
+    event: VerdictEventV1
+    delivered: tuple[int, int] | None  # (partition, offset) on cxr.verdicts.v1
 
 
 def _arguments(keys: WorklistKeys, event: VerdictEventV1, now: float | None) -> list[str]:
@@ -71,6 +84,35 @@ async def pending(
     return VerdictEventV1.from_bytes(raw) if raw else None
 
 
+async def pending_verdict(
+    client: redis.asyncio.Redis, *, keys: WorklistKeys, study_id: str, radiologist: str, key: str
+) -> Pending | None:
+    """``pending`` with the delivery noted by ``mark_delivered``, if any (one round trip)."""
+    raw, where = await client.hmget(
+        keys.verdict_pending(study_id, radiologist), [key, key + _DELIVERED_SUFFIX]
+    )
+    if not raw:
+        return None
+    delivered = None
+    if where:
+        partition, _, offset = text(where).partition(":")
+        delivered = (int(partition), int(offset))
+    return Pending(VerdictEventV1.from_bytes(raw), delivered)
+
+
+async def mark_delivered(
+    client: redis.asyncio.Redis, *, keys: WorklistKeys, event: VerdictEventV1, partition: int, offset: int
+) -> None:
+    """Note that Kafka acknowledged the pending ``event`` at (``partition``, ``offset``)."""
+    if not event.idempotency_key:
+        raise ValueError("a pending verdict is kept under its idempotency key, and this one has none")
+    name = keys.verdict_pending(event.study_id, event.radiologist)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(name, event.idempotency_key + _DELIVERED_SUFFIX, f"{partition}:{offset}")
+        pipe.expire(name, PENDING_TTL_S)
+        await pipe.execute()
+
+
 async def stash_pending(client: redis.asyncio.Redis, *, keys: WorklistKeys, event: VerdictEventV1) -> None:
     """Keep ``event`` before it is sent, so that a retry sends exactly it (same id, same times)."""
     if not event.idempotency_key:
@@ -85,4 +127,4 @@ async def stash_pending(client: redis.asyncio.Redis, *, keys: WorklistKeys, even
 async def drop_pending(
     client: redis.asyncio.Redis, *, keys: WorklistKeys, study_id: str, radiologist: str, key: str
 ) -> None:
-    await client.hdel(keys.verdict_pending(study_id, radiologist), key)
+    await client.hdel(keys.verdict_pending(study_id, radiologist), key, key + _DELIVERED_SUFFIX)

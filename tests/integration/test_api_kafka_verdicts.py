@@ -1,7 +1,8 @@
 """Verdicts and audit records through a real Kafka broker: published first, then the study leaves the list.
 
 Verdicts, replays and amendments are read back from ``cxr.verdicts.v1``, audit records from ``cxr.audit.v1``;
-a broker that goes down refuses verdicts with 503 and changes nothing. The broker is the session's private
+a broker that goes down refuses verdicts with 503 and changes nothing, and the retries once it is back
+publish the verdict once. The broker is the session's private
 one (``kafka`` in conftest, see ``kafka_support``).
 """
 
@@ -24,7 +25,7 @@ from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.integration.api_support import Api, api_settings, make_users, put_study
 from tests.integration.conftest import RedisServer
-from tests.integration.kafka_support import KafkaBroker, kafka_api, shared_jars, start_kafka
+from tests.integration.kafka_support import KafkaBroker, kafka_api, shared_jars, start_kafka, topic_size
 
 
 @pytest.fixture()
@@ -183,3 +184,5 @@ def test_kafka_down_refuses_verdicts_with_503_and_recovers(
             assert api.get("/studies/s1").json()["status"] == "read"
         found = broker.read(topics.VERDICTS, lambda found: any(e["study_id"] == "s1" for e in found))
         assert [e["radiologist"] for e in found if e["study_id"] == "s1"][-1] == "rad"
+        # The retries after the outage asked Kafka before publishing the pending verdict: it is there once.
+        assert topic_size(broker.bootstrap, topics.VERDICTS) == 1

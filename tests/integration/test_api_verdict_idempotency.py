@@ -1,9 +1,10 @@
 """Idempotent verdicts through a real Kafka broker and Redis: the ``Idempotency-Key`` header.
 
-A retry with a recorded key is answered without a second event; a retry after Kafka acknowledged but the
-Redis step failed (injected: the recording script fails once) sends the very same event again and completes
-the study, so the topic holds one distinct verdict id; malformed keys are refused with 400, a key reused for
-another reading with 422.
+A retry with a recorded key is answered without a second event. A retry after Kafka acknowledged but the
+Redis step failed (injected: the recording script fails once, and the note of the delivery with it or not)
+completes the study without publishing again: the topic holds the verdict exactly once. A retry of a publish
+Kafka never got (injected: the send fails) publishes it once; one that cannot ask Kafka is refused with 503.
+Malformed keys are refused with 400, a key reused for another reading with 422.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from cxr_triage.events import VerdictEventV1
 from cxr_triage.labels import LABELS
 from cxr_triage.worklist import verdicts as worklist_verdicts
 from cxr_triage.worklist.keys import WorklistKeys
+from priority_queue_api.events_out import DeliveryFailed, EventSink
+from priority_queue_api.verdict_lookup import VerdictLookup
 from tests.integration.api_support import Api, put_study
-from tests.integration.conftest import RedisServer
+from tests.integration.conftest import RedisServer, free_port
 from tests.integration.kafka_support import KafkaBroker, kafka_api
 
 pytestmark = pytest.mark.integration
@@ -106,25 +109,41 @@ def test_retry_with_a_recorded_key_is_answered_without_a_second_event(kapi: Api,
     assert mine[0]["idempotency_key"] == key and mine[0]["_key"] == topics.verdict_key(study_id, "rad")
 
 
+def _fail_once(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, error: Exception) -> list[str]:
+    """Make ``owner.name`` (an async function taking ``event=``) raise ``error`` once; returns the ids it saw."""
+    real = getattr(owner, name)
+    failures: list[str] = []
+
+    async def fail_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            event = kwargs["event"] if "event" in kwargs else args[-1]
+            failures.append(event.verdict_id)
+            raise error
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, fail_once)
+    return failures
+
+
+def _exactly_one(kafka: KafkaBroker, study_id: str, verdict_id: str) -> None:
+    events = _all_events(kafka, study_id)
+    assert [e["verdict_id"] for e in events] == [verdict_id], events
+
+
+@pytest.mark.parametrize("noted", [True, False], ids=["ack-noted", "ack-not-noted"])
 @pytest.mark.parametrize("with_key", [True, False], ids=["client-key", "derived-key"])
-def test_retry_after_kafka_acked_but_redis_failed_sends_the_same_event_and_completes(
-    kapi: Api, kafka: KafkaBroker, monkeypatch: pytest.MonkeyPatch, with_key: bool
+def test_retry_after_kafka_acked_but_redis_failed_completes_without_a_second_event(
+    kapi: Api, kafka: KafkaBroker, monkeypatch: pytest.MonkeyPatch, with_key: bool, noted: bool
 ) -> None:
     study_id, keys = _study(kapi)
     assert kapi.post("/worklist/claim").json()["study_id"] == study_id
     key = str(uuid.uuid4()) if with_key else None
     body = {"labels": _labels(Cardiomegaly=1), "uncertain": ["Cardiomegaly"]}
 
-    real = worklist_verdicts.record_verdict
-    failures: list[str] = []
-
-    async def fail_once(client: Any, **kwargs: Any) -> str:
-        if not failures:
-            failures.append(kwargs["event"].verdict_id)
-            raise redis.ConnectionError("injected: Redis went away after Kafka's ack")
-        return await real(client, **kwargs)
-
-    monkeypatch.setattr(worklist_verdicts, "record_verdict", fail_once)
+    gone = redis.ConnectionError("injected: Redis went away after Kafka's ack")
+    failures = _fail_once(monkeypatch, worklist_verdicts, "record_verdict", gone)
+    if not noted:  # Redis already gone for the note of the delivery: the retry must ask Kafka
+        _fail_once(monkeypatch, worklist_verdicts, "mark_delivered", gone)
     failed = _verdict(kapi, study_id, body, key)
     assert failed.status_code == 503, failed.text
     assert failures, "the fault was not injected"
@@ -132,19 +151,72 @@ def test_retry_after_kafka_acked_but_redis_failed_sends_the_same_event_and_compl
     assert _events(kafka, study_id, 1)[0]["verdict_id"] == failures[0]
     detail = kapi.get(f"/studies/{study_id}").json()
     assert detail["status"] == "claimed" and detail["verdicts"] == []
+    # The pending event, with the note of its delivery or without it.
+    assert kapi.redis.hlen(keys.verdict_pending(study_id, "rad")) == (2 if noted else 1)
 
     retried = _verdict(kapi, study_id, body, key)
     assert retried.status_code == 200, retried.text
     assert retried.json()["verdict_id"] == failures[0] and retried.json()["replayed"] is False
     detail = kapi.get(f"/studies/{study_id}").json()
     assert detail["status"] == "read" and [v["verdict_id"] for v in detail["verdicts"]] == failures
+    assert kapi.get("/worklist").json()["items"] == []
     assert not kapi.redis.exists(keys.verdict_pending(study_id, "rad"))
 
     third = _verdict(kapi, study_id, body, key)  # and a third try is a replay of the record
     assert third.json()["replayed"] is True and third.json()["verdict_id"] == failures[0]
-    events = _all_events(kafka, study_id)
-    assert len(events) == 2 and len({e["verdict_id"] for e in events}) == 1
-    assert events[0] == events[1]  # the very same event, times included: consumers dedupe it by id
+    _exactly_one(kafka, study_id, failures[0])
+
+
+def test_retry_after_a_publish_kafka_never_acknowledged_publishes_it_once(
+    kapi: Api, kafka: KafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pending event is kept, but the send failed before reaching Kafka: the retry finds it missing
+    from the topic and publishes it, once."""
+    study_id, keys = _study(kapi)
+    key = str(uuid.uuid4())
+    body = {"labels": _labels(Edema=1), "note": "bilateral"}
+    failures = _fail_once(
+        monkeypatch, EventSink, "deliver", DeliveryFailed("injected: no acknowledgement, nothing sent")
+    )
+    failed = _verdict(kapi, study_id, body, key)
+    assert failed.status_code == 503 and "nothing was recorded" in failed.json()["detail"]
+    assert failures and kapi.redis.hlen(keys.verdict_pending(study_id, "rad")) == 1
+    assert _all_events(kafka, study_id) == []
+    assert kapi.get(f"/studies/{study_id}").json()["status"] == "unclaimed"  # the hold was undone
+
+    retried = _verdict(kapi, study_id, body, key)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["verdict_id"] == failures[0]
+    assert kapi.get(f"/studies/{study_id}").json()["status"] == "read"
+    assert not kapi.redis.exists(keys.verdict_pending(study_id, "rad"))
+    _exactly_one(kafka, study_id, failures[0])
+
+
+def test_retry_when_kafka_cannot_be_asked_is_refused_with_503_and_publishes_nothing(
+    kapi: Api, kafka: KafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pending event without a noted delivery, and the topic unreachable for the check: 503, not a blind
+    publish; once Kafka answers, the retry publishes it once."""
+    study_id, keys = _study(kapi)
+    key = str(uuid.uuid4())
+    body = {"labels": _labels(Pneumonia=1)}
+    failures = _fail_once(monkeypatch, EventSink, "deliver", DeliveryFailed("injected: no acknowledgement"))
+    assert _verdict(kapi, study_id, body, key).status_code == 503 and failures
+
+    state = kapi.client.app.state
+    working = state.verdict_lookup
+    state.verdict_lookup = VerdictLookup(f"127.0.0.1:{free_port()}", timeout_s=2.0)  # nobody listens
+    refused = _verdict(kapi, study_id, body, key)
+    assert refused.status_code == 503 and "could not be asked" in refused.json()["detail"]
+    assert kapi.get(f"/studies/{study_id}").json()["status"] == "unclaimed"
+    assert kapi.redis.hlen(keys.verdict_pending(study_id, "rad")) == 1
+    assert _all_events(kafka, study_id) == []
+
+    state.verdict_lookup = working
+    saved = _verdict(kapi, study_id, body, key)
+    assert saved.status_code == 200, saved.text
+    assert kapi.get(f"/studies/{study_id}").json()["status"] == "read"
+    _exactly_one(kafka, study_id, failures[0])
 
 
 @pytest.mark.parametrize("bad", ["", "two words", "x" * 129, "caf\u00e9".encode()], ids=str)

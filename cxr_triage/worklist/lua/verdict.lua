@@ -6,7 +6,8 @@
 local id, who, key, verdict, decided = ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
 reap()
 redis.call('HSET', p .. ':verdict-keys:' .. id .. ':' .. who, key, verdict)
-redis.call('HDEL', p .. ':verdict-pending:' .. id .. ':' .. who, key)
+-- the pending event and the note of its delivery (verdicts.py's _DELIVERED_SUFFIX)
+redis.call('HDEL', p .. ':verdict-pending:' .. id .. ':' .. who, key, key .. ' kafka')
 -- Only a later decision replaces the radiologist's verdict: a rebuild replaying an older one while the API
 -- records a newer one must not put the older one back.
 local latest = redis.call('HGET', p .. ':verdict-at:' .. id, who)
