@@ -15,7 +15,9 @@ from stream_processors.monitors import Monitors
 
 
 def datadir(settings: ProcessorSettings) -> Path:
-    return settings.home / "processors" / settings.processors_app_id
+    path = settings.home / "processors" / settings.processors_app_id
+    path.parent.mkdir(parents=True, exist_ok=True)  # Faust makes the last level only
+    return path
 
 
 def create_app(settings: ProcessorSettings, *, metrics: ProcessorMetrics | None = None) -> faust.App:

@@ -112,7 +112,12 @@ def _outcome(processor: Processor) -> dict[str, Any]:
     }
 
 
-def test_kill_9_mid_stream_then_restart_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "kill_at",
+    [5, 15],
+    ids=["mid-stream", "just-after-the-threshold"],  # 15 = retrain_min_labels: decide -> publish -> mark
+)
+def test_kill_9_mid_stream_then_restart_ends_like_an_uninterrupted_run(tmp_path: Path, kill_at: int) -> None:
     studies = 40
     with processor_stack(tmp_path, retrain_min_labels="15") as (broker, processor, events):
         processor.start()
@@ -125,14 +130,26 @@ def test_kill_9_mid_stream_then_restart_ends_like_an_uninterrupted_run(tmp_path:
 
         producer = threading.Thread(target=produce)
         producer.start()
-        wait_for(lambda: processor.store.count() >= 5, timeout_s=60, what="the stream under way")
+        # Polled tightly: the kill should follow the kill_at-th row (and, at 15, the trigger's decision) closely.
+        wait_for(
+            lambda: processor.store.count() >= kill_at,
+            timeout_s=60,
+            what="the stream under way",
+            every_s=0.01,
+        )
         processor.kill9()
         killed_at = processor.store.count()
         processor.start()
         producer.join(timeout=60)
         _trigger_checked_after(processor, studies)
         interrupted = _outcome(processor)
-        assert 5 <= killed_at < studies, "the kill did not land mid-stream"
+        assert kill_at <= killed_at < studies, "the kill did not land mid-stream"
+        assert interrupted["pending"] is not None and interrupted["total"] == studies
+        # Exactly one request record, not one id published twice. (Only a kill between Kafka's ack and the
+        # store's "published" mark, one SQLite write, would republish it, under the same id.)
+        [request] = _requests(broker, 1)
+        assert topic_size(broker.bootstrap, topics.TRAINING_REQUESTS) == 1
+        assert request.request_id == interrupted["pending"][0]
 
         # The same topics read by a fresh processor (own group, tables and store) that is never interrupted.
         reference_home = tmp_path / "uninterrupted"
@@ -149,6 +166,7 @@ def test_kill_9_mid_stream_then_restart_ends_like_an_uninterrupted_run(tmp_path:
             assert _outcome(reference) == interrupted
         finally:
             reference.stop()
-        assert interrupted["pending"] is not None and interrupted["total"] == studies
-        ids = {r.request_id for r in _requests(broker, 1)}
-        assert ids == {interrupted["pending"][0]}, "both runs decided one and the same request"
+        # The uninterrupted run published its own record of the same decision: two records, one id.
+        records = _requests(broker, 2)
+        assert topic_size(broker.bootstrap, topics.TRAINING_REQUESTS) == 2
+        assert {r.request_id for r in records} == {request.request_id}

@@ -20,4 +20,6 @@ def test_faust_data_folder_is_under_the_home_not_the_cwd(
     app = create_app(ProcessorSettings(home=home, processors_app_id="app-under-test"))
     assert Path(app.conf.datadir) == home / "processors" / "app-under-test"
     assert Path(app.conf.tabledir).is_relative_to(home)
+    app._create_directories()  # what the worker does on its first start (Faust makes only the last level)
+    assert (home / "processors" / "app-under-test").is_dir()
     assert list(cwd.iterdir()) == []
