@@ -18,6 +18,8 @@ from cxr_triage.sla import Tier
 from cxr_triage.topics import verdict_key
 
 STUDY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+PredictionRole = Literal["serving", "shadow"]
+RolloutArm = Literal["champion", "canary"]
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ContentType = Literal["image/png", "image/jpeg", "application/dicom"]
 
@@ -68,6 +70,12 @@ class PredictionEventV1(Event):
     # The model's operating threshold on ``priority`` (its abnormal score), when the model states one: online
     # sensitivity and specificity are measured at it.
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Online evaluation (shadow / canary): ``role`` says whether this prediction ordered the worklist
+    # ("serving") or was only recorded beside it ("shadow"); ``arm`` which model's score orders this study
+    # ("champion", or "canary" for the stable hash-chosen fraction a canary orders). A shadow prediction is
+    # keyed ``topics.shadow_key(study_id, model_version)`` so compaction never replaces the serving one.
+    role: PredictionRole = "serving"
+    arm: RolloutArm = "champion"
 
     @field_validator("probabilities")
     @classmethod
@@ -339,3 +347,29 @@ class TrainingResultEventV1(Event):
     mlflow_run_id: str | None = None
     started_at: datetime | None = None
     finished_at: datetime = Field(default_factory=utcnow)
+
+
+RolloutMode = Literal["none", "shadow", "canary"]
+DecisionAction = Literal["shadow_started", "canary_started", "promote", "rollback", "keep_waiting", "stopped"]
+
+
+class ModelDecisionEventV1(Event):
+    """A decision on a challenger under online evaluation (``cxr.model-decisions.v1``, key = challenger version).
+
+    ``metrics`` holds the paired numbers the decision rests on (both models on the same verdicted studies:
+    counts, AUROCs and their difference with its confidence interval, sensitivities, latencies), by name.
+    """
+
+    schema_name: Literal["cxr.model-decision"] = "cxr.model-decision"
+    schema_version: Literal[1] = 1
+    decision_id: str = Field(min_length=8, max_length=64)
+    action: DecisionAction
+    mode: RolloutMode
+    champion_version: str
+    challenger_version: str
+    fraction: float | None = Field(default=None, ge=0.0, le=1.0)
+    reason: str = ""
+    paired_studies: int = Field(default=0, ge=0)
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    decided_by: Literal["policy", "operator"] = "policy"
+    decided_at: datetime = Field(default_factory=utcnow)

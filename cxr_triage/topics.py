@@ -19,6 +19,8 @@ METRICS: Final[str] = "cxr.metrics.v1"
 DRIFT: Final[str] = "cxr.drift.v1"
 TRAINING_REQUESTS: Final[str] = "cxr.training-requests.v1"
 TRAINING_RESULTS: Final[str] = "cxr.training-results.v1"
+# Online evaluation of challengers (shadow / canary) and what became of them.
+MODEL_DECISIONS: Final[str] = "cxr.model-decisions.v1"
 
 ALL: Final[tuple[str, ...]] = (
     STUDIES,
@@ -31,6 +33,7 @@ ALL: Final[tuple[str, ...]] = (
     DRIFT,
     TRAINING_REQUESTS,
     TRAINING_RESULTS,
+    MODEL_DECISIONS,
 )
 
 _FOREVER: Final[dict[str, str]] = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -48,6 +51,7 @@ CONFIGS: Final[dict[str, dict[str, str]]] = {
     AUDIT: _FOREVER,
     TRAINING_REQUESTS: _FOREVER,
     TRAINING_RESULTS: _FOREVER,
+    MODEL_DECISIONS: _FOREVER,
     DLQ: {"retention.ms": _DAYS_30},
     METRICS: {"retention.ms": _DAYS_30},
     DRIFT: {"retention.ms": _DAYS_30},
@@ -70,3 +74,8 @@ def split_verdict_key(key: str) -> tuple[str, str]:
     if not sep or not study_id or not radiologist:
         raise ValueError("not a verdict key (want <study id>:<radiologist>)")
     return study_id, radiologist
+
+
+def shadow_key(study_id: str, model_version: str) -> str:
+    """Kafka key of a shadow prediction: never the study id alone, so compaction keeps the serving one."""
+    return f"{study_id}{_KEY_SEPARATOR}shadow{_KEY_SEPARATOR}{model_version}"
