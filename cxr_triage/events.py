@@ -231,6 +231,12 @@ class FeedbackEventV1(Event):
     claimed_at: datetime | None = None
     decided_at: datetime
     joined_at: datetime = Field(default_factory=utcnow)
+    # Online evaluation: which arm's model ordered this study (the prediction above is always the serving one,
+    # "canary" when a canary's score ordered it), and the shadow predictions of the same study by model
+    # version, so that the champion and a challenger are compared on the same verdicts (paired). The join
+    # re-publishes the example when a shadow prediction arrives after it (same verdict id, one more entry).
+    arm: RolloutArm = "champion"
+    shadow: dict[str, PredictionEventV1] = Field(default_factory=dict)
 
     _all_labels = field_validator("labels")(_fourteen_labels)
     _known_uncertain = field_validator("uncertain")(_known_findings)

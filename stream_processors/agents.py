@@ -52,9 +52,14 @@ def repartition_topic(settings: ProcessorSettings) -> str:
     return f"{settings.processors_app_id}-verdicts-by-study-repartition"
 
 
+def shadow_repartition_topic(settings: ProcessorSettings) -> str:
+    return f"{settings.processors_app_id}-shadow-by-study-repartition"
+
+
 def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> None:
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     by_study = repartition_topic(settings)
+    shadow_by_study = shadow_repartition_topic(settings)
     verdicts = app.topic(topics.VERDICTS, **raw)
     # internal=True makes Faust create the repartition topic (co-partitioned: the same partition count);
     # the two source topics exist already and are left as they are.
@@ -62,11 +67,13 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         topics.STUDIES,
         topics.PREDICTIONS,
         by_study,
+        shadow_by_study,
         internal=True,
         partitions=settings.kafka_partitions,
         **raw,
     )
     verdicts_by_study = app.topic(by_study, **raw)
+    shadows_by_study = app.topic(shadow_by_study, **raw)
     feedback = app.topic(topics.FEEDBACK, **raw)
     results = app.topic(topics.TRAINING_RESULTS, **raw)
     dlq = app.topic(topics.DLQ, **raw)
@@ -149,7 +156,9 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         """Pair the input's summary with its prediction's priority once both are known (either order)."""
         if state.input_sample is None or state.prediction is None:
             return state
-        monitors.add_drift_sample(InputSample.model_validate(state.input_sample), state.prediction)
+        if state.prediction.arm == "champion":
+            # A canary-ordered study's priority is another model's: not the champion's drift.
+            monitors.add_drift_sample(InputSample.model_validate(state.input_sample), state.prediction)
         return state.model_copy(update={"input_sample": None})
 
     def with_state(step: join.Step, state: join.JoinState) -> join.Step:
@@ -183,8 +192,13 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
                                 add_drift_sample(step.state.model_copy(update={"input_sample": summary})),
                             )
                         await apply(study.study_id, before, step)
-                elif source == topics.PREDICTIONS:
+                elif source == topics.PREDICTIONS or source == shadow_by_study:
                     prediction = PredictionEventV1.from_bytes(event.value)
+                    if prediction.role == "shadow" and source == topics.PREDICTIONS:
+                        # Keyed topics.shadow_key, so on another partition than its study: re-keyed by
+                        # study id first, as the verdicts are, so that the join stays co-partitioned.
+                        await shadows_by_study.send(key=prediction.study_id.encode(), value=event.value)
+                        continue
                     await asyncio.to_thread(monitors.observe_prediction, prediction)
                     async with join_lock:
                         before = load(prediction.study_id)

@@ -1,8 +1,14 @@
 """The join's decisions, without Faust: one study's state in, the new state and what to publish out.
 
-A study's ``JoinState`` (one Faust table row, key = study id) collects its study event, its latest prediction
-and, per radiologist, either the verdict waiting for the other two or the verdict already turned into
-feedback. Events may come in any order; the functions here are pure so each order is unit-tested.
+A study's ``JoinState`` (one Faust table row, key = study id) collects its study event, its latest serving
+prediction, its shadow predictions (online evaluation: one per challenger version) and, per radiologist,
+either the verdict waiting for the other two or the verdict already turned into feedback. Events may come in
+any order; the functions here are pure so each order is unit-tested.
+
+A shadow prediction never takes the serving prediction's place (the feedback example is the reading the
+worklist showed); it rides along in the example's ``shadow`` so both models are judged on the same verdict.
+A shadow arriving after the example was published re-publishes it with the shadow added (same verdict id:
+the store merges it into the row, no new ``seq``).
 
 Per radiologist only the latest decision counts: an amendment replaces the earlier verdict (a new feedback
 event under the same key), while an older verdict seen again (a replay after an amendment) changes nothing
@@ -41,6 +47,9 @@ class JoinedVerdict(BaseModel):
 
     verdict_id: str
     decided_at: datetime
+    # The verdict itself (without its note), to re-publish the example when a shadow prediction comes later.
+    # None in states written before online evaluation: such an example is not re-published.
+    verdict: VerdictEventV1 | None = None
 
 
 class JoinState(BaseModel):
@@ -50,6 +59,8 @@ class JoinState(BaseModel):
 
     study: StudyEventV1 | None = None
     prediction: PredictionEventV1 | None = None
+    # Shadow predictions by model version (the newest scoring of each).
+    shadow: dict[str, PredictionEventV1] = {}
     waiting: dict[str, WaitingVerdict] = {}
     joined: dict[str, JoinedVerdict] = {}
     # The drift monitor's summary of the input image, kept until the prediction gives it a priority.
@@ -78,9 +89,22 @@ def _is_newer(verdict: VerdictEventV1, than: JoinedVerdict | WaitingVerdict | No
     return verdict.verdict_id != known_id and verdict.decided_at >= known_at
 
 
+def _joined(verdict: VerdictEventV1) -> JoinedVerdict:
+    return JoinedVerdict(
+        verdict_id=verdict.verdict_id,
+        decided_at=verdict.decided_at,
+        verdict=verdict.model_copy(update={"note": None}),
+    )
+
+
 def feedback_of(
-    study: StudyEventV1, prediction: PredictionEventV1, verdict: VerdictEventV1
+    study: StudyEventV1,
+    prediction: PredictionEventV1,
+    verdict: VerdictEventV1,
+    shadow: dict[str, PredictionEventV1] | None = None,
 ) -> FeedbackEventV1:
+    # The serving version scored in shadow too (a worker mid-switch) is no second opinion: left out.
+    paired = {v: p for v, p in sorted((shadow or {}).items()) if v != prediction.model_version}
     return FeedbackEventV1(
         study_id=study.study_id,
         radiologist=verdict.radiologist,
@@ -103,6 +127,8 @@ def feedback_of(
         scored_at=prediction.scored_at,
         claimed_at=verdict.claimed_at,
         decided_at=verdict.decided_at,
+        arm=prediction.arm,
+        shadow=paired,
     )
 
 
@@ -110,10 +136,12 @@ def _release(state: JoinState) -> Step:
     """Turn every waiting verdict into feedback once the study and its prediction are both known."""
     if state.study is None or state.prediction is None or not state.waiting:
         return Step(state)
-    feedback = [feedback_of(state.study, state.prediction, w.verdict) for w in state.waiting.values()]
+    feedback = [
+        feedback_of(state.study, state.prediction, w.verdict, state.shadow) for w in state.waiting.values()
+    ]
     joined = dict(state.joined)
     for radiologist, w in state.waiting.items():
-        joined[radiologist] = JoinedVerdict(verdict_id=w.verdict.verdict_id, decided_at=w.verdict.decided_at)
+        joined[radiologist] = _joined(w.verdict)
     return Step(state.model_copy(update={"waiting": {}, "joined": joined}), feedback=feedback)
 
 
@@ -122,11 +150,31 @@ def on_study(state: JoinState, study: StudyEventV1) -> Step:
 
 
 def on_prediction(state: JoinState, prediction: PredictionEventV1) -> Step:
-    # The latest scoring wins (a re-score by a new version); feedback already published keeps the
+    if prediction.role == "shadow":
+        return on_shadow(state, prediction)
+    # Among serving predictions the latest scoring wins (a re-score by a new version); feedback already published keeps the
     # prediction it was joined with: the verdict judged that one.
     if state.prediction is not None and prediction.scored_at < state.prediction.scored_at:
         return Step(state)
     return _release(state.model_copy(update={"prediction": prediction}))
+
+
+def on_shadow(state: JoinState, prediction: PredictionEventV1) -> Step:
+    """Record a shadow prediction; re-publish the study's examples already joined, now with it."""
+    known = state.shadow.get(prediction.model_version)
+    if known is not None and prediction.scored_at <= known.scored_at:
+        return Step(state)  # a replay, or an older scoring of that version
+    state = state.model_copy(update={"shadow": {**state.shadow, prediction.model_version: prediction}})
+    step = _release(state)
+    if state.study is None or state.prediction is None:
+        return step
+    released = {f.radiologist for f in step.feedback}
+    again = [
+        feedback_of(state.study, state.prediction, j.verdict, state.shadow)
+        for radiologist, j in state.joined.items()
+        if j.verdict is not None and radiologist not in released
+    ]
+    return Step(step.state, feedback=step.feedback + again, dead_letters=step.dead_letters)
 
 
 def on_verdict(state: JoinState, verdict: VerdictEventV1, *, now: float) -> Step:
@@ -139,7 +187,7 @@ def on_verdict(state: JoinState, verdict: VerdictEventV1, *, now: float) -> Step
         and state.prediction is not None
     ):
         # A replay of the joined verdict: its feedback again, in case the first one was lost in a crash.
-        return Step(state, feedback=[feedback_of(state.study, state.prediction, verdict)])
+        return Step(state, feedback=[feedback_of(state.study, state.prediction, verdict, state.shadow)])
     known = state.waiting.get(radiologist) or joined
     if not _is_newer(verdict, known):
         return Step(state)
@@ -150,7 +198,20 @@ def on_verdict(state: JoinState, verdict: VerdictEventV1, *, now: float) -> Step
 
 
 def settled(state: JoinState) -> bool:
-    """Whether the study is done with: study, prediction and a joined verdict known, nothing waiting."""
+    """Whether the study is done with: study, prediction and a joined verdict known, nothing waiting.
+
+    A state holding shadow predictions only (a shadow that came after its study was pruned) counts as settled
+    too, so it leaves the table after the TTL instead of staying for ever.
+    """
+    if (
+        state.shadow
+        and state.study is None
+        and state.prediction is None
+        and not state.waiting
+        and not state.joined
+        and state.input_sample is None
+    ):
+        return True
     return (
         state.study is not None
         and state.prediction is not None

@@ -91,7 +91,12 @@ class Monitors:
     # -- the serving version -------------------------------------------------------------------------------
 
     def observe_prediction(self, prediction: PredictionEventV1) -> None:
-        """Follow the version that scored the newest study: the one the floors and drift are about."""
+        """Follow the version that scored the newest study: the one the floors and drift are about.
+
+        Only the champion's serving predictions count: a shadow or a canary-ordered study is a challenger's.
+        """
+        if prediction.role != "serving" or prediction.arm != "champion":
+            return
         scored_at = prediction.scored_at.isoformat()
         if self._serving == prediction.model_version or (
             self._serving_at is not None and datetime.fromisoformat(self._serving_at) > prediction.scored_at

@@ -9,6 +9,11 @@ sink); any number of readers (the trainer, ``cxr-triage feedback stats``) thanks
 is a ``seq`` range, and an amended example gets a new ``seq``, so it counts as new data. "Since model version
 X" means every example stored since the first one scored by X, whichever version scored the later ones.
 
+Online evaluation: ``example_scores`` indexes which model versions scored each example, in which role
+(the serving prediction, or a shadow one in the event's ``shadow``) and arm, so the champion and a challenger
+are compared on the examples both scored (paired) without reading every row. A shadow prediction joined after
+its example was stored is merged into that row (same verdict id, same ``seq``: the training data is unchanged).
+
 The store also keeps the processors' small state documents (``state``): unmatched verdicts waiting, the last
 drift scores, the training request outstanding; the CLI reads them without asking a running processor.
 
@@ -41,6 +46,16 @@ CREATE TABLE IF NOT EXISTS examples (
     UNIQUE (study_id, radiologist)
 );
 CREATE INDEX IF NOT EXISTS examples_by_version ON examples (model_version, seq);
+CREATE TABLE IF NOT EXISTS example_scores (
+    study_id TEXT NOT NULL,
+    radiologist TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    role TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (study_id, radiologist, model_version)
+);
+CREATE INDEX IF NOT EXISTS example_scores_by_version ON example_scores (model_version, role, arm, seq);
 CREATE TABLE IF NOT EXISTS state (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -70,7 +85,16 @@ class FeedbackStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
+            had_scores = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'example_scores'"
+            ).fetchone()
             db.executescript(_SCHEMA)
+            if had_scores is None:
+                # A store from before online evaluation: every example there was the champion's serving one.
+                db.execute(
+                    "INSERT OR IGNORE INTO example_scores"
+                    " SELECT study_id, radiologist, model_version, 'serving', 'champion', seq FROM examples"
+                )
 
     @classmethod
     def open_existing(cls, path: Path, *, timeout_s: float = 30.0) -> FeedbackStore:
@@ -122,14 +146,15 @@ class FeedbackStore:
             if row is not None:
                 verdict_id, decided_at = row
                 if verdict_id == event.verdict_id:
-                    return False
+                    return self._merge_shadow(db, event)
                 if datetime.fromisoformat(decided_at) > event.decided_at:
                     return False
-                db.execute(
-                    "DELETE FROM examples WHERE study_id = ? AND radiologist = ?",
-                    (event.study_id, event.radiologist),
-                )
-            db.execute(
+                for table in ("examples", "example_scores"):
+                    db.execute(
+                        f"DELETE FROM {table} WHERE study_id = ? AND radiologist = ?",
+                        (event.study_id, event.radiologist),
+                    )
+            cursor = db.execute(
                 "INSERT INTO examples (study_id, radiologist, verdict_id, decided_at, model_version, event)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (
@@ -141,7 +166,75 @@ class FeedbackStore:
                     event.model_dump_json(),
                 ),
             )
+            seq = int(cursor.lastrowid or 0)
+            self._index_scores(db, event, seq, event.model_version, "serving", event.arm)
+            for version, shadow in event.shadow.items():
+                self._index_scores(db, event, seq, version, "shadow", shadow.arm)
             return True
+
+    @staticmethod
+    def _index_scores(
+        db: sqlite3.Connection, event: FeedbackEventV1, seq: int, version: str, role: str, arm: str
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO example_scores (study_id, radiologist, model_version, role, arm, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (event.study_id, event.radiologist, version, role, arm, seq),
+        )
+
+    def _merge_shadow(self, db: sqlite3.Connection, event: FeedbackEventV1) -> bool:
+        """The stored example with ``event``'s newer shadow predictions added; True if any was new."""
+        seq, raw = db.execute(
+            "SELECT seq, event FROM examples WHERE study_id = ? AND radiologist = ?",
+            (event.study_id, event.radiologist),
+        ).fetchone()
+        stored = FeedbackEventV1.model_validate_json(raw)
+        added = {
+            version: shadow
+            for version, shadow in event.shadow.items()
+            if version not in stored.shadow or shadow.scored_at > stored.shadow[version].scored_at
+        }
+        if not added:
+            return False
+        merged = stored.model_copy(update={"shadow": dict(sorted({**stored.shadow, **added}.items()))})
+        db.execute("UPDATE examples SET event = ? WHERE seq = ?", (merged.model_dump_json(), seq))
+        for version, shadow in added.items():
+            self._index_scores(db, event, int(seq), version, "shadow", shadow.arm)
+        return True
+
+    def scored_by_all(self, versions: tuple[str, ...], *, after_seq: int = 0) -> list[StoredExample]:
+        """Examples that every one of ``versions`` scored (serving or shadow), oldest first: the paired set."""
+        if not versions:
+            return []
+        marks = ", ".join("?" for _ in versions)
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT e.seq, e.event FROM examples e WHERE e.seq > ? AND e.seq IN ("
+                " SELECT seq FROM example_scores WHERE model_version IN ("
+                + marks
+                + ") GROUP BY seq HAVING count(DISTINCT model_version) = ?) ORDER BY e.seq",
+                (after_seq, *versions, len(versions)),
+            ).fetchall()
+        return [StoredExample(int(seq), FeedbackEventV1.model_validate_json(raw)) for seq, raw in rows]
+
+    def served_on_arm(self, arm: str, *, after_seq: int = 0) -> list[StoredExample]:
+        """Examples whose serving prediction was on ``arm`` ("champion" / "canary"), oldest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT e.seq, e.event FROM examples e JOIN example_scores s ON s.seq = e.seq"
+                " WHERE s.role = 'serving' AND s.arm = ? AND e.seq > ? ORDER BY e.seq",
+                (arm, after_seq),
+            ).fetchall()
+        return [StoredExample(int(seq), FeedbackEventV1.model_validate_json(raw)) for seq, raw in rows]
+
+    def score_roles(self) -> dict[tuple[str, str, str], tuple[int, int, int]]:
+        """Per (model version, role, arm): (examples, oldest ``seq``, newest ``seq``)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT model_version, role, arm, count(*), min(seq), max(seq) FROM example_scores"
+                " GROUP BY model_version, role, arm"
+            ).fetchall()
+        return {(str(v), str(r), str(a)): (int(n), int(lo), int(hi)) for v, r, a, n, lo, hi in rows}
 
     def count(self, *, after_seq: int = 0) -> int:
         with self._connect() as db:
