@@ -26,6 +26,7 @@ import os
 import py_compile
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -118,14 +119,27 @@ def write_configs(
     version: int,
     contract: ModelContract,
     serving: ServingSettings | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> None:
-    """Both configs, serving ``version`` of a model with ``signature``; files that would not change stay."""
+    """Both configs, serving ``version`` of a model with ``signature``; files that would not change stay.
+
+    ``parameters``: more ``cxr.*`` config parameters (the challenger's rollout state)."""
     serving = serving or ServingSettings()
     python = python_backend_config(
-        model_name, signature=signature, version=version, serving=serving, contract=contract
+        model_name,
+        signature=signature,
+        version=version,
+        serving=serving,
+        contract=contract,
+        parameters=parameters,
     )
     onnxrt = onnxruntime_config(
-        model_name, signature=signature, version=version, serving=serving, contract=contract
+        model_name,
+        signature=signature,
+        version=version,
+        serving=serving,
+        contract=contract,
+        parameters=parameters,
     )
     _write_if_changed(folder / CONFIG_FILE, python)
     _write_if_changed(folder / ONNXRUNTIME_CONFIG_FILE, onnxrt)

@@ -7,6 +7,8 @@ its ``onnxruntime`` backend (compose.yaml), which runs the same ``model.onnx``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cxr_triage.labels import NUM_LABELS
 from cxr_triage.model.contract import ModelContract
 from cxr_triage.model.export import CAM_OUTPUT_NAME, INPUT_NAME, OUTPUT_NAME
@@ -55,9 +57,11 @@ version_policy: {{ specific: {{ versions: [ {version} ] }} }}
 """
 
 
-def _contract(contract: ModelContract) -> str:
-    # The served version's own facts, read by the worker from Triton (get_model_config) with the input shape.
-    return "".join(_parameter(key, value) for key, value in sorted(contract.parameters().items()))
+def _contract(contract: ModelContract, extra: Mapping[str, str] | None = None) -> str:
+    # The served version's own facts, read by the worker from Triton (get_model_config) with the input shape;
+    # ``extra`` is the challenger's rollout state (``cxr_triage.model.rollout``).
+    values = {**contract.parameters(), **(extra or {})}
+    return "".join(_parameter(key, value) for key, value in sorted(values.items()))
 
 
 def _instances(kind: str, count: int) -> str:
@@ -77,6 +81,7 @@ def python_backend_config(
     version: int,
     serving: ServingSettings,
     contract: ModelContract,
+    parameters: Mapping[str, str] | None = None,
 ) -> str:
     """config.pbtxt for the local tritonserver: the Python backend runs the ONNX file with ONNX Runtime."""
     return (
@@ -87,7 +92,7 @@ def python_backend_config(
         + _threads(serving)
         + _parameter("allow_spinning", "1" if serving.allow_spinning else "0")
         + _parameter("execution_providers", serving.execution_providers)
-        + _contract(contract)
+        + _contract(contract, parameters)
     )
 
 
@@ -98,6 +103,7 @@ def onnxruntime_config(
     version: int,
     serving: ServingSettings,
     contract: ModelContract,
+    parameters: Mapping[str, str] | None = None,
 ) -> str:
     """The same model for NVIDIA's Triton container (onnxruntime backend; a GPU instance when it has one)."""
     return (
@@ -105,5 +111,5 @@ def onnxruntime_config(
         + _common(signature, version=version, serving=serving)
         + _instances("KIND_AUTO", serving.instance_count)
         + _threads(serving)
-        + _contract(contract)
+        + _contract(contract, parameters)
     )
