@@ -74,6 +74,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
     )
     verdicts_by_study = app.topic(by_study, **raw)
     shadows_by_study = app.topic(shadow_by_study, **raw)
+    decisions_topic = app.topic(topics.MODEL_DECISIONS, **raw)
     feedback = app.topic(topics.FEEDBACK, **raw)
     results = app.topic(topics.TRAINING_RESULTS, **raw)
     dlq = app.topic(topics.DLQ, **raw)
@@ -314,6 +315,14 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         for event in await asyncio.to_thread(monitors.online_metrics):
             await send(metrics_topic, event.model_version, event)
         await maybe_request()
+        await rollout()
+
+    async def rollout() -> None:
+        """Publish the policy's final decisions on challengers; each marked published after Kafka's ack."""
+        for decision in await asyncio.to_thread(monitors.rollout):
+            delivered = await send(decisions_topic, decision.challenger_version, decision)
+            await delivered
+            await asyncio.to_thread(monitors.mark_decision_published, decision)
 
     @app.timer(settings.drift_interval_s)
     async def drift() -> None:

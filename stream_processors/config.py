@@ -42,6 +42,19 @@ class ProcessorSettings(Settings):
     drift_window_size: int = Field(default=200, ge=10, description="The newest N inputs")
     drift_interval_s: float = Field(default=60.0, gt=0.0, description="Drift report every this often")
 
+    # Online evaluation of challengers (shadow / canary; docs/feedback-loop.md "Online evaluation").
+    rollout_min_paired: int = Field(
+        default=200, ge=1, description="Paired verdicted studies before promoting"
+    )
+    rollout_min_per_class: int = Field(default=20, ge=1, description="Abnormal and normal among them, each")
+    rollout_auroc_margin: float = Field(default=0.02, ge=0.0, le=1.0, description="Non-inferiority margin")
+    rollout_sensitivity_floor: float = Field(default=0.80, ge=0.0, le=1.0)
+    rollout_confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="Of the paired bootstrap CI")
+    rollout_bootstrap_resamples: int = Field(default=2000, ge=100)
+    canary_min_examples: int = Field(default=100, ge=1, description="Canary-arm verdicts before a rollback")
+    canary_sensitivity_floor: float = Field(default=0.80, ge=0.0, le=1.0)
+    canary_latency_ceiling_s: float = Field(default=10.0, gt=0.0, description="Canary scoring latency p95")
+
     @model_validator(mode="after")
     def _wait_checked_in_time(self) -> ProcessorSettings:
         if self.unmatched_check_interval_s > self.unmatched_verdict_wait_s:

@@ -8,8 +8,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from cxr_triage.events import DriftReportV1, MetricsEventV1
+from stream_processors.paired_metrics import ArmMetrics, PairedMetrics
 
 _NAN = float("nan")
+
+
+def _value(value: float | None) -> float:
+    return _NAN if value is None else value
 
 
 class ProcessorMetrics:
@@ -113,6 +118,126 @@ class ProcessorMetrics:
         self.drift_alert = Gauge(
             "cxr_drift_alert", "1 when the last drift report alerted", ["model_version"], registry=r
         )
+
+        # Online evaluation: labelled by model version, role (champion / challenger) or arm; never a study.
+        self.rollout_paired = Gauge(
+            "cxr_rollout_paired_studies",
+            "Verdicted studies both the champion and the challenger scored",
+            ["champion_version", "challenger_version", "mode"],
+            registry=r,
+        )
+        self.rollout_auroc = Gauge(
+            "cxr_rollout_paired_auroc",
+            "Abnormal-vs-normal AUROC on the paired studies",
+            ["model_version", "role"],
+            registry=r,
+        )
+        self.rollout_auroc_difference = Gauge(
+            "cxr_rollout_auroc_difference",
+            "AUROC(challenger) - AUROC(champion) on the paired studies, with its bootstrap CI bounds",
+            ["challenger_version", "bound"],
+            registry=r,
+        )
+        self.rollout_sensitivity = Gauge(
+            "cxr_rollout_paired_sensitivity",
+            "Sensitivity at the model's own threshold on the paired studies",
+            ["model_version", "role"],
+            registry=r,
+        )
+        self.rollout_specificity = Gauge(
+            "cxr_rollout_paired_specificity",
+            "Specificity at the model's own threshold on the paired studies",
+            ["model_version", "role"],
+            registry=r,
+        )
+        self.rollout_latency = Gauge(
+            "cxr_rollout_scoring_latency_seconds",
+            "Seconds from arrival to scoring on the paired studies",
+            ["model_version", "role", "quantile"],
+            registry=r,
+        )
+        self.rollout_arm_examples = Gauge(
+            "cxr_rollout_arm_examples",
+            "Verdicted studies each arm's model ordered",
+            ["model_version", "arm"],
+            registry=r,
+        )
+        self.rollout_arm_sensitivity = Gauge(
+            "cxr_rollout_arm_sensitivity",
+            "Sensitivity on the studies each arm's model ordered",
+            ["model_version", "arm"],
+            registry=r,
+        )
+        self.rollout_arm_time_to_read = Gauge(
+            "cxr_rollout_arm_time_to_read_seconds",
+            "Median seconds from arrival to decision on the studies each arm's model ordered",
+            ["model_version", "arm"],
+            registry=r,
+        )
+        self.rollout_decision = Gauge(
+            "cxr_rollout_decision",
+            "1 for the policy's current action on the challenger",
+            ["challenger_version", "action"],
+            registry=r,
+        )
+        self.rollout_decisions = Counter(
+            "cxr_rollout_decisions",
+            "Final decisions published on cxr.model-decisions.v1",
+            ["action"],
+            registry=r,
+        )
+
+    def observe_paired(self, paired: PairedMetrics, *, mode: str) -> None:
+        champion, challenger = paired.champion_version, paired.challenger_version
+        self.rollout_paired.labels(champion_version=champion, challenger_version=challenger, mode=mode).set(
+            paired.paired
+        )
+        for role, version, auroc, sensitivity, specificity, p50, p95 in (
+            (
+                "champion",
+                champion,
+                paired.auroc_champion,
+                paired.sensitivity_champion,
+                paired.specificity_champion,
+                paired.latency_p50_champion_s,
+                paired.latency_p95_champion_s,
+            ),
+            (
+                "challenger",
+                challenger,
+                paired.auroc_challenger,
+                paired.sensitivity_challenger,
+                paired.specificity_challenger,
+                paired.latency_p50_challenger_s,
+                paired.latency_p95_challenger_s,
+            ),
+        ):
+            labels = {"model_version": version, "role": role}
+            self.rollout_auroc.labels(**labels).set(_value(auroc))
+            self.rollout_sensitivity.labels(**labels).set(_value(sensitivity))
+            self.rollout_specificity.labels(**labels).set(_value(specificity))
+            self.rollout_latency.labels(quantile="0.5", **labels).set(_value(p50))
+            self.rollout_latency.labels(quantile="0.95", **labels).set(_value(p95))
+        for bound, value in (
+            ("estimate", paired.auroc_difference),
+            ("ci_low", paired.difference_ci_low),
+            ("ci_high", paired.difference_ci_high),
+        ):
+            self.rollout_auroc_difference.labels(challenger_version=challenger, bound=bound).set(
+                _value(value)
+            )
+
+    def observe_arm(self, arm: ArmMetrics) -> None:
+        labels = {"model_version": arm.model_version, "arm": arm.arm}
+        self.rollout_arm_examples.labels(**labels).set(arm.examples)
+        self.rollout_arm_sensitivity.labels(**labels).set(_value(arm.sensitivity))
+        self.rollout_arm_time_to_read.labels(**labels).set(_value(arm.time_to_read_p50_s))
+
+    def observe_decision(self, challenger: str, action: str) -> None:
+        for known in ("promote", "rollback", "keep_waiting"):
+            self.rollout_decision.labels(challenger_version=challenger, action=known).set(
+                1 if known == action else 0
+            )
 
     def observe_metrics(self, event: MetricsEventV1) -> None:
         labels = {"model_version": event.model_version, "window": event.window}

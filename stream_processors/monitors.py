@@ -12,12 +12,17 @@ import logging
 import threading
 import time
 from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from cxr_triage.events import (
     DriftReportV1,
     FeedbackEventV1,
     MetricsEventV1,
+    ModelDecisionEventV1,
     PredictionEventV1,
+    RolloutMode,
     StudyEventV1,
     TrainingRequestEventV1,
     TrainingResultEventV1,
@@ -25,21 +30,43 @@ from cxr_triage.events import (
 from cxr_triage.feedback.store import FeedbackStore
 from cxr_triage.image_store import ImageStore, ImageStoreError
 from cxr_triage.imaging import ImageRejected, decode_grayscale
+from stream_processors import rollout_policy
 from stream_processors.config import ProcessorSettings
 from stream_processors.drift import DriftThresholds, InputSample, drift_report, input_sample
 from stream_processors.drift_windows import DriftWindows, add_sample, reported, view_of
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.online_metrics import compute_metrics
+from stream_processors.paired_metrics import ArmMetrics, PairedMetrics, arm_metrics, paired_metrics
+from stream_processors.rollout_policy import RolloutPolicy, decision_event
 from stream_processors.status import (
     DRIFT_STATE,
     DRIFT_WINDOWS_STATE,
     JOIN_STATE,
+    ROLLOUT_STATE,
     SERVING_STATE,
     TRIGGER_STATE,
 )
 from stream_processors.trigger import TriggerPolicy, TriggerState, decide, observe_serving, settle
 
 logger = logging.getLogger(__name__)
+
+
+class RecordedDecision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    event: ModelDecisionEventV1
+    # Whether Kafka acknowledged it: a decision recorded but not published is published after a restart.
+    published: bool = False
+
+
+class RolloutState(BaseModel):
+    """Online evaluation (feedback store state ``rollout``): the final decision per challenger, and the latest
+    numbers per challenger under evaluation, for ``model status`` and ``feedback stats``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decisions: dict[str, RecordedDecision] = {}
+    challengers: dict[str, dict[str, Any]] = {}
 
 
 class Monitors:
@@ -66,6 +93,18 @@ class Monitors:
             failure_backoff_s=settings.retrain_failure_backoff_s,
             failure_backoff_max_s=settings.retrain_failure_backoff_max_s,
         )
+        self.rollout_policy = RolloutPolicy(
+            min_paired=settings.rollout_min_paired,
+            min_per_class=settings.rollout_min_per_class,
+            auroc_margin=settings.rollout_auroc_margin,
+            sensitivity_floor=settings.rollout_sensitivity_floor,
+            canary_min_examples=settings.canary_min_examples,
+            canary_sensitivity_floor=settings.canary_sensitivity_floor,
+            canary_latency_ceiling_s=settings.canary_latency_ceiling_s,
+        )
+        self._rollout_lock = threading.Lock()
+        self._rollout_signature: object = None
+        self._rollout_at = float("-inf")
         # The trigger's read-decide-record must not interleave between the sink and the timers' threads.
         self._trigger_lock = threading.Lock()
         self._drift_lock = threading.Lock()
@@ -153,6 +192,138 @@ class Monitors:
                 if window == "sliding":
                     self._sliding[version] = event
         return events
+
+    # -- online evaluation ---------------------------------------------------------------------------------
+
+    def rollout_state(self) -> RolloutState:
+        return RolloutState.model_validate(self.store.get_state(ROLLOUT_STATE) or {})
+
+    def _challengers(self, champion: str) -> dict[str, tuple[RolloutMode, int]]:
+        """Versions under evaluation beside ``champion``: mode (a canary arm makes it "canary") and first seq."""
+        found: dict[str, tuple[RolloutMode, int]] = {}
+        for (version, role, arm), (_, first, _) in sorted(self.store.score_roles().items()):
+            if version == champion or (role == "serving" and arm == "champion"):
+                continue
+            mode: RolloutMode = "canary" if role == "serving" else "shadow"
+            known = found.get(version)
+            if known is None:
+                found[version] = (mode, first)
+            else:
+                found[version] = ("canary" if "canary" in (known[0], mode) else mode, min(known[1], first))
+        return found
+
+    def rollout(self) -> list[ModelDecisionEventV1]:
+        """Decisions to publish: new final ones (recorded first), and any recorded but never published.
+
+        The paired metrics are recomputed only when the store's scores changed (or the champion did).
+        """
+        with self._rollout_lock:
+            state = self.rollout_state()
+            unpublished = [d.event for d in state.decisions.values() if not d.published]
+            champion = self._serving
+            if champion is None:
+                return unpublished
+            signature = (champion, tuple(sorted(self.store.score_roles().items())))
+            now = time.monotonic()
+            if (
+                signature == self._rollout_signature
+                or now - self._rollout_at < self.settings.metrics_interval_s
+            ):
+                # Unchanged, or computed less than a metrics interval ago (the bootstrap is not free): the
+                # metrics timer comes back within that interval.
+                return unpublished
+            self._rollout_signature, self._rollout_at = signature, now
+            decisions = dict(state.decisions)
+            challengers = dict(state.challengers)
+            fresh: list[ModelDecisionEventV1] = []
+            for challenger, (mode, first_seq) in self._challengers(champion).items():
+                if challenger in decisions:
+                    continue  # one final decision per challenger
+                paired, canary = self._evaluate(champion, challenger, mode, first_seq)
+                decision = rollout_policy.decide(paired, canary, policy=self.rollout_policy)
+                self.metrics.observe_decision(challenger, decision.action)
+                challengers[challenger] = {
+                    "mode": mode,
+                    "champion_version": champion,
+                    "action": decision.action,
+                    "reason": decision.reason,
+                    "paired": None if paired is None else paired.model_dump(mode="json"),
+                    "canary": None if canary is None else canary.model_dump(mode="json"),
+                }
+                if decision.final:
+                    event = decision_event(
+                        decision,
+                        mode=mode,
+                        champion=champion,
+                        challenger=challenger,
+                        paired=paired,
+                        canary=canary,
+                    )
+                    decisions[challenger] = RecordedDecision(event=event)
+                    fresh.append(event)
+                    logger.warning(
+                        "rollout decision",
+                        extra={
+                            "action": event.action,
+                            "champion_version": champion,
+                            "challenger_version": challenger,
+                            "decision_id": event.decision_id,
+                        },
+                    )
+            updated = RolloutState(decisions=decisions, challengers=challengers)
+            if updated != state:
+                self.store.put_state(ROLLOUT_STATE, updated.model_dump(mode="json"))
+            return unpublished + fresh
+
+    def _evaluate(
+        self, champion: str, challenger: str, mode: RolloutMode, first_seq: int
+    ) -> tuple[PairedMetrics | None, ArmMetrics | None]:
+        rows = [row.event for row in self.store.scored_by_all((champion, challenger))]
+        paired = (
+            paired_metrics(
+                rows,
+                champion=champion,
+                challenger=challenger,
+                confidence=self.settings.rollout_confidence,
+                n_resamples=self.settings.rollout_bootstrap_resamples,
+            )
+            if rows
+            else None
+        )
+        if paired is not None:
+            self.metrics.observe_paired(paired, mode=mode)
+        canary = None
+        if mode == "canary":
+            since = first_seq - 1  # both arms over the canary's time: time-to-read compared like for like
+            canary = arm_metrics(
+                [r.event for r in self.store.served_on_arm("canary", after_seq=since)],
+                model_version=challenger,
+                arm="canary",
+            )
+            self.metrics.observe_arm(canary)
+            self.metrics.observe_arm(
+                arm_metrics(
+                    [r.event for r in self.store.served_on_arm("champion", after_seq=since)],
+                    model_version=champion,
+                    arm="champion",
+                )
+            )
+        return paired, canary
+
+    def mark_decision_published(self, event: ModelDecisionEventV1) -> None:
+        with self._rollout_lock:
+            state = self.rollout_state()
+            recorded = state.decisions.get(event.challenger_version)
+            if recorded is None or recorded.event.decision_id != event.decision_id or recorded.published:
+                return
+            decisions = {
+                **state.decisions,
+                event.challenger_version: RecordedDecision(event=event, published=True),
+            }
+            self.store.put_state(
+                ROLLOUT_STATE, state.model_copy(update={"decisions": decisions}).model_dump(mode="json")
+            )
+        self.metrics.rollout_decisions.labels(action=event.action).inc()
 
     # -- the retrain trigger -------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ DRIFT_WINDOWS_STATE = "drift_windows"
 DRIFT_STATE = "drift"
 JOIN_STATE = "join"
 SERVING_STATE = "serving"
+ROLLOUT_STATE = "rollout"
 
 
 def feedback_stats(store: FeedbackStore) -> dict[str, Any]:
@@ -20,6 +21,7 @@ def feedback_stats(store: FeedbackStore) -> dict[str, Any]:
     join = store.get_state(JOIN_STATE) or {}
     drift = store.get_state(DRIFT_STATE) or {}
     serving = store.get_state(SERVING_STATE) or {}
+    rollout = store.get_state(ROLLOUT_STATE) or {}
     return {
         "total": store.count(),
         "by_model_version": store.counts_by_model_version(),
@@ -33,6 +35,15 @@ def feedback_stats(store: FeedbackStore) -> dict[str, Any]:
             "champion_version": trigger.champion_version,
             "champion_up_to_seq": trigger.champion_up_to_seq,
             "last_outcome": trigger.last_outcome,
+        },
+        # Online evaluation: per challenger its mode, latest paired numbers and the policy's action; the final
+        # decisions as published on cxr.model-decisions.v1.
+        "rollout": {
+            "challengers": rollout.get("challengers", {}),
+            "decisions": {
+                version: {**recorded["event"], "published": recorded.get("published", False)}
+                for version, recorded in rollout.get("decisions", {}).items()
+            },
         },
         "drift": (
             {

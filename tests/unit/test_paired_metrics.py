@@ -2,45 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from cxr_triage.events import FeedbackEventV1
-from stream_processors import join
 from stream_processors.paired_metrics import arm_metrics, paired_metrics, rank_auroc, reading_of
-from tests.processors_factories import T0, prediction, study, verdict
-
-
-def example(
-    index: int,
-    *,
-    abnormal: bool,
-    champion: float,
-    challenger: float | None,
-    challenger_threshold: float = 0.5,
-    arm: str = "champion",
-    read_s: float = 120.0,
-) -> FeedbackEventV1:
-    """Study ``index`` served by version 1 (or 2 on the canary arm), the other version in shadow."""
-    sid = f"s{index}"
-    served_version, shadow_version = ("2", "1") if arm == "canary" else ("1", "2")
-    served_score, shadow_score = (challenger, champion) if arm == "canary" else (champion, challenger)
-    assert served_score is not None
-    served = prediction(sid, priority=served_score, version=served_version).model_copy(update={"arm": arm})
-    if served_version == "2":
-        served = served.model_copy(update={"threshold": challenger_threshold})
-    shadows = {}
-    if shadow_score is not None:
-        shadows[shadow_version] = prediction(
-            sid, priority=shadow_score, version=shadow_version, scored_at=T0 + timedelta(seconds=3)
-        ).model_copy(
-            update={"role": "shadow", "threshold": challenger_threshold if shadow_version == "2" else 0.5}
-        )
-    v = verdict(sid, abnormal=abnormal, decided_at=T0 + timedelta(seconds=read_s))
-    return join.feedback_of(study(sid), served, v, shadows)
+from tests.paired_factories import cohort, example
 
 
 def test_hand_checked_aurocs_operating_points_and_latencies() -> None:
@@ -71,24 +38,8 @@ def test_rank_auroc_equals_scikit_learn_with_ties_and_is_nan_for_one_class() -> 
     assert np.isnan(rank_auroc(np.ones(5, dtype=np.int64), np.arange(5.0)))
 
 
-def _cohort(n: int, challenger: str, seed: int = 7) -> list[FeedbackEventV1]:
-    rng = np.random.default_rng(seed)
-    truth = rng.random(n) < 0.4
-    champion = np.clip(0.5 + 0.25 * np.where(truth, 1, -1) + rng.normal(0, 0.2, n), 0, 1)
-    if challenger == "shuffled":
-        other = rng.permutation(champion)  # the same scores, no longer about these studies
-    elif challenger == "equal":
-        other = champion.copy()
-    else:  # "better": less noise around the truth
-        other = np.clip(0.5 + 0.3 * np.where(truth, 1, -1) + rng.normal(0, 0.1, n), 0, 1)
-    return [
-        example(i, abnormal=bool(t), champion=float(a), challenger=float(b))
-        for i, (t, a, b) in enumerate(zip(truth, champion, other, strict=True))
-    ]
-
-
 def test_a_shuffled_challenger_is_significantly_worse() -> None:
-    m = paired_metrics(_cohort(300, "shuffled"), champion="1", challenger="2")
+    m = paired_metrics(cohort(300, "shuffled"), champion="1", challenger="2")
     assert m.auroc_champion is not None and m.auroc_champion > 0.85
     assert m.auroc_challenger is not None and abs(m.auroc_challenger - 0.5) < 0.1
     assert m.difference_ci_high is not None and m.difference_ci_high < -0.2
@@ -96,7 +47,7 @@ def test_a_shuffled_challenger_is_significantly_worse() -> None:
 
 @pytest.mark.parametrize("kind", ["equal", "better"])
 def test_an_equal_or_better_challenger_is_not_worse(kind: str) -> None:
-    m = paired_metrics(_cohort(300, kind), champion="1", challenger="2")
+    m = paired_metrics(cohort(300, kind), champion="1", challenger="2")
     assert m.difference_ci_low is not None and m.difference_ci_low > -0.02
     if kind == "equal":
         assert m.auroc_difference == 0.0 and m.difference_ci_high == 0.0
@@ -105,7 +56,7 @@ def test_an_equal_or_better_challenger_is_not_worse(kind: str) -> None:
 
 
 def test_the_interval_is_the_same_for_the_same_examples() -> None:
-    examples = _cohort(120, "better")
+    examples = cohort(120, "better")
     first = paired_metrics(examples, champion="1", challenger="2")
     assert paired_metrics(examples, champion="1", challenger="2") == first
 
