@@ -16,6 +16,7 @@ from cxr_triage.redis_client import open_redis
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
+from inference_worker.challenger import TritonChallenger
 from inference_worker.config import WorkerSettings
 from inference_worker.consumer import Backoff, InferenceWorker
 from inference_worker.errors import ModelMismatch
@@ -81,6 +82,14 @@ def run_worker(
         logger.error("served model does not fit this worker", extra={"error": str(exc)})
         return EXIT_MODEL_MISMATCH
 
+    challenger = TritonChallenger(
+        settings.triton_grpc_url,
+        settings.model_name,
+        timeout_s=options.triton_timeout_s,
+        max_batch_size=serving.max_batch_size,
+        want_cams=options.store_cams,
+        refresh_s=options.rollout_refresh_s,
+    )
     kafka_log = logging.getLogger("inference_worker.librdkafka")  # librdkafka's own lines, as JSON logs
     consumer = Consumer(kafka_consumer_config(settings, options, client_id=client_id), logger=kafka_log)
     publisher = KafkaPublisher(
@@ -105,6 +114,7 @@ def run_worker(
         priority_weights=options.weights,
         backoff=Backoff(maximum_s=options.backoff_max_s),
         lag_refresh_s=options.lag_refresh_s,
+        challenger=challenger,
     )
     logger.info(
         "worker started",
@@ -117,6 +127,7 @@ def run_worker(
         publisher.close()
         redis_client.close()
         scorer.close()
+        challenger.close()
         if server is not None:
             server.close()
         logger.info("worker stopped", extra={"index": index})

@@ -36,6 +36,17 @@ class Prepared:
     record: Record
     study: StudyEventV1
     tensor: np.ndarray  # uint8 [1, S, S]
+    # The decoded greyscale image, kept only while a challenger scores too: a challenger of another input size
+    # gets its tensor resized from it, exactly as offline, never from the champion's already resized one.
+    source: np.ndarray | None = None
+
+    def tensor_at(self, size: int) -> np.ndarray:
+        """The model input at ``size`` px (the champion's tensor when the sizes agree)."""
+        if self.tensor.shape[-1] == size:
+            return self.tensor
+        if self.source is None:
+            raise ValueError("the decoded image was not kept (prepare with keep_source=True)")
+        return resize_gray(self.source, size)
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,12 @@ class PreparedBatch:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def prepare_batch(records: list[Record], *, store: ImageStore, input_size: int) -> PreparedBatch:
+def prepare_batch(
+    records: list[Record], *, store: ImageStore, input_size: int, keep_source: bool = False
+) -> PreparedBatch:
     batch = PreparedBatch()
     for record in records:
-        outcome = prepare_one(record, store=store, input_size=input_size)
+        outcome = prepare_one(record, store=store, input_size=input_size, keep_source=keep_source)
         if isinstance(outcome, Prepared):
             batch.prepared.append(outcome)
         else:
@@ -65,7 +78,9 @@ def prepare_batch(records: list[Record], *, store: ImageStore, input_size: int) 
     return batch
 
 
-def prepare_one(record: Record, *, store: ImageStore, input_size: int) -> Prepared | Rejected:
+def prepare_one(
+    record: Record, *, store: ImageStore, input_size: int, keep_source: bool = False
+) -> Prepared | Rejected:
     if not record.value:
         return _reject(record, INVALID_EVENT, "empty message value", "EmptyMessage")
     try:
@@ -97,10 +112,11 @@ def prepare_one(record: Record, *, store: ImageStore, input_size: int) -> Prepar
         sniffed = sniff_content_type(data)
         if sniffed != study.content_type:
             raise ImageRejected(f"the file is {sniffed} but the event says {study.content_type}")
-        tensor = resize_gray(decode_grayscale(data, sniffed), input_size)
+        gray = decode_grayscale(data, sniffed)
+        tensor = resize_gray(gray, input_size)
     except ImageRejected as exc:
         return reject(IMAGE_REJECTED, exc.reason, type(exc).__name__)
-    return Prepared(record, study, tensor)
+    return Prepared(record, study, tensor, gray if keep_source else None)
 
 
 def _reject(record: Record, reason_class: str, reason: str, error_type: str) -> Rejected:

@@ -30,6 +30,12 @@ class WorkerSettings(BaseSettings):
         default=1024, ge=64, le=65536, description="librdkafka prefetch bound (queued.max.messages.kbytes)"
     )
     store_cams: bool = Field(default=True, description="Store class activation maps for the viewer")
+    rollout_refresh_s: float = Field(
+        default=5.0,
+        ge=0.5,
+        le=300.0,
+        description="How often the rollout state (shadow / canary challenger) is read from Triton",
+    )
 
     @field_validator("priority_weights")
     @classmethod

@@ -38,13 +38,15 @@ from cxr_triage import topics
 from cxr_triage.events import PredictionEventV1, utcnow
 from cxr_triage.image_store import ImageStore
 from cxr_triage.model.contract import ModelContract
+from cxr_triage.model.rollout import NONE, RolloutState
 from cxr_triage.sla import SlaPolicy
 from inference_worker.batching import Prepared, Rejected, prepare_batch
+from inference_worker.challenger import Challenger
 from inference_worker.dead_letters import dead_letter
-from inference_worker.errors import StageUnavailable
+from inference_worker.errors import ModelMismatch, StageUnavailable
 from inference_worker.lag import LagTracker
 from inference_worker.metrics import WorkerMetrics
-from inference_worker.predictions import ScoredBatch, build_predictions
+from inference_worker.predictions import Scored, ScoredBatch, build_predictions
 from inference_worker.publisher import EventPublisher, Outgoing
 from inference_worker.records import Record
 from inference_worker.triton_client import Scorer
@@ -97,6 +99,7 @@ class InferenceWorker:
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = utcnow,
         lag_refresh_s: float = 5.0,
+        challenger: Challenger | None = None,
     ) -> None:
         self._consumer = consumer
         self._scorer = scorer
@@ -117,6 +120,8 @@ class InferenceWorker:
         self._last_progress = time.monotonic()
         self._error_logged_at: dict[int, float] = {}
         self._lag = LagTracker(metrics.consumer_lag, every_s=lag_refresh_s)
+        self._challenger = challenger
+        self._rollout: RolloutState | None = None
 
     def subscribe(self) -> None:
         self._consumer.subscribe(
@@ -163,13 +168,18 @@ class InferenceWorker:
     def process(self, records: list[Record]) -> BatchReport:
         """Score, write, publish, then commit one batch; ``StageUnavailable`` leaves it uncommitted."""
         contract = self._contract()
-        batch = prepare_batch(records, store=self._store, input_size=contract.input_size)
+        rollout = self._rollout_state()
+        batch = prepare_batch(
+            records, store=self._store, input_size=contract.input_size, keep_source=rollout.active
+        )
         scored = self._score(batch.prepared, contract) if batch.prepared else ScoredBatch()
-        entries = [WorklistEntry(item.prepared.study, item.prediction, item.cams) for item in scored.scored]
+        challenged = self._score_challenger(scored.scored, rollout)
+        entries = [_entry(item, challenged.get(item.prediction.study_id), rollout) for item in scored.scored]
         outcomes = self._worklist.write(entries)
 
         written_at = self._clock()
         predictions: list[PredictionEventV1] = []
+        shadows: list[PredictionEventV1] = []
         for entry, outcome in zip(entries, outcomes, strict=True):
             if outcome.published:
                 continue  # a redelivered batch whose predictions Kafka already acknowledged: not sent twice
@@ -180,15 +190,27 @@ class InferenceWorker:
                 if entry.cams is not None:
                     self._metrics.cams_stored.inc()
                 predictions.append(entry.prediction)
-            else:  # scored before: republish the prediction as first stored, so consumers see the same event
+                if entry.shadow is not None:
+                    shadows.append(entry.shadow)
+                if rollout.active:
+                    self._count_rollout(entry)
+            else:  # scored before: republish the predictions as first stored, so consumers see the same events
                 predictions.append(outcome.applied_to(entry.prediction))
+                if outcome.shadow is not None:
+                    shadows.append(outcome.shadow)
         rejected = batch.rejected + scored.rejected
-        outgoing = [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions] + [
-            Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected
-        ]
+        outgoing = (
+            [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions]
+            + [
+                Outgoing(topics.PREDICTIONS, topics.shadow_key(p.study_id, p.model_version), p)
+                for p in shadows
+            ]
+            + [Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected]
+        )
         self._publisher.publish(outgoing)
         # Between Kafka's ack and the commit: a commit lost to a rebalance or a broker restart then
-        # redelivers a batch whose studies are known as published, and nothing is sent twice.
+        # redelivers a batch whose studies are known as published (with their shadows), and nothing is sent
+        # twice.
         if predictions:
             self._worklist.mark_published([p.study_id for p in predictions])
         self._commit(records)
@@ -197,6 +219,84 @@ class InferenceWorker:
         report = BatchReport(len(records), changed, len(outcomes) - changed, len(rejected))
         self._account(report, rejected)
         return report
+
+    def _rollout_state(self) -> RolloutState:
+        state = NONE if self._challenger is None else self._challenger.state()
+        if state != self._rollout:
+            logger.info(
+                "rollout in force",
+                extra={
+                    "mode": state.mode,
+                    "challenger_version": state.challenger_version,
+                    "champion_version": state.champion_version,
+                    "fraction": state.fraction,
+                },
+            )
+            self._metrics.rollout.info(
+                {
+                    "mode": state.mode,
+                    "challenger_version": state.challenger_version,
+                    "fraction": repr(state.fraction) if state.active else "",
+                }
+            )
+            self._rollout = state
+        return state
+
+    def _score_challenger(self, scored: list[Scored], rollout: RolloutState) -> dict[str, Scored]:
+        """The challenger's predictions of the studies it scores (by study id); none when it cannot score.
+
+        The worklist never waits on a challenger: if its model fails, answers from another version or gives
+        an unusable row, those studies are ordered by the champion alone (arm champion, no shadow) and the
+        batch goes on; the next batch reads the rollout state again.
+        """
+        if self._challenger is None or not rollout.active:
+            return {}
+        chosen = [item for item in scored if rollout.scores_with_challenger(item.prediction.study_id)]
+        if not chosen:
+            return {}
+        scorer = self._challenger.scorer
+        try:
+            contract = scorer.contract()
+            images = np.stack([item.prepared.tensor_at(contract.input_size) for item in chosen])
+            started = time.perf_counter()
+            scores = scorer.score(images)
+            self._metrics.challenger_latency.labels(mode=rollout.mode).observe(time.perf_counter() - started)
+            answered = set(scores.model_versions)
+            if answered != {contract.version} or contract.version != rollout.challenger_version:
+                raise StageUnavailable(
+                    "triton",
+                    f"challenger answered as version(s) {sorted(answered)}, its config describes "
+                    f"{contract.version} and the rollout names {rollout.challenger_version}",
+                )
+        except (StageUnavailable, ModelMismatch) as exc:
+            self._metrics.challenger_failures.labels(mode=rollout.mode).inc()
+            logger.warning(
+                "challenger could not score; the champion orders this batch alone",
+                extra={"mode": rollout.mode, "error": str(exc), "size": len(chosen)},
+            )
+            self._challenger.invalidate()
+            return {}
+        built = build_predictions(
+            [item.prepared for item in chosen],
+            scores,
+            model_name=self._model_name,
+            scored_at=self._clock(),
+            tiers=contract.tiers(self._sla),
+            threshold=contract.operating_threshold,
+            weights=self._weights,
+        )
+        if built.rejected:
+            self._metrics.challenger_failures.labels(mode=rollout.mode).inc()
+            logger.warning(
+                "challenger output unusable for some studies; the champion orders them alone",
+                extra={"mode": rollout.mode, "count": len(built.rejected)},
+            )
+        return {item.prediction.study_id: item for item in built.scored}
+
+    def _count_rollout(self, entry: WorklistEntry) -> None:
+        self._metrics.rollout_predictions.labels(role="serving", arm=entry.prediction.arm).inc()
+        if entry.shadow is not None:
+            self._metrics.rollout_predictions.labels(role="shadow", arm=entry.shadow.arm).inc()
 
     def _contract(self) -> ModelContract:
         contract = self._scorer.contract()
@@ -350,6 +450,22 @@ class InferenceWorker:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
+
+
+def _entry(item: Scored, challenger: Scored | None, rollout: RolloutState) -> WorklistEntry:
+    """The worklist entry of one study: which prediction serves (orders it, with its maps) and which is its
+    shadow. Without the challenger's score the champion's serves, whatever the study's hash says."""
+    study, champion = item.prepared.study, item.prediction
+    if challenger is None:
+        return WorklistEntry(study, champion, item.cams)
+    arm = rollout.arm(champion.study_id)
+    serving, shadow = (challenger, item) if arm == "canary" else (item, challenger)
+    return WorklistEntry(
+        study,
+        serving.prediction.model_copy(update={"role": "serving", "arm": arm}),
+        serving.cams,
+        shadow=shadow.prediction.model_copy(update={"role": "shadow", "arm": arm}),
+    )
 
 
 def _next_offsets(records: list[Record]) -> list[TopicPartition]:

@@ -74,6 +74,31 @@ class WorkerMetrics:
             "cxr_worker_cams_stored", "Studies whose class activation maps were stored", registry=r
         )
         self.model = Info("cxr_worker_model", "Model that scored the latest batch", registry=r)
+        # Online evaluation (docs/serving.md): what a challenger adds, kept apart from the champion's numbers.
+        self.challenger_latency = Histogram(
+            "cxr_worker_challenger_latency_seconds",
+            "Triton inference call per batch on the challenger model (shadow or canary), beside the champion's",
+            ["mode"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.challenger_failures = Counter(
+            "cxr_worker_challenger_failures",
+            "Batches the challenger could not score; their studies were ordered by the champion alone",
+            ["mode"],
+            registry=r,
+        )
+        self.rollout_predictions = Counter(
+            "cxr_worker_rollout_predictions",
+            "Predictions written during a rollout, by role (serving / shadow) and arm (champion / canary)",
+            ["role", "arm"],
+            registry=r,
+        )
+        self.rollout = Info(
+            "cxr_worker_rollout",
+            "Rollout in force at the latest batch (mode none: champion only)",
+            registry=r,
+        )
 
     def serve(self, *, host: str, port: int) -> MetricsServer:
         server, thread = start_http_server(port, addr=host, registry=self.registry)

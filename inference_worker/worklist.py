@@ -9,9 +9,11 @@ tier so that the worker republishes exactly it and files the study into the tier
 switch never re-scores or re-tiers what is already on the worklist, and a study taken off the worklist (read)
 is never put back.
 
-Keys written: ``{prefix}:study:{id}`` (hash: the prediction, its ``tier``, the study's image reference, and
-``cam_h`` / ``cam_w`` when maps are stored), ``{prefix}:worklist`` (sorted set by priority) and
-``{prefix}:cam:{id}`` (the maps as float16 bytes, C order, 14 x cam_h x cam_w; see ``cxr_triage.cams``).
+Keys written: ``{prefix}:study:{id}`` (hash: the serving prediction, its ``tier``, its ``arm``, the study's
+image reference, and ``cam_h`` / ``cam_w`` when maps are stored), ``{prefix}:worklist`` (sorted set by
+priority), ``{prefix}:cam:{id}`` (the maps as float16 bytes, C order, 14 x cam_h x cam_w; see
+``cxr_triage.cams``) and, during a shadow or canary rollout, ``{prefix}:shadow:{id}`` (the study's shadow
+prediction, decided by the same first write: a study is scored once per role).
 
 Then every study is filed into its SLA tier (``cxr_triage.worklist.index``, idempotent) with the priority and
 tier as stored, in a second round trip: also for replays, so that a worker that died between the two writes
@@ -43,8 +45,9 @@ STAGE = "redis"
 @dataclass(frozen=True)
 class WorklistEntry:
     study: StudyEventV1
-    prediction: PredictionEventV1
+    prediction: PredictionEventV1  # the serving one: it orders the worklist
     cams: CamMaps | None = None
+    shadow: PredictionEventV1 | None = None  # recorded beside it (role shadow), during a rollout
 
     @property
     def tier(self) -> Tier:
@@ -66,16 +69,23 @@ class WriteOutcome:
     tier: Tier
     status: str = ""  # tier index: "waiting", "claimed" (leased, left there) or "read" (left alone)
     published: bool = False  # Kafka acknowledged this prediction before (see mark_published)
+    arm: str = ""  # the arm stored with the study ("" for one written before studies kept it)
+    threshold: float | None = None
+    shadow: PredictionEventV1 | None = None  # the shadow prediction stored with it, if any
 
     def applied_to(self, prediction: PredictionEventV1) -> PredictionEventV1:
         """``prediction`` with the stored values: what a replay republishes."""
-        stored = {
+        stored: dict[str, object] = {
             "model_version": self.model_version,
             "scored_at": self.scored_at,
             "priority": self.priority,
             "probabilities": self.probabilities,
             "tier": self.tier,
         }
+        if self.arm:
+            # Stored with its arm, so its threshold too: a replay under another rollout (this batch's serving
+            # prediction from the other model) republishes the first one whole.
+            stored.update(role="serving", arm=self.arm, threshold=self.threshold)
         return PredictionEventV1.model_validate({**prediction.model_dump(), **stored})
 
 
@@ -104,6 +114,7 @@ class RedisWorklist:
                         prediction=entry.prediction,
                         tier=entry.tier,
                         cams=entry.cams,
+                        shadow=entry.shadow,
                     )
                 stored = [stored_score(reply) for reply in pipe.execute()]
             with self._client.pipeline(transaction=False) as pipe:
@@ -141,4 +152,7 @@ def _outcome(score: StoredScore, status: str) -> WriteOutcome:
         tier=score.tier,
         status=status,
         published=score.published,
+        arm=score.arm,
+        threshold=score.threshold,
+        shadow=score.shadow,
     )

@@ -12,6 +12,8 @@ Keys (``keys.WorklistKeys``; besides the worker's ``{prefix}:study:{id}`` hash, 
 ``{prefix}:verdict-keys:{id}:{radiologist}``     hash: Idempotency-Key -> the verdict recorded under it
 ``{prefix}:verdict-pending:{id}:{radiologist}``  hash: Idempotency-Key -> a verdict sent to Kafka, not yet
                              recorded (a retry re-sends exactly it); expires after a day
+``{prefix}:shadow:{id}``     string: the study's shadow prediction (``PredictionEventV1`` JSON, role shadow),
+                             written with its hash by the worker during a shadow or canary rollout
 
 Each state change is one Lua script (``lua/*.lua``), so it is atomic: two radiologists never lease the same
 study, and a study is in exactly one of waiting / leased / read. Every index script first returns expired

@@ -29,6 +29,10 @@ class WorklistKeys(RedisKeys):
     def cam(self, study_id: str) -> str:
         return f"{self.prefix}:cam:{study_id}"
 
+    def shadow(self, study_id: str) -> str:
+        """The study's shadow prediction (JSON), written with its hash (``lua/upsert.lua``)."""
+        return f"{self.prefix}:shadow:{study_id}"
+
     def verdicts(self, study_id: str) -> str:
         return f"{self.prefix}:verdicts:{study_id}"
 

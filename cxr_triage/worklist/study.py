@@ -1,7 +1,9 @@
 """The study hash's contract: one scored study written by ``lua/upsert.lua`` (the worker's side, sync).
 
-A study is scored once: the first prediction written wins, with the tier it was filed into (hash field
-``tier``). A later write for the same study changes nothing and gets the stored prediction back.
+A study is scored once per role: the first serving prediction written wins, with the tier it was filed into
+(hash field ``tier``), the arm that ordered it (``arm``: ``champion``, or ``canary`` when a canary's score
+orders it) and its shadow prediction if it had one (key ``{prefix}:shadow:{id}``, the event's JSON). A later
+write for the same study changes nothing and gets the stored predictions back.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class StoredScore:
     tier: Tier
     # Kafka already holds this prediction (acknowledged before): a replayed batch need not publish it again.
     published: bool = False
+    arm: str = ""  # "" for a study written before the hash kept its arm
+    threshold: float | None = None
+    shadow: PredictionEventV1 | None = None
 
 
 def upsert_study(
@@ -44,8 +49,9 @@ def upsert_study(
     tier: Tier,
     cams: CamMaps | None = None,
     published: bool = False,
+    shadow: PredictionEventV1 | None = None,
 ) -> StoredScore | None:
-    """Write a scored study (hash, worklist entry, maps) unless it was scored before.
+    """Write a scored study (hash, worklist entry, maps, shadow prediction) unless it was scored before.
 
     ``published``: the prediction comes from Kafka itself (``worklist rebuild``), so it is marked published.
 
@@ -54,8 +60,8 @@ def upsert_study(
     """
     study_id = prediction.study_id
     reply = sync_script(client, "upsert")(
-        keys=[keys.study(study_id), keys.worklist, keys.cam(study_id), keys.read],
-        args=_arguments(study, prediction, tier, cams, published=published),
+        keys=[keys.study(study_id), keys.worklist, keys.cam(study_id), keys.read, keys.shadow(study_id)],
+        args=_arguments(study, prediction, tier, cams, published=published, shadow=shadow),
         client=client,
     )
     if isinstance(client, redis.client.Pipeline):
@@ -65,7 +71,7 @@ def upsert_study(
 
 def stored_score(reply: Any) -> StoredScore:
     """The upsert script's reply."""
-    changed, version, scored_at, priority, probabilities, tier, published = reply
+    changed, version, scored_at, priority, probabilities, tier, published, arm, threshold, shadow = reply
     return StoredScore(
         changed=bool(int(changed)),
         model_version=text(version),
@@ -74,6 +80,9 @@ def stored_score(reply: Any) -> StoredScore:
         probabilities={str(k): float(v) for k, v in json.loads(text(probabilities)).items()},
         tier=Tier(text(tier)),
         published=text(published) == "1",
+        arm=text(arm),
+        threshold=float(text(threshold)) if text(threshold) else None,
+        shadow=PredictionEventV1.from_bytes(text(shadow)) if text(shadow) else None,
     )
 
 
@@ -97,7 +106,12 @@ def _arguments(
     cams: CamMaps | None,
     *,
     published: bool = False,
+    shadow: PredictionEventV1 | None = None,
 ) -> list[str | bytes]:
+    if prediction.role != "serving" or (shadow is not None and shadow.role != "shadow"):
+        raise ValueError(
+            f"{prediction.study_id}: the hash takes the serving prediction, the shadow key the shadow"
+        )
     fields = {
         "study_id": prediction.study_id,
         "model_name": prediction.model_name,
@@ -105,7 +119,10 @@ def _arguments(
         "image_uri": study.image_uri,
         "content_type": study.content_type,
         "sha256": study.sha256,
+        "arm": prediction.arm,
     }
+    if prediction.threshold is not None:
+        fields["threshold"] = repr(prediction.threshold)
     if published:
         fields["published"] = "1"
     head: list[str | bytes] = [
@@ -118,5 +135,6 @@ def _arguments(
         b"" if cams is None else cams.data,
         "" if cams is None else str(cams.height),
         "" if cams is None else str(cams.width),
+        "" if shadow is None else shadow.model_dump_json(),
     ]
     return [*head, *(item for pair in fields.items() for item in pair)]

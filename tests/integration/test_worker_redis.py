@@ -250,3 +250,39 @@ def test_redis_down_is_stage_unavailable(keys: RedisKeys) -> None:
     with pytest.raises(StageUnavailable) as info:
         writer(dead, keys).write([entry("S-1")])
     assert info.value.stage == "redis"
+
+
+def test_a_study_is_scored_once_per_role_with_its_arm_and_shadow(
+    client: redis.Redis, keys: RedisKeys
+) -> None:
+    worklist = writer(client, keys)
+    index = WorklistKeys(keys.prefix)
+    plain = entry("S-1", version="1", priority=0.4)
+    serving = plain.prediction.model_copy(update={"arm": "canary", "threshold": 0.25})
+    shadow = entry("S-1", version="2", priority=0.8).prediction.model_copy(
+        update={"role": "shadow", "arm": "canary"}
+    )
+    (first,) = worklist.write([replace(plain, prediction=serving, shadow=shadow)])
+    assert first.changed and (first.arm, first.threshold, first.shadow) == ("canary", 0.25, shadow)
+    stored = client.hgetall(keys.study("S-1"))
+    assert stored["arm"] == "canary" and float(stored["threshold"]) == 0.25 and "shadow" not in stored
+    assert PredictionEventV1.from_bytes(client.get(index.shadow("S-1")) or "") == shadow
+    assert client.zscore(keys.worklist, "S-1") == 0.4  # the serving prediction orders, never the shadow
+
+    # a replay under another rollout (now the champion's arm, another shadow): the first ones come back
+    other = entry("S-1", version="2", priority=0.8)
+    later_shadow = entry("S-1", version="1", priority=0.4).prediction.model_copy(update={"role": "shadow"})
+    (replay,) = worklist.write([replace(other, shadow=later_shadow)])
+    assert not replay.changed and (replay.arm, replay.shadow, replay.model_version) == ("canary", shadow, "1")
+    assert replay.applied_to(other.prediction) == serving
+    assert PredictionEventV1.from_bytes(client.get(index.shadow("S-1")) or "") == shadow
+
+    # a study first scored without a shadow gets none later
+    worklist.write([entry("S-2")])
+    (again,) = worklist.write(
+        [replace(entry("S-2", version="2"), shadow=later_shadow.model_copy(update={"study_id": "S-2"}))]
+    )
+    assert not again.changed and again.shadow is None and client.get(index.shadow("S-2")) is None
+    assert again.arm == "champion"
+    with pytest.raises(ValueError, match="serving"):
+        worklist.write([replace(plain, prediction=shadow)])

@@ -19,6 +19,7 @@ from cxr_triage.events import StudyEventV1
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import NUM_LABELS
 from cxr_triage.model.contract import ModelContract
+from cxr_triage.model.rollout import NONE, RolloutState
 from cxr_triage.sla import SlaPolicy
 from inference_worker.consumer import Backoff, InferenceWorker
 from inference_worker.errors import StageUnavailable
@@ -100,8 +101,10 @@ class FakeConsumer:
 
 
 class FakeScorer:
-    def __init__(self, journal: list[str]) -> None:
+    def __init__(self, journal: list[str], *, name: str = "triton", value: float = 0.1) -> None:
         self.journal = journal
+        self.name = name  # journal entries read "<name>:<batch size>"
+        self.value = value  # every probability of a row not in ``rows``
         self.failures = 0
         self.rows: dict[int, np.ndarray] = {}
         self.cams: np.ndarray | None = None  # [14, h, w] for every row when set
@@ -129,7 +132,7 @@ class FakeScorer:
         self.served = ModelContract(input_size=self.served.input_size, version=value)
 
     def score(self, images: np.ndarray) -> Scores:
-        self.journal.append(f"triton:{len(images)}")
+        self.journal.append(f"{self.name}:{len(images)}")
         self.shapes.append(tuple(images.shape))
         if images.dtype != np.uint8 or images.shape[1:] != (
             1,
@@ -141,7 +144,7 @@ class FakeScorer:
         if self.failures:
             self.failures -= 1
             raise StageUnavailable("triton", "connection refused")
-        probabilities = np.full((len(images), NUM_LABELS), 0.1, dtype=np.float32)
+        probabilities = np.full((len(images), NUM_LABELS), self.value, dtype=np.float32)
         for i, row in self.rows.items():
             probabilities[i] = row
         cams = None if self.cams is None else np.stack([self.cams] * len(images))
@@ -170,7 +173,15 @@ class FakeWorklist:
                 continue
             self.entries.append(entry)
             self.stored[p.study_id] = WriteOutcome(
-                True, p.model_version, p.scored_at, p.priority, dict(p.probabilities), entry.tier
+                True,
+                p.model_version,
+                p.scored_at,
+                p.priority,
+                dict(p.probabilities),
+                entry.tier,
+                arm=p.arm,
+                threshold=p.threshold,
+                shadow=entry.shadow,
             )
             outcomes.append(self.stored[p.study_id])
         return outcomes
@@ -180,6 +191,27 @@ class FakeWorklist:
         for study_id in study_ids:
             if study_id in self.stored:
                 self.stored[study_id] = replace(self.stored[study_id], published=True)
+
+
+class FakeChallenger:
+    """The challenger model beside the champion: a scorer of its own and the rollout state Triton shows."""
+
+    def __init__(self, journal: list[str], state: RolloutState = NONE, *, input_size: int = SIZE) -> None:
+        self.fake = FakeScorer(journal, name="challenger", value=0.6)
+        self.fake.served = ModelContract(input_size=input_size, version=state.challenger_version or "2")
+        self.rollout = state
+        self.invalidated = 0
+
+    @property
+    def scorer(self) -> FakeScorer:
+        return self.fake
+
+    def state(self) -> RolloutState:
+        return self.rollout
+
+    def invalidate(self) -> None:
+        self.invalidated += 1
+        self.fake.invalidate()
 
 
 class FakePublisher:
@@ -248,7 +280,9 @@ class Rig:
         self.stop = threading.Event()
         self.consumer: FakeConsumer | None = None
 
-    def worker(self, messages: Sequence[Message], *, max_batch: int = 8) -> InferenceWorker:
+    def worker(
+        self, messages: Sequence[Message], *, max_batch: int = 8, challenger: FakeChallenger | None = None
+    ) -> InferenceWorker:
         self.consumer = FakeConsumer(self.journal, messages)
         return InferenceWorker(
             consumer=self.consumer,  # type: ignore[arg-type]
@@ -264,6 +298,7 @@ class Rig:
             stop=self.stop,
             backoff=Backoff(initial_s=0.001, maximum_s=0.002),
             clock=lambda: NOW,
+            challenger=challenger,
         )
 
     def metric(self, name: str, **labels: str) -> float:
