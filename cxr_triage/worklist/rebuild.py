@@ -4,7 +4,9 @@
 partition in offset order); ``apply`` writes it with the very scripts the services use:
 
 - a study with a prediction: ``upsert_study`` and ``index_scored_study``, as the worker does (the last
-  prediction of the study, its tier, its image reference; activation maps are not on any topic: lost);
+  serving prediction of the study, its tier, its arm, its image reference, and its shadow prediction if it had
+  one; activation maps are not on any topic: lost). A shadow prediction (role shadow, keyed
+  ``topics.shadow_key``) never orders the worklist;
 - each verdict, oldest decision first: ``lua/verdict.lua``, as the API does after Kafka's ack (the
   radiologist's latest verdict, the record of its Idempotency-Key, the study read since its first decision).
 
@@ -40,6 +42,7 @@ class Projection:
 
     studies: dict[str, StudyEventV1] = field(default_factory=dict)
     predictions: dict[str, PredictionEventV1] = field(default_factory=dict)
+    shadows: dict[str, PredictionEventV1] = field(default_factory=dict)
     verdicts: dict[str, VerdictEventV1] = field(default_factory=dict)
     counts: dict[str, int] = field(
         default_factory=lambda: {"studies": 0, "predictions": 0, "verdicts": 0, "skipped": 0}
@@ -54,8 +57,13 @@ class Projection:
         self.studies[event.study_id] = event
 
     def add_prediction(self, event: PredictionEventV1) -> None:
-        # Predictions are keyed by study id, so a study's are in one partition, in order: the last wins.
         self.counts["predictions"] += 1
+        if event.role == "shadow":
+            # Keyed by study and model version, so perhaps in another partition than the serving one. The
+            # worker records one shadow per study (its first); a republished one is identical.
+            self.shadows.setdefault(event.study_id, event)
+            return
+        # Serving predictions are keyed by study id, so a study's are in one partition, in order: the last wins.
         self.predictions[event.study_id] = event
 
     def add_verdict(self, event: VerdictEventV1) -> None:
@@ -110,6 +118,7 @@ def apply(client: redis.Redis, *, keys: WorklistKeys, policy: SlaPolicy, project
                     prediction=prediction,
                     tier=prediction.tier or policy.tier_for(prediction.priority),
                     published=True,  # read back from Kafka: a replaying worker need not publish it again
+                    shadow=projection.shadows.get(study.study_id),
                 )
             stored = [stored_score(reply) for reply in pipe.execute()]
         with client.pipeline(transaction=False) as pipe:
