@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from cxr_triage.events import DecisionAction, RolloutMode
 from cxr_triage.settings import load_settings
+
+if TYPE_CHECKING:
+    from inference_worker.decisions import DecisionSink
 
 
 @click.group()
@@ -98,6 +103,115 @@ def serve(version: int) -> None:
     except VersionNotFound as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"serving {settings.model_name} version {version}")
+
+
+def _decision_sink() -> DecisionSink:
+    # Looked up at call time, so tests can put an in-memory sink in its place.
+    from inference_worker.decisions import kafka_sink
+
+    return kafka_sink(load_settings())
+
+
+def _start(version: int, *, mode: RolloutMode, fraction: float, action: DecisionAction) -> None:
+    from cxr_triage.model.challenger import start_rollout
+    from cxr_triage.model.repository import VersionNotFound
+    from cxr_triage.model.rollout import RolloutError
+    from inference_worker.decisions import DecisionNotPublished, operator_decision
+
+    settings = load_settings()
+    try:
+        state = start_rollout(settings, version, mode=mode, fraction=fraction)
+    except (VersionNotFound, RolloutError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"{mode}: {settings.model_name} version {state.challenger_version} beside champion "
+        f"{state.champion_version or '?'} (fraction {state.fraction:g})"
+    )
+    try:
+        _decision_sink()(operator_decision(state, action, reason=f"cxr-triage model {mode}"))
+    except DecisionNotPublished as exc:
+        raise click.ClickException(
+            f"{mode} is in force but its decision event was not published ({exc}); "
+            "run the command again to publish it"
+        ) from exc
+
+
+@model.command("shadow")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Fraction of studies the challenger scores (stable by study id), for capacity.",
+)
+def shadow(version: int, fraction: float) -> None:
+    """Score studies with VERSION beside the served model; the served model still orders the worklist."""
+    _start(version, mode="shadow", fraction=fraction, action="shadow_started")
+
+
+@model.command("canary")
+@click.argument("version", type=click.IntRange(min=1))
+@click.option(
+    "--fraction",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    required=True,
+    help="Fraction of studies VERSION orders (stable by study id: a study never changes model).",
+)
+def canary(version: int, fraction: float) -> None:
+    """Let VERSION order a stable fraction of studies; the served model orders the rest."""
+    _start(version, mode="canary", fraction=fraction, action="canary_started")
+
+
+@model.group("rollout")
+def rollout() -> None:
+    """The challenger under online evaluation (shadow or canary)."""
+
+
+@rollout.command("stop")
+def rollout_stop() -> None:
+    """Take the challenger out of Triton: the served model scores and orders every study again."""
+    from cxr_triage.model.challenger import stop_rollout
+    from inference_worker.decisions import DecisionNotPublished, operator_decision
+
+    state = stop_rollout(load_settings())
+    if not state.active:
+        click.echo("no rollout in progress")
+        return
+    click.echo(f"stopped {state.mode} of version {state.challenger_version}")
+    try:
+        _decision_sink()(operator_decision(state, "stopped", reason="cxr-triage model rollout stop"))
+    except DecisionNotPublished as exc:
+        raise click.ClickException(f"stopped, but the decision event was not published ({exc})") from exc
+
+
+@model.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def status(as_json: bool) -> None:
+    """The served model and the challenger under online evaluation, if any (from the repository)."""
+    from cxr_triage.model.challenger import rollout_state
+    from cxr_triage.model.repository import serving_version
+
+    settings = load_settings()
+    state, champion = rollout_state(settings), serving_version(settings)
+    if as_json:
+        body = {
+            "model_name": settings.model_name,
+            "champion": champion,
+            "rollout": {
+                "mode": state.mode,
+                "challenger": state.challenger_version or None,
+                "fraction": state.fraction if state.active else None,
+                "champion_at_start": state.champion_version or None,
+            },
+        }
+        click.echo(json.dumps(body))
+        return
+    click.echo(f"champion: {settings.model_name} version {champion}")
+    if state.active:
+        click.echo(f"{state.mode}: version {state.challenger_version}, fraction {state.fraction:g}")
+    else:
+        click.echo("no rollout in progress")
 
 
 @click.group()
