@@ -95,6 +95,21 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
     # awaits Kafka's ack of what it publishes before the write, and the other must not write in between.
     join_lock = asyncio.Lock()
     index = JoinIndex()
+    changelog_known = asyncio.Event()
+
+    async def know_changelog() -> None:
+        """Make the producer fetch the changelog topic's partitions before the first table write.
+
+        With ``use_partitioner`` Faust hashes a table key with the producer's metadata without waiting for it
+        (``key_partition``); a producer whose metadata predates the changelog topic's creation then fails every
+        write until something refreshes it (seen on a busy broker at start-up). Asking once waits for it.
+        """
+        if changelog_known.is_set():
+            return
+        producer = cast(Any, app.producer)._ensure_producer()  # the aiokafka producer under Faust's
+        await producer.partitions_for(table.changelog_topic.get_topic_name())
+        changelog_known.set()
+
     metrics_due = {"dirty": True, "last": 0.0}
 
     async def send(topic: faust.TopicT, key: str, event: Event) -> Any:
@@ -149,6 +164,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         for delivered in deliveries:
             await delivered
         if step.state != before:
+            await know_changelog()
             state = step.state.model_copy(update={"updated_at": time.time()})
             table[key.encode()] = state.model_dump(mode="json")
             index.update(key.encode(), state, now=time.time())
@@ -266,6 +282,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
             deliveries = [await dead_letter(letter, "unmatched_verdict") for _, letter in dead]
             for delivered in deliveries:
                 await delivered
+            await know_changelog()
             async with join_lock:
                 for key in {key for key, _ in dead}:
                     current = load(key.decode())
@@ -291,6 +308,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         if not due:
             return 0
         pruned = 0
+        await know_changelog()
         async with join_lock:
             for key in due:
                 value = table.get(key)
