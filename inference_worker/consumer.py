@@ -18,6 +18,11 @@ and reads it again, so it resumes by itself when the service returns and never h
 rebalance. Rebalance callbacks run only inside ``consume``, between batches, so a revoked partition never has
 processed-but-uncommitted work: its new owner re-reads from the last commit, and the worklist writes are
 idempotent (a study is scored once, see ``worklist``).
+
+Online evaluation (docs/serving.md): during a shadow or canary rollout a second Triton model, the challenger,
+scores the batch too; each study gets a serving prediction (it orders the worklist) and a shadow one, both
+decided by the study's first write. The worklist never waits on the challenger: if it cannot score, the
+champion orders those studies alone.
 """
 
 from __future__ import annotations
