@@ -8,6 +8,8 @@ Topology (docs/feedback-loop.md draws it):
   (one ``join.JoinState`` per study, changelogged) -> ``cxr.feedback.v1`` and ``cxr.dlq.v1``.
 - ``sink``: ``cxr.feedback.v1`` -> the feedback store (idempotent upsert) -> the retrain trigger.
 - ``results``: ``cxr.training-results.v1`` -> settles the pending training request.
+- ``decisions``: ``cxr.model-decisions.v1`` -> the rollout judged (operators start and stop it; the policy's
+  own promote / rollback ends it).
 - timers: unmatched verdicts past their wait -> DLQ; online metrics -> ``cxr.metrics.v1``; drift ->
   ``cxr.drift.v1``; any of them may publish one ``cxr.training-requests.v1``.
 
@@ -31,6 +33,7 @@ from cxr_triage.events import (
     DeadLetterEventV1,
     Event,
     FeedbackEventV1,
+    ModelDecisionEventV1,
     PredictionEventV1,
     StudyEventV1,
     TrainingResultEventV1,
@@ -253,6 +256,17 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
                 continue
             if await asyncio.to_thread(monitors.settle, result):
                 await maybe_request()
+
+    @app.agent(decisions_topic, name="decisions")
+    async def on_decision(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            try:
+                decision = ModelDecisionEventV1.from_bytes(event.value)
+            except ValidationError as exc:
+                await invalid(event.message, exc)
+                continue
+            if await asyncio.to_thread(monitors.observe_decision, decision):
+                metrics_due["dirty"] = True
 
     @app.timer(settings.unmatched_check_interval_s)
     async def expire_unmatched() -> None:

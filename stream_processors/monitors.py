@@ -12,9 +12,6 @@ import logging
 import threading
 import time
 from datetime import datetime
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict
 
 from cxr_triage.events import (
     DriftReportV1,
@@ -22,10 +19,16 @@ from cxr_triage.events import (
     MetricsEventV1,
     ModelDecisionEventV1,
     PredictionEventV1,
-    RolloutMode,
     StudyEventV1,
     TrainingRequestEventV1,
     TrainingResultEventV1,
+)
+from cxr_triage.feedback.rollout import (
+    ROLLOUT_STATE,
+    CurrentRollout,
+    RecordedDecision,
+    RolloutState,
+    read_rollout,
 )
 from cxr_triage.feedback.store import FeedbackStore
 from cxr_triage.image_store import ImageStore, ImageStoreError
@@ -37,36 +40,18 @@ from stream_processors.drift_windows import DriftWindows, add_sample, reported, 
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.online_metrics import compute_metrics
 from stream_processors.paired_metrics import ArmMetrics, PairedMetrics, arm_metrics, paired_metrics
+from stream_processors.rollout_follow import apply_decision, challenger_scored_at
 from stream_processors.rollout_policy import RolloutPolicy, decision_event
 from stream_processors.status import (
     DRIFT_STATE,
     DRIFT_WINDOWS_STATE,
     JOIN_STATE,
-    ROLLOUT_STATE,
     SERVING_STATE,
     TRIGGER_STATE,
 )
 from stream_processors.trigger import TriggerPolicy, TriggerState, decide, observe_serving, settle
 
 logger = logging.getLogger(__name__)
-
-
-class RecordedDecision(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    event: ModelDecisionEventV1
-    # Whether Kafka acknowledged it: a decision recorded but not published is published after a restart.
-    published: bool = False
-
-
-class RolloutState(BaseModel):
-    """Online evaluation (feedback store state ``rollout``): the final decision per challenger, and the latest
-    numbers per challenger under evaluation, for ``model status`` and ``feedback stats``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    decisions: dict[str, RecordedDecision] = {}
-    challengers: dict[str, dict[str, Any]] = {}
 
 
 class Monitors:
@@ -196,34 +181,52 @@ class Monitors:
     # -- online evaluation ---------------------------------------------------------------------------------
 
     def rollout_state(self) -> RolloutState:
-        return RolloutState.model_validate(self.store.get_state(ROLLOUT_STATE) or {})
+        return read_rollout(self.store)
 
-    def _challengers(self, champion: str) -> dict[str, tuple[RolloutMode, int]]:
-        """Versions under evaluation beside ``champion``: mode (a canary arm makes it "canary") and first seq."""
-        found: dict[str, tuple[RolloutMode, int]] = {}
-        for (version, role, arm), (_, first, _) in sorted(self.store.score_roles().items()):
-            if version == champion or (role == "serving" and arm == "champion"):
-                continue
-            mode: RolloutMode = "canary" if role == "serving" else "shadow"
-            known = found.get(version)
-            if known is None:
-                found[version] = (mode, first)
-            else:
-                found[version] = ("canary" if "canary" in (known[0], mode) else mode, min(known[1], first))
-        return found
+    def observe_decision(self, event: ModelDecisionEventV1) -> bool:
+        """Follow an operator's (or the policy's) decision on ``cxr.model-decisions.v1``; True if it changed
+        the rollout judged."""
+        with self._rollout_lock:
+            state = self.rollout_state()
+            updated = apply_decision(state, event)
+            if updated == state:
+                return False
+            self.store.put_state(ROLLOUT_STATE, updated.model_dump(mode="json"))
+            self._rollout_signature = (
+                None  # judge the new rollout on the next tick, not a metrics interval on
+            )
+            self._rollout_at = float("-inf")
+        current = updated.current
+        logger.info(
+            "rollout followed",
+            extra={
+                "action": event.action,
+                "decided_by": event.decided_by,
+                "challenger_version": event.challenger_version,
+                "judged": None if current is None else current.challenger_version,
+            },
+        )
+        return True
 
     def rollout(self) -> list[ModelDecisionEventV1]:
-        """Decisions to publish: new final ones (recorded first), and any recorded but never published.
+        """Decisions to publish: a new final one on the current challenger (recorded first), and any recorded
+        but never published.
 
-        The paired metrics are recomputed only when the store's scores changed (or the champion did).
+        Only the rollout the operators started is judged (``observe_decision``), on the studies its challenger
+        scored since the start; the paired metrics are recomputed only when the store's scores changed (or
+        the rollout did).
         """
         with self._rollout_lock:
             state = self.rollout_state()
             unpublished = [d.event for d in state.decisions.values() if not d.published]
-            champion = self._serving
-            if champion is None:
+            current = state.current
+            if current is None or current.mode == "none":
                 return unpublished
-            signature = (champion, tuple(sorted(self.store.score_roles().items())))
+            challenger = current.challenger_version
+            champion = current.champion_version or self._serving
+            if champion is None or challenger in state.decisions:
+                return unpublished  # one final decision per challenger version
+            signature = (current, champion, tuple(sorted(self.store.score_roles().items())))
             now = time.monotonic()
             if (
                 signature == self._rollout_signature
@@ -233,52 +236,65 @@ class Monitors:
                 # metrics timer comes back within that interval.
                 return unpublished
             self._rollout_signature, self._rollout_at = signature, now
-            decisions = dict(state.decisions)
-            challengers = dict(state.challengers)
-            fresh: list[ModelDecisionEventV1] = []
-            for challenger, (mode, first_seq) in self._challengers(champion).items():
-                if challenger in decisions:
-                    continue  # one final decision per challenger
-                paired, canary = self._evaluate(champion, challenger, mode, first_seq)
-                decision = rollout_policy.decide(paired, canary, policy=self.rollout_policy)
-                self.metrics.observe_decision(challenger, decision.action)
-                challengers[challenger] = {
-                    "mode": mode,
+            paired, canary = self._evaluate(champion, current)
+            decision = rollout_policy.decide(paired, canary, policy=self.rollout_policy)
+            self.metrics.observe_decision(challenger, decision.action)
+            challengers = {
+                **state.challengers,
+                challenger: {
+                    "mode": current.mode,
                     "champion_version": champion,
+                    "fraction": current.fraction,
+                    "started_at": current.started_at.isoformat(),
                     "action": decision.action,
                     "reason": decision.reason,
                     "paired": None if paired is None else paired.model_dump(mode="json"),
                     "canary": None if canary is None else canary.model_dump(mode="json"),
-                }
-                if decision.final:
-                    event = decision_event(
-                        decision,
-                        mode=mode,
-                        champion=champion,
-                        challenger=challenger,
-                        paired=paired,
-                        canary=canary,
-                    )
-                    decisions[challenger] = RecordedDecision(event=event)
-                    fresh.append(event)
-                    logger.warning(
-                        "rollout decision",
-                        extra={
-                            "action": event.action,
-                            "champion_version": champion,
-                            "challenger_version": challenger,
-                            "decision_id": event.decision_id,
-                        },
-                    )
-            updated = RolloutState(decisions=decisions, challengers=challengers)
+                },
+            }
+            decisions = dict(state.decisions)
+            fresh: list[ModelDecisionEventV1] = []
+            if decision.final:
+                event = decision_event(
+                    decision,
+                    mode=current.mode,
+                    champion=champion,
+                    challenger=challenger,
+                    fraction=current.fraction,
+                    paired=paired,
+                    canary=canary,
+                )
+                decisions[challenger] = RecordedDecision(event=event)
+                fresh.append(event)
+                current = None  # promoted or rolled back: nothing left to judge until the next start
+                logger.warning(
+                    "rollout decision",
+                    extra={
+                        "action": event.action,
+                        "champion_version": champion,
+                        "challenger_version": challenger,
+                        "decision_id": event.decision_id,
+                    },
+                )
+            updated = state.model_copy(
+                update={"current": current, "decisions": decisions, "challengers": challengers}
+            )
             if updated != state:
                 self.store.put_state(ROLLOUT_STATE, updated.model_dump(mode="json"))
             return unpublished + fresh
 
     def _evaluate(
-        self, champion: str, challenger: str, mode: RolloutMode, first_seq: int
+        self, champion: str, current: CurrentRollout
     ) -> tuple[PairedMetrics | None, ArmMetrics | None]:
-        rows = [row.event for row in self.store.scored_by_all((champion, challenger))]
+        challenger, started = current.challenger_version, current.started_at
+
+        def since_start(example: FeedbackEventV1) -> bool:
+            scored = challenger_scored_at(example, challenger)
+            return scored is not None and scored >= started
+
+        rows = [
+            row.event for row in self.store.scored_by_all((champion, challenger)) if since_start(row.event)
+        ]
         paired = (
             paired_metrics(
                 rows,
@@ -291,19 +307,32 @@ class Monitors:
             else None
         )
         if paired is not None:
-            self.metrics.observe_paired(paired, mode=mode)
+            self.metrics.observe_paired(paired, mode=current.mode)
         canary = None
-        if mode == "canary":
-            since = first_seq - 1  # both arms over the canary's time: time-to-read compared like for like
+        if current.mode == "canary":
+            firsts = [
+                first
+                for (version, _, _), (_, first, _) in self.store.score_roles().items()
+                if version == challenger
+            ]
+            since = min(firsts, default=1) - 1  # both arms over the canary's time: time-to-read like for like
             canary = arm_metrics(
-                [r.event for r in self.store.served_on_arm("canary", after_seq=since)],
+                [
+                    r.event
+                    for r in self.store.served_on_arm("canary", after_seq=since)
+                    if r.event.model_version == challenger and r.event.scored_at >= started
+                ],
                 model_version=challenger,
                 arm="canary",
             )
             self.metrics.observe_arm(canary)
             self.metrics.observe_arm(
                 arm_metrics(
-                    [r.event for r in self.store.served_on_arm("champion", after_seq=since)],
+                    [
+                        r.event
+                        for r in self.store.served_on_arm("champion", after_seq=since)
+                        if r.event.model_version == champion and r.event.scored_at >= started
+                    ],
                     model_version=champion,
                     arm="champion",
                 )

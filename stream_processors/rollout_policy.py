@@ -127,6 +127,7 @@ def decision_event(
     mode: RolloutMode,
     champion: str,
     challenger: str,
+    fraction: float | None = None,
     paired: PairedMetrics | None,
     canary: ArmMetrics | None,
 ) -> ModelDecisionEventV1:
@@ -140,6 +141,7 @@ def decision_event(
         mode=mode,
         champion_version=champion,
         challenger_version=challenger,
+        fraction=fraction,
         reason=decision.reason,
         paired_studies=0 if paired is None else paired.paired,
         metrics=metrics,

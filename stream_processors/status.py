@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cxr_triage.feedback.rollout import ROLLOUT_STATE
 from cxr_triage.feedback.store import FeedbackStore
 from stream_processors.trigger import TriggerState
 
@@ -13,7 +14,6 @@ DRIFT_WINDOWS_STATE = "drift_windows"
 DRIFT_STATE = "drift"
 JOIN_STATE = "join"
 SERVING_STATE = "serving"
-ROLLOUT_STATE = "rollout"
 
 
 def feedback_stats(store: FeedbackStore) -> dict[str, Any]:
@@ -39,6 +39,7 @@ def feedback_stats(store: FeedbackStore) -> dict[str, Any]:
         # Online evaluation: per challenger its mode, latest paired numbers and the policy's action; the final
         # decisions as published on cxr.model-decisions.v1.
         "rollout": {
+            "current": rollout.get("current"),
             "challengers": rollout.get("challengers", {}),
             "decisions": {
                 version: {**recorded["event"], "published": recorded.get("published", False)}
