@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cxr_triage.events import DecisionAction, RolloutMode
-from cxr_triage.settings import load_settings
+from cxr_triage.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from inference_worker.decisions import DecisionSink
@@ -185,15 +186,55 @@ def rollout_stop() -> None:
         raise click.ClickException(f"stopped, but the decision event was not published ({exc})") from exc
 
 
+def _online_evaluation(settings: Settings, challenger: str) -> dict[str, Any]:
+    """What the processors computed for ``challenger`` (read-only from the feedback store); nulls when there is
+    no store yet or it cannot be read: the status of the models must not depend on the processors."""
+    from cxr_triage.feedback.rollout import read_rollout
+    from cxr_triage.feedback.store import FeedbackStore, FeedbackStoreUnavailable
+
+    empty: dict[str, Any] = {
+        "judged": None,
+        "action": None,
+        "reason": None,
+        "paired": None,
+        "canary": None,
+        "decision": None,
+        "examples": None,
+    }
+    try:
+        store = FeedbackStore.open_existing(settings.feedback_db_path)
+        document, examples = read_rollout(store), store.count()
+    except (FeedbackStoreUnavailable, sqlite3.Error, ValueError):
+        return empty
+    numbers = document.challengers.get(challenger, {}) if challenger else {}
+    decision = document.decisions.get(challenger) if challenger else None
+    current = document.current
+    return {
+        # The rollout the processors judge (the operators' last decision they read), which may lag the
+        # repository's for a moment.
+        "judged": None if current is None else current.model_dump(mode="json"),
+        "action": numbers.get("action"),
+        "reason": numbers.get("reason"),
+        "paired": numbers.get("paired"),
+        "canary": numbers.get("canary"),
+        "decision": None
+        if decision is None
+        else {**decision.event.model_dump(mode="json"), "published": decision.published},
+        "examples": examples,
+    }
+
+
 @model.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def status(as_json: bool) -> None:
-    """The served model and the challenger under online evaluation, if any (from the repository)."""
+    """The served model, the challenger under online evaluation, if any (from the repository), and the paired
+    metrics the stream processors computed for it (from the feedback store)."""
     from cxr_triage.model.challenger import rollout_state
     from cxr_triage.model.repository import serving_version
 
     settings = load_settings()
     state, champion = rollout_state(settings), serving_version(settings)
+    online = _online_evaluation(settings, state.challenger_version if state.active else "")
     if as_json:
         body = {
             "model_name": settings.model_name,
@@ -204,14 +245,27 @@ def status(as_json: bool) -> None:
                 "fraction": state.fraction if state.active else None,
                 "champion_at_start": state.champion_version or None,
             },
+            "online_evaluation": online,
         }
         click.echo(json.dumps(body))
         return
     click.echo(f"champion: {settings.model_name} version {champion}")
-    if state.active:
-        click.echo(f"{state.mode}: version {state.challenger_version}, fraction {state.fraction:g}")
-    else:
+    if not state.active:
         click.echo("no rollout in progress")
+        return
+    click.echo(f"{state.mode}: version {state.challenger_version}, fraction {state.fraction:g}")
+    paired = online["paired"]
+    if paired is not None:
+        click.echo(
+            f"paired: {paired['paired']} studies ({paired['abnormal']} abnormal), AUROC champion "
+            f"{_fmt(paired['auroc_champion'])} challenger {_fmt(paired['auroc_challenger'])}"
+        )
+    if online["action"] is not None:
+        click.echo(f"policy: {online['action']} ({online['reason']})")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 @click.group()
