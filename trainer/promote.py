@@ -221,3 +221,35 @@ def _num(value: Any) -> float:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def switch_serving(serving: ServingTarget, version: str, *, back_to: str | None) -> None:
+    """Serve ``version`` as a promotion does: if it does not come up, ``back_to`` is served again and the
+    ``ServingError`` re-raised (public for the rollout worker, which promotes an already-stored version)."""
+    _switch(serving, version, back_to=back_to)
+
+
+def record_champion(
+    client: MlflowClient,
+    version: ModelVersion,
+    *,
+    served: str,
+    previous_served: str | None,
+) -> None:
+    """Make an already-served registry version the champion, with the chain ``rollback`` walks back.
+
+    The tags and aliases ``promote`` writes after its switch. Safe to repeat: a version that is already the
+    champion keeps the ``cxr.previous_champion`` it was given the first time.
+    """
+    name = version.name
+    champion = tracking.version_by_alias(client, name, tracking.CHAMPION)
+    if champion is None or champion.version != version.version:
+        client.set_model_version_tag(
+            name, version.version, PREVIOUS_CHAMPION, champion.version if champion else ""
+        )
+        client.set_model_version_tag(name, version.version, PREVIOUS_SERVED, previous_served or "")
+    client.set_model_version_tag(name, version.version, SERVED_VERSION, served)
+    client.set_registered_model_alias(name, tracking.CHAMPION, version.version)
+    challenger = tracking.version_by_alias(client, name, tracking.CHALLENGER)
+    if challenger is not None and challenger.version == version.version:
+        client.delete_registered_model_alias(name, tracking.CHALLENGER)

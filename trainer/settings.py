@@ -61,6 +61,12 @@ class TrainerSettings(Settings):
     retrain_lr: float = Field(default=1e-4, gt=0)
     retrain_max_minutes: float | None = Field(default=30.0, gt=0)
 
+    # The rollout worker (`cxr-triage rollout-worker`, trainer/rollout*.py): its consumer group on
+    # cxr.model-decisions.v1 (its metrics port is the shared `rollout_metrics_port`).
+    rollout_group: str = "cxr-rollout"
+    # Pause before a decision is read again after MLflow or Kafka failed while carrying it out.
+    rollout_retry_s: float = Field(default=5.0, gt=0)
+
     @property
     def ray_dir(self) -> Path:
         return self.ray_tmpdir or self.home / "ray"
@@ -68,6 +74,11 @@ class TrainerSettings(Settings):
     @property
     def checkpoints_dir(self) -> Path:
         return self.home / "checkpoints"
+
+    @property
+    def rollout_ledger_path(self) -> Path:
+        """The decisions the rollout worker started and carried out (``trainer.rollout_ledger``)."""
+        return self.home / "rollout" / "decisions.json"
 
 
 def load_trainer_settings(**overrides: object) -> TrainerSettings:
