@@ -285,7 +285,7 @@ def test_metrics_count_by_outcome_without_versions() -> None:
     metrics = RolloutMetrics()
     decision = policy("rollback", "2")
     for outcome in ("rolled_back", "duplicate", "stale", "stale"):
-        metrics.count(Handled(outcome, decision), now=1.0)  # type: ignore[arg-type]
+        metrics.count(Handled(outcome, decision), now=1.0)
     text = generate_latest(metrics.registry).decode()
     assert 'cxr_rollout_decisions_total{outcome="rolled_back"} 1.0' in text
     assert 'cxr_rollout_decisions_total{outcome="promoted"} 0.0' in text
