@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     # The stream processors' web port (Faust's, serving /metrics) and the retrain worker's metrics port.
     processors_port: int = 9120
     retrain_metrics_port: int = 9121
+    # The rollout worker (carries out the online-evaluation policy's promote / rollback decisions).
+    rollout_metrics_port: int = 9122
 
     # The local stack only: where its broker listens (the advertised address is the first bootstrap server),
     # the controller's loopback port, and Triton's metrics port (on the host of triton_http_url).
@@ -125,6 +127,7 @@ class Settings(BaseSettings):
     # The feedback loop's processes, which `cxr-triage up` starts unless switched off here.
     processors_enabled: bool = True
     retrain_worker_enabled: bool = True
+    rollout_worker_enabled: bool = True
 
     @model_validator(mode="before")
     @classmethod

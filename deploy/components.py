@@ -17,7 +17,17 @@ from deploy.spec import Component, Launch
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("kafka", "redis", "mlflow", "triton", "worker", "api", "processors", "retrain")
+KINDS: tuple[str, ...] = (
+    "kafka",
+    "redis",
+    "mlflow",
+    "triton",
+    "worker",
+    "api",
+    "processors",
+    "retrain",
+    "rollout",
+)
 SKIP_MODEL_INIT_ENV = "CXR_SKIP_MODEL_INIT"
 
 
@@ -160,6 +170,19 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
                 ports=(settings.retrain_metrics_port,),
                 prepare=lambda: _cxr_command("retrain-worker"),
                 probe=lambda: http_ok(f"{settings.local_url(settings.retrain_metrics_port)}/metrics"),
+                start_timeout_s=120.0,
+                host=own_host,
+            )
+        )
+    # Carries out the online-evaluation policy: promotes or rolls back a shadow / canary challenger.
+    if settings.rollout_worker_enabled:
+        components.append(
+            Component(
+                name="rollout",
+                port=settings.rollout_metrics_port,
+                ports=(settings.rollout_metrics_port,),
+                prepare=lambda: _cxr_command("rollout-worker"),
+                probe=lambda: http_ok(f"{settings.local_url(settings.rollout_metrics_port)}/metrics"),
                 start_timeout_s=120.0,
                 host=own_host,
             )

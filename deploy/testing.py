@@ -23,6 +23,7 @@ ADDRESS_SETTINGS: dict[str, str] = {
     "WORKER_METRICS_PORT": "{}",
     "PROCESSORS_PORT": "{}",
     "RETRAIN_METRICS_PORT": "{}",
+    "ROLLOUT_METRICS_PORT": "{}",
 }
 
 
@@ -54,6 +55,7 @@ def stack_env(
     # The stream processors and the retrain worker only where a test is about the feedback loop.
     env["CXR_PROCESSORS_ENABLED"] = str(feedback_loop).lower()
     env["CXR_RETRAIN_WORKER_ENABLED"] = str(feedback_loop).lower()
+    env["CXR_ROLLOUT_WORKER_ENABLED"] = str(feedback_loop).lower()
     ports = free_ports(len(ADDRESS_SETTINGS))
     for (name, template), port in zip(ADDRESS_SETTINGS.items(), ports, strict=True):
         env[f"CXR_{name}"] = template.format(port)

@@ -143,18 +143,22 @@ def test_components_come_in_start_order_with_one_per_worker(tmp_path: Path) -> N
         "api",
         "processors",
         "retrain",
+        "rollout",
     ]
     assert [c.port for c in components if c.kind == "worker"] == [9200, 9201]
 
 
 def test_the_feedback_loop_processes_can_be_left_out(tmp_path: Path) -> None:
-    settings = _settings(tmp_path, processors_enabled=False, retrain_worker_enabled=False)
+    settings = _settings(
+        tmp_path, processors_enabled=False, retrain_worker_enabled=False, rollout_worker_enabled=False
+    )
     names = [c.name for c in build_components(settings, {})]
-    assert "processors" not in names and "retrain" not in names
+    assert not {"processors", "retrain", "rollout"} & set(names)
     settings = _settings(tmp_path, processors_port=9300, retrain_metrics_port=9301)
     by_name = {c.name: c for c in build_components(settings, {})}
     assert (by_name["processors"].port, by_name["retrain"].port) == (9300, 9301)
     assert by_name["retrain"].prepare().argv[-1] == "retrain-worker"
+    assert by_name["rollout"].prepare().argv[-1] == "rollout-worker"
     assert by_name["processors"].prepare().argv[-2:] == ["processors", "run"]
 
 
