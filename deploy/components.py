@@ -124,69 +124,34 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
             host=triton_http.host,
         ),
     ]
-    for index in range(settings.worker_count):
-        port = settings.worker_metrics_port + index
-        components.append(
-            Component(
-                name=f"worker-{index}",
-                port=port,
-                ports=(port,),
-                prepare=partial(_cxr_command, "worker", "run", "--index", str(index)),
-                probe=partial(http_ok, f"{settings.local_url(port)}/metrics"),
-                start_timeout_s=120.0,
-                host=own_host,
-            )
-        )
-    components.append(
-        Component(
-            name="api",
-            port=settings.api_port,
-            ports=(settings.api_port,),
-            prepare=lambda: _cxr_command("api", "run"),
-            probe=lambda: http_ok(f"{settings.api_url}/healthz"),
-            start_timeout_s=60.0,
+
+    def own(
+        name: str, port: int, args: tuple[str, ...], *, path: str = "/metrics", timeout_s: float = 120.0
+    ) -> Component:
+        """One of our own processes: ``cxr-triage ARGS``, healthy once ``path`` answers on ``port``."""
+        return Component(
+            name=name,
+            port=port,
+            ports=(port,),
+            prepare=partial(_cxr_command, *args),
+            probe=partial(http_ok, f"{settings.local_url(port)}{path}"),
+            start_timeout_s=timeout_s,
             host=own_host,
         )
-    )
-    # The feedback loop: Faust stream processors (join, store, online metrics, drift, retrain trigger) and
-    # the worker that trains, gates and promotes challengers when asked.
+
+    for index in range(settings.worker_count):
+        port = settings.worker_metrics_port + index
+        components.append(own(f"worker-{index}", port, ("worker", "run", "--index", str(index))))
+    components.append(own("api", settings.api_port, ("api", "run"), path="/healthz", timeout_s=60.0))
+    # The feedback loop: Faust stream processors (join, store, online metrics, drift, retrain trigger), the
+    # worker that trains, gates and promotes challengers when asked, and the one that carries out the online
+    # evaluation's promote / rollback decisions.
     if settings.processors_enabled:
-        components.append(
-            Component(
-                name="processors",
-                port=settings.processors_port,
-                ports=(settings.processors_port,),
-                prepare=lambda: _cxr_command("processors", "run"),
-                probe=lambda: http_ok(f"{settings.local_url(settings.processors_port)}/metrics"),
-                start_timeout_s=120.0,
-                host=own_host,
-            )
-        )
+        components.append(own("processors", settings.processors_port, ("processors", "run")))
     if settings.retrain_worker_enabled:
-        components.append(
-            Component(
-                name="retrain",
-                port=settings.retrain_metrics_port,
-                ports=(settings.retrain_metrics_port,),
-                prepare=lambda: _cxr_command("retrain-worker"),
-                probe=lambda: http_ok(f"{settings.local_url(settings.retrain_metrics_port)}/metrics"),
-                start_timeout_s=120.0,
-                host=own_host,
-            )
-        )
-    # Carries out the online-evaluation policy: promotes or rolls back a shadow / canary challenger.
+        components.append(own("retrain", settings.retrain_metrics_port, ("retrain-worker",)))
     if settings.rollout_worker_enabled:
-        components.append(
-            Component(
-                name="rollout",
-                port=settings.rollout_metrics_port,
-                ports=(settings.rollout_metrics_port,),
-                prepare=lambda: _cxr_command("rollout-worker"),
-                probe=lambda: http_ok(f"{settings.local_url(settings.rollout_metrics_port)}/metrics"),
-                start_timeout_s=120.0,
-                host=own_host,
-            )
-        )
+        components.append(own("rollout", settings.rollout_metrics_port, ("rollout-worker",)))
     return components
 
 
