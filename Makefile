@@ -10,9 +10,10 @@ STAMP := $(VENV)/.installed
 CXR_HOME ?= .stack
 export CXR_HOME
 DATA ?= ../shared/datasets/cxr-public
-# The retrain worker that `up` starts trains on the public set beside the radiologists' feedback when it is here.
+# The retrain worker that `up` starts trains on the public set beside the radiologists' feedback when it is here
+# (only for the stack these targets start: tests set their own).
 ifneq ($(wildcard $(DATA)/labels.csv),)
-export CXR_RETRAIN_PUBLIC_DATA ?= $(abspath $(DATA))
+up demo: export CXR_RETRAIN_PUBLIC_DATA ?= $(abspath $(DATA))
 endif
 DEMO_WAIT ?= 20
 # The demo model is trained at this input size; it travels in the model, so the stack needs no setting for it.

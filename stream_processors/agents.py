@@ -153,19 +153,18 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         return join.JoinState() if value is None else join.JoinState.model_validate(value)
 
     async def apply(key: str, before: join.JoinState, step: join.Step) -> None:
-        """Publish what the step caused, and only once Kafka has it write the study's new state.
+        """Queue what the step caused, then the study's new state; Faust flushes both before it commits.
 
-        In that order a crash in between replays the event against the old state and publishes again (the
-        sinks are idempotent); the other order could leave a state saying "joined" for feedback never sent.
+        The agent does not wait for Kafka's acks here (an agent awaiting an ack can hold up a rebalance). A
+        crash after the table write but before the feedback's delivery leaves the source offset uncommitted,
+        and the replayed event against a state that says "joined" publishes the feedback again (``join``:
+        replays re-emit; the sinks are idempotent).
         """
-        deliveries = []
         for example in step.feedback:
-            deliveries.append(await send(feedback, example.key, example))
+            await send(feedback, example.key, example)
             monitors.metrics.feedback_published.inc()
         for dead in step.dead_letters:
-            deliveries.append(await dead_letter(dead, "unmatched_verdict"))
-        for delivered in deliveries:
-            await delivered
+            await dead_letter(dead, "unmatched_verdict")
         if step.state != before:
             await know_changelog()
             state = step.state.model_copy(update={"updated_at": time.time()})

@@ -33,6 +33,13 @@ def create_app(settings: ProcessorSettings, *, metrics: ProcessorMetrics | None 
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        # A processor killed without leaving its group holds its partitions until the session times out;
+        # Faust's default (60 s) would stall the feedback loop that long after a crash, the workers' is 10 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+        # Static membership (one worker process per app id): a restarted processor takes its predecessor's
+        # place in the group at once, with no rebalance while the killed member's session runs out.
+        consumer_group_instance_id=f"{settings.processors_app_id}-0",
         producer_acks=-1,
         web_bind=settings.bind_host,
         web_host=settings.bind_host,

@@ -145,7 +145,22 @@ def _release(state: JoinState) -> Step:
     return Step(state.model_copy(update={"waiting": {}, "joined": joined}), feedback=feedback)
 
 
+def _joined_again(state: JoinState) -> list[FeedbackEventV1]:
+    """The feedback of every verdict already joined: what a replayed source event publishes again."""
+    if state.study is None or state.prediction is None:
+        return []
+    return [
+        feedback_of(state.study, state.prediction, j.verdict, state.shadow)
+        for j in state.joined.values()
+        if j.verdict is not None
+    ]
+
+
 def on_study(state: JoinState, study: StudyEventV1) -> Step:
+    if state.study == study and state.joined:
+        # A replay of the event that released the joined verdicts: their feedback again (it may be the one that
+        # never reached Kafka when the process died after the table write).
+        return Step(state, feedback=_joined_again(state))
     return _release(state.model_copy(update={"study": study}))
 
 
@@ -156,6 +171,8 @@ def on_prediction(state: JoinState, prediction: PredictionEventV1) -> Step:
     # prediction it was joined with: the verdict judged that one.
     if state.prediction is not None and prediction.scored_at < state.prediction.scored_at:
         return Step(state)
+    if state.prediction == prediction and state.joined:
+        return Step(state, feedback=_joined_again(state))  # a replay: as for a replayed study event
     return _release(state.model_copy(update={"prediction": prediction}))
 
 

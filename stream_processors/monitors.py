@@ -372,11 +372,14 @@ class Monitors:
             if state.pending is not None:
                 return None if state.published else state.pending
             drift = self.store.get_state(DRIFT_STATE) or {}
+            # One snapshot of the store: the sink may store the next example while this check runs (a timer
+            # and the sink both check), and counts read after it would not match the window's upper end.
+            upper = self.store.max_seq()
             decided = decide(
                 state,
-                total=self.store.count(),
-                max_seq=self.store.max_seq(),
-                count_after=lambda seq: self.store.count(after_seq=seq),
+                total=self.store.count(up_to_seq=upper),
+                max_seq=upper,
+                count_after=lambda seq: self.store.count(after_seq=seq, up_to_seq=upper),
                 metrics=self._sliding.get(self._serving or ""),
                 drift_alert=bool(drift.get("alert")) and drift.get("model_version") == self._serving,
                 policy=self.policy,

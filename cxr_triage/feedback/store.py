@@ -236,9 +236,13 @@ class FeedbackStore:
             ).fetchall()
         return {(str(v), str(r), str(a)): (int(n), int(lo), int(hi)) for v, r, a, n, lo, hi in rows}
 
-    def count(self, *, after_seq: int = 0) -> int:
+    def count(self, *, after_seq: int = 0, up_to_seq: int | None = None) -> int:
+        """Examples with ``after_seq < seq <= up_to_seq`` (no upper bound when None)."""
+        upper = up_to_seq if up_to_seq is not None else 2**62
         with self._connect() as db:
-            (n,) = db.execute("SELECT count(*) FROM examples WHERE seq > ?", (after_seq,)).fetchone()
+            (n,) = db.execute(
+                "SELECT count(*) FROM examples WHERE seq > ? AND seq <= ?", (after_seq, upper)
+            ).fetchone()
         return int(n)
 
     def counts_by_model_version(self) -> dict[str, int]:

@@ -48,6 +48,7 @@ def test_since_model_version_and_windows(tmp_path: Path) -> None:
     assert [r.seq for r in store.examples(after_seq=2, up_to_seq=4)] == [3, 4]
     assert [r.event.study_id for r in store.scored_by("1", last=2)] == ["a2", "c0"]
     assert store.count(after_seq=4) == 2
+    assert store.count(after_seq=1, up_to_seq=4) == 3 and store.count(up_to_seq=2) == 2
 
 
 def test_state_documents_survive_reopening(tmp_path: Path) -> None:

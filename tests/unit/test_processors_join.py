@@ -70,6 +70,28 @@ def test_a_replayed_joined_verdict_republishes_its_feedback_which_the_store_take
     assert store.count() == 1
 
 
+def test_a_replayed_study_or_prediction_that_released_a_verdict_republishes_its_feedback() -> None:
+    """The same crash when the study or prediction event is the one that released a waiting verdict."""
+    waiting = join.on_verdict(
+        join.on_prediction(join.JoinState(), prediction("s1")).state, verdict("s1"), now=1.0
+    )
+    released = join.on_study(waiting.state, study("s1"))
+    assert [f.verdict_id for f in released.feedback] == [verdict("s1").verdict_id]
+    # The study event replayed against the state that says "joined" publishes the same feedback again ...
+    again = join.on_study(released.state, study("s1"))
+    assert again.state == released.state
+    assert [f.model_dump(exclude={"joined_at"}) for f in again.feedback] == [
+        f.model_dump(exclude={"joined_at"}) for f in released.feedback
+    ]
+    # ... and so does the prediction event, had it been the last to arrive.
+    assert [f.verdict_id for f in join.on_prediction(released.state, prediction("s1")).feedback] == [
+        verdict("s1").verdict_id
+    ]
+    # With no verdict joined, a replayed study publishes nothing.
+    lone = join.on_study(join.JoinState(), study("s1")).state
+    assert join.on_study(lone, study("s1")).feedback == []
+
+
 def test_two_radiologists_are_two_examples() -> None:
     state = join.on_verdict(join.JoinState(), verdict("s1", radiologist="dr-a"), now=1.0).state
     state = join.on_verdict(state, verdict("s1", radiologist="dr-b", abnormal=False), now=1.0).state
