@@ -84,6 +84,8 @@ def _settings(tmp_path: Path, **changes: Any) -> TrainerSettings:
         retrain_min_heldout=changes.pop("retrain_min_heldout", 10),
         retrain_min_heldout_per_class=changes.pop("retrain_min_heldout_per_class", 3),
         initial_model_input_size=96,
+        # Explicit, so that a CXR_RETRAIN_PUBLIC_DATA in the environment (make sets one) does not leak in.
+        retrain_public_data=changes.pop("retrain_public_data", None),
         **changes,
     )
 
