@@ -3,15 +3,16 @@ on topics that an earlier cxr-triage (or an operator) left with other settings, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from cxr_triage import topics
-from deploy.kafka_broker import ensure_topics, topic_configs
+from deploy.kafka_broker import config_drift, ensure_topics, topic_configs
 from deploy.probes import kafka_admin
 from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
+from tests.integration.processors_support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +29,19 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 def _described(broker: KafkaBroker) -> dict[str, dict[str, str]]:
     return topic_configs(kafka_admin(broker.bootstrap), topics.ALL)
+
+
+def _settled(
+    broker: KafkaBroker, check: Callable[[dict[str, dict[str, str]]], bool], what: str
+) -> dict[str, dict[str, str]]:
+    """The described configs once ``check`` holds: KRaft applies an altered config on the controller first and
+    the broker's view (what ``describe_configs`` reads) follows a moment later."""
+
+    def described_if_settled() -> dict[str, dict[str, str]] | None:
+        described = _described(broker)
+        return described if check(described) else None
+
+    return wait_for(described_if_settled, timeout_s=30, what=what)
 
 
 def _alter(broker: KafkaBroker, name: str, entries: list[ConfigEntry]) -> None:
@@ -75,21 +89,25 @@ def test_existing_topics_with_other_settings_are_brought_to_the_configs(broker: 
             ConfigEntry("max.message.bytes", "2000000", incremental_operation=AlterConfigOpType.SET),
         ],
     )
-    before = _described(broker)
-    assert before[topics.VERDICTS]["cleanup.policy"] == "delete"
+    before = _settled(
+        broker,
+        lambda d: (
+            d[topics.VERDICTS]["cleanup.policy"] == "delete" and d[topics.DLQ]["retention.ms"] == "60000"
+        ),
+        "the altered configs",
+    )
     assert before[topics.STUDIES]["retention.ms"] == BROKER_DEFAULT_RETENTION_MS
-    assert before[topics.DLQ]["retention.ms"] == "60000"
 
     ensure_topics(broker.settings)
 
-    after = _described(broker)
+    after = _settled(broker, lambda d: not config_drift(d), "ensure_topics's configs")
     _assert_configured(after)
     assert after[topics.DLQ]["max.message.bytes"] == "2000000"
 
 
 def test_ensure_topics_twice_changes_nothing(broker: KafkaBroker, caplog: pytest.LogCaptureFixture) -> None:
     ensure_topics(broker.settings)
-    before = _described(broker)
+    before = _settled(broker, lambda d: not config_drift(d), "the configs")
     with caplog.at_level("INFO", logger="deploy.kafka_broker"):
         ensure_topics(broker.settings)
     assert _described(broker) == before
@@ -101,4 +119,6 @@ def test_a_deleted_topic_is_created_again_with_its_configs(broker: KafkaBroker) 
     for future in admin.delete_topics([topics.METRICS], operation_timeout=10).values():
         future.result(timeout=10)
     ensure_topics(broker.settings, timeout_s=60)
-    _assert_configured(_described(broker))
+    _assert_configured(
+        _settled(broker, lambda d: set(d) == set(topics.ALL) and not config_drift(d), "the configs")
+    )
