@@ -151,11 +151,13 @@ def test_kill_9_mid_stream_then_restart_ends_like_an_uninterrupted_run(tmp_path:
         interrupted = _outcome(processor)
         assert kill_at <= killed_at < studies, "the kill did not land mid-stream"
         assert interrupted["pending"] is not None and interrupted["total"] == studies
-        # Exactly one request record, not one id published twice. (Only a kill between Kafka's ack and the
-        # store's "published" mark, one SQLite write, would republish it, under the same id.)
-        [request] = _requests(broker, 1)
-        assert topic_size(broker.bootstrap, topics.TRAINING_REQUESTS) == 1
-        assert request.request_id == interrupted["pending"][0]
+        # One request: one record, or two of the same id when the kill fell between Kafka's ack and the
+        # store's "published" mark (one SQLite write; at-least-once, and the retrain worker skips a request id
+        # it answered). Never two different requests.
+        published = topic_size(broker.bootstrap, topics.TRAINING_REQUESTS)
+        assert published in (1, 2)
+        records = _requests(broker, published)
+        assert {r.request_id for r in records} == {interrupted["pending"][0]}
 
         # The same topics read by a fresh processor (own group, tables and store) that is never interrupted.
         reference_home = tmp_path / "uninterrupted"
@@ -172,7 +174,7 @@ def test_kill_9_mid_stream_then_restart_ends_like_an_uninterrupted_run(tmp_path:
             assert _outcome(reference) == interrupted
         finally:
             reference.stop()
-        # The uninterrupted run published its own record of the same decision: two records, one id.
-        records = _requests(broker, 2)
-        assert topic_size(broker.bootstrap, topics.TRAINING_REQUESTS) == 2
-        assert {r.request_id for r in records} == {request.request_id}
+        # The uninterrupted run published its own record of the same decision: one more record, the same id.
+        records = _requests(broker, published + 1)
+        assert topic_size(broker.bootstrap, topics.TRAINING_REQUESTS) == published + 1
+        assert {r.request_id for r in records} == {interrupted["pending"][0]}
