@@ -12,7 +12,7 @@ from stream_processors.agents import wire
 from stream_processors.config import ProcessorSettings
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.monitors import Monitors
-from stream_processors.rewind import rewind_uncommitted_on_seek
+from stream_processors.rewind import guard_against_skips
 
 
 def datadir(settings: ProcessorSettings) -> Path:
@@ -61,5 +61,5 @@ def create_app(settings: ProcessorSettings, *, metrics: ProcessorMetrics | None 
         images=open_image_store(settings),
     )
     wire(app, settings, monitors)
-    rewind_uncommitted_on_seek(app)
+    guard_against_skips(app)
     return app

@@ -1,5 +1,6 @@
 """``stream_processors.rewind``: after Faust's seek to the committed offsets, partitions with nothing committed
-(None or 0) are sought to their beginning; committed ones and changelog partitions are left where they are."""
+(None or 0) are sought to their beginning, committed ones and changelog partitions are left where they are; and
+after each completed recovery the committed offsets are sought once more, with the flow stopped."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, cast
 
 import faust
 
-from stream_processors.rewind import rewind_uncommitted_on_seek
+from stream_processors.rewind import reread_after_recovery, rewind_uncommitted_on_seek
 
 
 @dataclass
@@ -57,3 +58,60 @@ def test_nothing_is_rewound_when_every_partition_has_a_commit() -> None:
     rewind_uncommitted_on_seek(cast(faust.App, app))
     asyncio.run(app.consumer.seek_to_committed())
     assert app.consumer._thread.rewound == []
+
+
+@dataclass
+class FakeRecovery:
+    calls: list[str]
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        self.calls.append(f"recovered {generation_id}")
+
+
+@dataclass
+class FlowConsumer:
+    calls: list[str]
+    assigned: bool = True
+
+    async def seek_to_committed(self) -> Mapping[tuple[str, int], int | None]:
+        return {}
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {("cxr.feedback.v1", 0)} if self.assigned else set()
+
+    def stop_flow(self) -> None:
+        self.calls.append("stop_flow")
+
+    async def wait_for_stopped_flow(self) -> None:
+        self.calls.append("wait_for_stopped_flow")
+
+    async def perform_seek(self) -> None:
+        self.calls.append("perform_seek")
+
+    def resume_flow(self) -> None:
+        self.calls.append("resume_flow")
+
+
+@dataclass
+class RecoveringApp:
+    consumer: FlowConsumer
+    tables: Any
+    consumer_generation_id: int = 3
+
+
+def test_after_recovery_the_committed_offsets_are_sought_again_with_the_flow_stopped() -> None:
+    calls: list[str] = []
+    app = RecoveringApp(FlowConsumer(calls), tables=type("Tables", (), {"recovery": FakeRecovery(calls)})())
+    reread_after_recovery(cast(faust.App, app))
+    asyncio.run(app.tables.recovery.on_recovery_completed(3))
+    # Faust's own completion (which ends by clearing the agents' queues) first, then the seek that reads
+    # again whatever that clear dropped.
+    assert calls == ["recovered 3", "stop_flow", "wait_for_stopped_flow", "perform_seek", "resume_flow"]
+
+
+def test_no_second_seek_when_another_rebalance_began() -> None:
+    calls: list[str] = []
+    app = RecoveringApp(FlowConsumer(calls), tables=type("Tables", (), {"recovery": FakeRecovery(calls)})())
+    reread_after_recovery(cast(faust.App, app))
+    asyncio.run(app.tables.recovery.on_recovery_completed(2))  # generation 2 is over: the app is at 3
+    assert calls == ["recovered 2"]
