@@ -113,12 +113,6 @@ def _outcome(processor: Processor) -> dict[str, Any]:
     }
 
 
-# Open defect (issue 9 stays open for it): on a loaded 2-core machine a restarted processor sometimes stops
-# joining after a few events (verdicts wait for studies the join never reads again), so this fails in about
-# half of full-suite runs and passes alone. Kept running, not skipped: an XPASS shows when it holds.
-@pytest.mark.xfail(
-    reason="known: processors can stall after kill -9 and restart under load (issue 9 open)", strict=False
-)
 @pytest.mark.parametrize(
     "kill_at",
     [5, 15],
