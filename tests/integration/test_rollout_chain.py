@@ -30,7 +30,9 @@ from cxr_triage.model.rollout import challenger_name, in_fraction
 from cxr_triage.settings import Settings
 from deploy.testing import stack_env
 from tests.integration.conftest import Stack
+from tests.integration.mlflow_support import register_versions
 from tests.integration.online_models import PublicStudy, fit_challengers, public_studies
+from tests.integration.processors_support import wait_for
 from tests.integration.streaming import read_predictions
 
 pytestmark = pytest.mark.integration
@@ -85,14 +87,7 @@ class Chain:
 
 
 def _wait(what: str, check: Callable[[], Any], timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(1.0)
+    return wait_for(check, timeout_s=timeout_s, what=what, every_s=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +121,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         client = MlflowClient(
             tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
         )
-        client.create_registered_model(REGISTERED)
-        # Versions need a source inside a run's artifacts on a server; nothing is downloaded from them here.
-        run = client.create_run(client.create_experiment(f"online-chain-{uuid.uuid4().hex[:6]}"))
-        for _ in range(4):
-            client.create_model_version(
-                REGISTERED, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
-            )
-        client.set_model_version_tag(REGISTERED, "1", "cxr.served_version", "1")
-        client.set_registered_model_alias(REGISTERED, "champion", "1")
+        register_versions(client, REGISTERED, 4)
         for version, onnx_file in (("2", models.worse), ("3", models.broken), ("4", models.better)):
             stated = {"registered_model": REGISTERED, "registered_model_version": version}
             assert str(add_version(settings, onnx_file, metadata=stated)) == version

@@ -33,6 +33,7 @@ from cxr_triage.settings import Settings
 from deploy.testing import cxr, stack_env
 from tests.integration.conftest import wait_for_port
 from tests.integration.kafka_support import KafkaBroker
+from tests.integration.mlflow_support import register_versions
 from tests.unit.test_model_repo import small_model
 
 pytestmark = pytest.mark.integration
@@ -127,15 +128,7 @@ def rig(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
         rig = Rig(env=env, settings=settings, bootstrap=kafka.bootstrap)
         client = rig.client()
-        client.create_registered_model(REGISTERED)
-        # Versions need a source inside a run's artifacts on a server; nothing is downloaded from them here.
-        run = client.create_run(client.create_experiment(f"rollout-it-{uuid.uuid4().hex[:6]}"))
-        for _ in range(3):
-            client.create_model_version(
-                REGISTERED, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
-            )
-        client.set_model_version_tag(REGISTERED, "1", "cxr.served_version", "1")
-        client.set_registered_model_alias(REGISTERED, "champion", "1")
+        register_versions(client, REGISTERED, 3)
         yield rig
     finally:
         cxr(["down"], env, timeout_s=120)
