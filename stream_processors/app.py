@@ -60,6 +60,9 @@ def create_app(settings: ProcessorSettings, *, metrics: ProcessorMetrics | None 
         metrics=metrics or ProcessorMetrics(),
         images=open_image_store(settings),
     )
+    # A processor killed between storing an example and the trigger check after it decides now, on the examples
+    # stored before the crash, as it would have without the crash (the first check after the start publishes it).
+    monitors.check_trigger()
     wire(app, settings, monitors)
     guard_against_skips(app)
     return app
