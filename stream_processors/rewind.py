@@ -7,7 +7,7 @@ Two holes in faust-streaming 0.15 / aiokafka 0.14, both seen or reasoned from th
    only then resumes its flow control, which *clears every agent's queue*. Agents are already running by then
    (the flow was resumed during the changelog read), so whatever was fetched during that seek is dropped, never
    acked, and never fetched again: the fetch position is past it. A restarted processor's sink lost 127
-   feedback events this way (offsets 9..78 of one partition), and its offset commits stuck before them.
+   feedback events this way (offsets 9..78 and 9..65 of its two partitions), and its commits stuck at 9.
    ``reread_after_recovery`` seeks to the committed offsets once more after that clear, with the flow stopped:
    what was dropped is read again.
 2. **Partitions with nothing committed.** aiokafka's ``seek_to_committed`` only seeks a partition whose

@@ -13,7 +13,6 @@ the end every study has exactly one serving prediction and at most one shadow on
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 import uuid
@@ -30,9 +29,9 @@ from cxr_triage.model.rollout import challenger_name, in_fraction
 from cxr_triage.settings import Settings
 from deploy.testing import stack_env
 from tests.integration.conftest import Stack
-from tests.integration.mlflow_support import register_versions
 from tests.integration.online_models import PublicStudy, fit_challengers, public_studies
 from tests.integration.processors_support import wait_for
+from tests.integration.rollout_support import register_versions, rollout_counters
 from tests.integration.streaming import read_predictions
 
 pytestmark = pytest.mark.integration
@@ -73,10 +72,7 @@ class Chain:
         return ids
 
     def rollout_metrics(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.stack.env['CXR_ROLLOUT_METRICS_PORT']}/metrics"
-        text = httpx.get(url, timeout=10).text
-        found = re.findall(r'^cxr_rollout_(decisions|skipped)_total\{\w+="(\w+)"\} (\S+)$', text, re.M)
-        return {f"{kind}:{label}": float(value) for kind, label, value in found}
+        return rollout_counters(self.stack.env["CXR_ROLLOUT_METRICS_PORT"])
 
     def challenger_ready(self) -> bool:
         url = f"{self.settings.triton_http_url}/v2/models/{challenger_name(self.settings.model_name)}/ready"
@@ -106,7 +102,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
             "CXR_RETRAIN_MIN_LABELS": "100000",
             "CXR_FLOOR_MIN_EXAMPLES": "100000",
             "CXR_RETRAIN_ON_DRIFT": "false",
-            # The policy's thresholds, scaled to a test on the public set's 69 normal studies.
+            # The policy's thresholds, scaled to a test on the public set's 70 normal studies.
             "CXR_ROLLOUT_MIN_PAIRED": str(MIN_PAIRED),
             "CXR_ROLLOUT_MIN_PER_CLASS": "15",
             "CXR_ROLLOUT_BOOTSTRAP_RESAMPLES": "1000",

@@ -9,13 +9,11 @@ repository and finds no server to wait for, as in the retrain worker's test.
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from cxr_triage.settings import Settings
 from deploy.testing import cxr, stack_env
 from tests.integration.conftest import wait_for_port
 from tests.integration.kafka_support import KafkaBroker
-from tests.integration.mlflow_support import register_versions
+from tests.integration.rollout_support import register_versions, rollout_counters
 from tests.unit.test_model_repo import small_model
 
 pytestmark = pytest.mark.integration
@@ -54,11 +52,7 @@ class Rig:
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     def counters(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.env['CXR_ROLLOUT_METRICS_PORT']}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        found = re.findall(r'^cxr_rollout_(decisions|skipped)_total\{\w+="(\w+)"\} (\S+)$', text, re.M)
-        return {f"{kind}:{label}": float(value) for kind, label, value in found}
+        return rollout_counters(self.env["CXR_ROLLOUT_METRICS_PORT"])
 
     def publish(self, decision: ModelDecisionEventV1) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap})
