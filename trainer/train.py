@@ -56,7 +56,6 @@ class TrainOutcome:
     experiment_id: str
     model_version: str | None
     checkpoint: Path
-    onnx_path: Path
     validation: metrics.Report
     parity_max_abs_diff: float
     train_seconds: float
@@ -216,7 +215,7 @@ def run_training(
         tracking.finish_run(client, run_id, "FAILED")
         raise
     tracking.finish_run(client, run_id, "FINISHED")
-    report, onnx_path, diff, version = outcome
+    report, diff, version = outcome
     logger.info(
         "training finished", extra={"run_id": run_id, "model_version": version, "seconds": total_seconds}
     )
@@ -225,7 +224,6 @@ def run_training(
         experiment_id=experiment_id,
         model_version=version,
         checkpoint=checkpoint,
-        onnx_path=onnx_path,
         validation=report,
         parity_max_abs_diff=diff,
         train_seconds=train_seconds,
@@ -245,7 +243,7 @@ def _finish(
     settings: TrainerSettings,
     register: bool,
     int8: bool,
-) -> tuple[metrics.Report, Path, float, str | None]:
+) -> tuple[metrics.Report, float, str | None]:
     """Evaluate the last checkpoint, log plots and metrics, export + parity-check ONNX, register it."""
     model, spec = load_model(checkpoint)
     model = servable(model).eval()
@@ -269,58 +267,62 @@ def _finish(
         }.items()
     }
     client.log_batch(run_id, metrics=_metric_list(final, step=cfg.epochs))
-    work = Path(tempfile.mkdtemp(prefix="cxr-train-"))
-    for png in plots.roc_pngs(probabilities, truth, abnormal, report, work / "plots"):
-        client.log_artifact(run_id, str(png), "plots")
-    client.log_artifacts(run_id, str(checkpoint), "checkpoint")
+    # Plots and ONNX files go to MLflow; the local copies are removed, so retraining does not fill the disk.
+    with tempfile.TemporaryDirectory(prefix="cxr-train-") as tmp:
+        work = Path(tmp)
+        for png in plots.roc_pngs(probabilities, truth, abnormal, report, work / "plots"):
+            client.log_artifact(run_id, str(png), "plots")
+        client.log_artifacts(run_id, str(checkpoint), "checkpoint")
 
-    onnx_path = work / "model.onnx"
-    exported = export_trained(
-        model,
-        onnx_path,
-        input_size=spec.input_size,
-        architecture=spec.architecture,
-        metadata={
-            "cxr.threshold": repr(report.operating.threshold),
-            "cxr.target_sensitivity": str(settings.target_sensitivity),
-            **tiers.metadata(),
-            "cxr.mlflow_run_id": run_id,
-            "cxr.finetune": spec.finetune.value,
-        },
-    )
-    images = np.stack([val_set.pixels(i) for i in range(min(PARITY_IMAGES, len(val_set)))])
-    diff = parity(model, onnx_path, images)  # raises ParityError above 1e-4: such a file is never registered
-    client.log_batch(
-        run_id,
-        metrics=_metric_list(
-            {"onnx_parity_max_abs_diff": diff, "onnx_export_seconds": exported.seconds}, step=cfg.epochs
-        ),
-    )
-    if int8:
-        _int8(client, run_id, onnx_path, train, val, spec.input_size, report, settings)
-    version = None
-    if register:
-        example = images[:1]
-        model_version = tracking.register_onnx(
-            run_id=run_id,
-            onnx_path=onnx_path,
-            registered_model=settings.registered_model,
-            example=example,
-            example_output=onnx_probabilities(session(onnx_path), example),
-            tags={
+        onnx_path = work / "model.onnx"
+        exported = export_trained(
+            model,
+            onnx_path,
+            input_size=spec.input_size,
+            architecture=spec.architecture,
+            metadata={
                 "cxr.threshold": repr(report.operating.threshold),
-                "cxr.input_size": str(spec.input_size),
-                "cxr.architecture": spec.architecture,
-                "cxr.val_auroc_macro": f"{report.auroc_macro:.4f}",
-                "cxr.val_sensitivity": f"{report.operating.sensitivity:.4f}",
+                "cxr.target_sensitivity": str(settings.target_sensitivity),
+                **tiers.metadata(),
+                "cxr.mlflow_run_id": run_id,
+                "cxr.finetune": spec.finetune.value,
             },
         )
-        version = str(model_version.version)
-        client.set_registered_model_alias(settings.registered_model, tracking.CHALLENGER, version)
-        logger.info(
-            "registered as challenger", extra={"model": settings.registered_model, "version": version}
+        images = np.stack([val_set.pixels(i) for i in range(min(PARITY_IMAGES, len(val_set)))])
+        diff = parity(
+            model, onnx_path, images
+        )  # raises ParityError above 1e-4: such a file is never registered
+        client.log_batch(
+            run_id,
+            metrics=_metric_list(
+                {"onnx_parity_max_abs_diff": diff, "onnx_export_seconds": exported.seconds}, step=cfg.epochs
+            ),
         )
-    return report, onnx_path, diff, version
+        if int8:
+            _int8(client, run_id, onnx_path, train, val, spec.input_size, report, settings)
+        version = None
+        if register:
+            example = images[:1]
+            model_version = tracking.register_onnx(
+                run_id=run_id,
+                onnx_path=onnx_path,
+                registered_model=settings.registered_model,
+                example=example,
+                example_output=onnx_probabilities(session(onnx_path), example),
+                tags={
+                    "cxr.threshold": repr(report.operating.threshold),
+                    "cxr.input_size": str(spec.input_size),
+                    "cxr.architecture": spec.architecture,
+                    "cxr.val_auroc_macro": f"{report.auroc_macro:.4f}",
+                    "cxr.val_sensitivity": f"{report.operating.sensitivity:.4f}",
+                },
+            )
+            version = str(model_version.version)
+            client.set_registered_model_alias(settings.registered_model, tracking.CHALLENGER, version)
+            logger.info(
+                "registered as challenger", extra={"model": settings.registered_model, "version": version}
+            )
+    return report, diff, version
 
 
 def _int8(

@@ -119,12 +119,19 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
 
 
 @pytest.fixture(scope="module")
-def trained(services: Services) -> dict[str, Any]:
+def train_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The training command's own TMPDIR, to see what it leaves behind."""
+    return tmp_path_factory.mktemp("train-tmp")
+
+
+@pytest.fixture(scope="module")
+def trained(services: Services, train_tmp: Path) -> dict[str, Any]:
     # Tiny and bounded: 64 px, 2 epochs of 3 steps of 4 images on each of 2 workers; INT8 variant included.
     args = "--model densenet121 --input-size 64 --epochs 2 --max-steps 3 --batch-size 4 --workers 2 --int8 --json"
     result = services.trainer(
-        "train", "--data", str(PUBLIC), "--experiment", "test-trainer-lifecycle", *args.split()
-    )
+        "train", "--data", str(PUBLIC), "--experiment", "test-trainer-lifecycle", *args.split(),
+        env={"TMPDIR": str(train_tmp)},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     payload: dict[str, Any] = json.loads(result.stdout)
     return payload
@@ -178,6 +185,12 @@ def test_training_run_is_tracked_and_registered_as_challenger(
     assert [o.name for o in proto.graph.output] == ["probabilities", "cams"]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["cxr.mlflow_run_id"] == trained["run_id"] and float(meta["cxr.threshold"]) > 0
+
+
+def test_training_leaves_no_exported_files_behind(trained: dict[str, Any], train_tmp: Path) -> None:
+    # Plots and ONNX files (fp32 and INT8) are in MLflow; a retrain worker that kept local copies would fill
+    # the disk by ~36 MB a run.
+    assert not list(train_tmp.glob("cxr-train-*"))
 
 
 def test_evaluate_prints_the_json_contract_and_predictions(
