@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.data.policies import UncertaintyPolicy
+from trainer.losses import LossName
 from trainer.models import ARCHITECTURES, FineTune, ModelSpec
 
 Amp = Literal["off", "bf16", "fp16"]
@@ -32,7 +33,14 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(default=1e-5, ge=0)
     policy: UncertaintyPolicy = UncertaintyPolicy.IGNORE
     class_weights: bool = False
+    loss: LossName = "bce"
+    warmup_epochs: float = Field(default=0.0, ge=0, description="linear warm-up before the cosine decay")
+    ema_decay: float | None = Field(
+        default=None, gt=0, lt=1, description="validate, checkpoint and export an EMA of the weights"
+    )
     augment: bool = True
+    crop_min_area: float = Field(default=1.0, gt=0, le=1, description="random crops (1 = none)")
+    equalize_p: float = Field(default=0.0, ge=0, le=1, description="chance of histogram equalisation")
     seed: int = 20240601
 
     num_workers: int = Field(default=2, ge=0, description="0 = Ray Train local mode (in this process)")

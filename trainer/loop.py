@@ -11,6 +11,7 @@ import logging
 import math
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ from trainer.config import TrainConfig
 from trainer.data.augment import AugmentConfig
 from trainer.data.dataset import CXRDataset
 from trainer.data.manifest import Manifest
-from trainer.losses import masked_bce, positive_weights
+from trainer.losses import loss_function, positive_weights
 from trainer.models import build_model, count_parameters
 from trainer.predict import predict
 
@@ -78,6 +79,26 @@ def _model_state(model: nn.Module, strategy: str) -> dict[str, torch.Tensor]:
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v for k, v in full.items() if isinstance(v, torch.Tensor)}
     return {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+
+
+def _ema_state(ema: torch.optim.swa_utils.AveragedModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+
+
+def _copy_buffers(source: nn.Module, target: nn.Module) -> None:
+    with torch.no_grad():
+        for mine, theirs in zip(target.buffers(), source.buffers(), strict=True):
+            mine.copy_(theirs)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_steps: int) -> Any:
+    """Cosine decay to 0 over the run, after ``warmup_steps`` of linear warm-up from 1% of the rate."""
+    cosine_steps = max(1, total_steps - warmup_steps)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cosine_steps)
+    if warmup_steps <= 0:
+        return cosine
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup_steps)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
 
 
 def _reduce(values: list[float], device: torch.device, op: Any = None) -> list[float]:
@@ -151,7 +172,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
 
     train_manifest: Manifest = config["train_data"]
     val_manifest: Manifest = config["val_data"]
-    augment = AugmentConfig() if cfg.augment else None
+    augment = (
+        AugmentConfig(crop_min_area=cfg.crop_min_area, equalize_p=cfg.equalize_p) if cfg.augment else None
+    )
     train_set = CXRDataset(
         train_manifest, size=cfg.input_size, policy=cfg.policy, augment=augment, seed=cfg.seed
     )
@@ -166,7 +189,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, optimizer_steps))
+    scheduler = _schedule(optimizer, total_steps=optimizer_steps, warmup_steps=round(
+        cfg.warmup_epochs * math.ceil(steps_per_epoch / cfg.grad_accum)
+    ))  # fmt: skip
+    # The EMA follows the unwrapped module, whose parameters DDP keeps equal on every rank.
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            _unwrap(model), multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay)
+        )
+        if cfg.ema_decay
+        else None
+    )
+    criterion = loss_function(cfg.loss)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     pos_weight = None
     if cfg.class_weights:
@@ -207,13 +241,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
             no_sync = getattr(model, "no_sync", None)
             sync = contextlib.nullcontext() if last_micro or no_sync is None else no_sync()
             with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = masked_bce(model(images), targets, mask, pos_weight)
+                loss = criterion(model(images), targets, mask, pos_weight)
                 scaler.scale(loss / cfg.grad_accum).backward()
             if last_micro:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(_unwrap(model))
                 step += 1
             loss_sum += float(loss.detach()) * len(images)
             n_images += len(images)
@@ -235,10 +271,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> list[dict[str, float]]:
             "peak_memory_mb": peak_mb,
             "lr": float(scheduler.get_last_lr()[0]),
         }
-        model_state = _model_state(model, cfg.strategy)
+        if ema is not None:
+            # BatchNorm statistics are buffers the EMA does not average: the trained model's are current.
+            _copy_buffers(_unwrap(model), ema.module)
+        model_state = _model_state(model, cfg.strategy) if ema is None else _ema_state(ema)
         if rank == 0:
+            evaluated = _unwrap(model) if ema is None else ema.module
             probabilities, val_loss = predict(
-                _unwrap(model), val_set, batch_size=cfg.val_batch_size, device=device
+                evaluated, val_set, batch_size=cfg.val_batch_size, device=device
             )
             truth = np.where(val_manifest.raw_labels() == -1.0, np.nan, val_manifest.raw_labels())
             val = metrics.report(probabilities, truth, val_manifest.abnormal())
@@ -299,6 +339,10 @@ def _checkpoint_folder(local_root: str | None, epoch: int) -> Iterator[str]:
         kept = Path(local_root) / f"epoch-{epoch:04d}"
         kept.mkdir(parents=True, exist_ok=True)
         yield str(kept)
+        # As Ray keeps 2 (CheckpointConfig): a checkpoint is ~3x the weights (optimizer state), every epoch.
+        for old in Path(local_root).glob("epoch-*"):
+            if old.name < f"epoch-{epoch - 1:04d}":
+                shutil.rmtree(old, ignore_errors=True)
         return
     with tempfile.TemporaryDirectory(prefix="cxr-ckpt-") as folder:
         yield folder

@@ -1,4 +1,8 @@
-"""The networks: DenseNet121 (torchvision) and ViT (timm), each returning 14 logits, and how much of them trains.
+"""The networks: CNNs from torchvision (DenseNet121, ResNet-18/34, EfficientNet-B0) and ViT (timm), each
+returning 14 logits, and how much of them trains.
+
+Every CNN exposes ``features`` (the convolutional trunk) and ``classifier`` (the 14-output head after global
+average pooling), the layout the ONNX export turns into class activation maps.
 
 Pretrained weights come only from a local file (no hub downloads): torchvision's ImageNet DenseNet121 file
 (its legacy ``norm.1``-style keys are renamed as torchvision itself does), a CheXpert checkpoint with a
@@ -17,7 +21,7 @@ from typing import Any, Final
 
 import torch
 from torch import nn
-from torchvision.models import densenet121
+from torchvision.models import densenet121, efficientnet_b0, resnet18, resnet34
 
 from cxr_triage.labels import NUM_LABELS
 from trainer.errors import TrainerError
@@ -29,7 +33,8 @@ VIT_NAMES: Final[dict[str, str]] = {
     "vit-base": "vit_base_patch16_224",
     "vit-large": "vit_large_patch16_224",
 }
-ARCHITECTURES: Final[tuple[str, ...]] = ("densenet121", *VIT_NAMES)
+CNNS: Final[tuple[str, ...]] = ("densenet121", "resnet18", "resnet34", "efficientnet-b0")
+ARCHITECTURES: Final[tuple[str, ...]] = (*CNNS, *VIT_NAMES)
 # torchvision's DenseNet checkpoints predate the ban on '.' in module names ('norm.1' -> 'norm1').
 _LEGACY_DENSE_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
@@ -124,6 +129,36 @@ def _densenet(spec: ModelSpec) -> nn.Module:
     return model
 
 
+class ResNetClassifier(nn.Module):
+    """torchvision's ResNet as ``features -> global average pool -> classifier`` (its ``fc``)."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        net = (resnet18 if depth == 18 else resnet34)(weights=None)
+        self.features = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
+        self.classifier = nn.Linear(net.fc.in_features, NUM_LABELS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.classifier(self.features(x).mean(dim=(2, 3)))
+        return logits
+
+
+def _cnn(spec: ModelSpec) -> nn.Module:
+    if spec.architecture == "densenet121":
+        return _densenet(spec)
+    if spec.weights:
+        raise ModelError(f"pretrained weights are supported for densenet121 and ViT, not {spec.architecture}")
+    if spec.architecture.startswith("resnet"):
+        return ResNetClassifier(int(spec.architecture.removeprefix("resnet")))
+    model = efficientnet_b0(weights=None)
+    last = model.classifier[-1]
+    assert isinstance(last, nn.Linear)
+    model.classifier[-1] = nn.Linear(last.in_features, NUM_LABELS)
+    return model
+
+
 def _vit(spec: ModelSpec) -> nn.Module:
     try:
         import timm
@@ -183,7 +218,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         raise ModelError(
             f"unknown architecture {spec.architecture!r}; choose from {', '.join(ARCHITECTURES)}"
         )
-    model = _densenet(spec) if spec.architecture == "densenet121" else _vit(spec)
+    model = _cnn(spec) if spec.architecture in CNNS else _vit(spec)
     if spec.finetune is FineTune.LAST_K:
         _freeze_all_but_tail(model, spec.last_k)
     elif spec.finetune is FineTune.LORA:

@@ -90,6 +90,17 @@ def test_resumed_run_continues_exactly(data: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_local_mode_keeps_only_the_last_two_checkpoints(data: Path, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    train, val = load_split_data([data], settings)
+    final, _ = fit(
+        _config(epochs=4), train=train, val=val, settings=settings, name="kept", tracking_info=None,
+        resume_from=None,
+    )  # fmt: skip
+    assert sorted(p.name for p in final.parent.iterdir()) == ["epoch-0003", "epoch-0004"]
+    assert final.name == "epoch-0004"
+
+
 def test_time_budget_stops_before_an_epoch_that_would_overrun(data: Path, tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     train, val = load_split_data([data], settings)
@@ -109,3 +120,37 @@ def test_gradient_accumulation_and_bf16_autocast(data: Path, tmp_path: Path) -> 
     )
     assert load_state(final).step == 2  # 3 micro-batches, an optimizer step every 2 and at the epoch's end
     assert all(np.isfinite(history[0][k]) for k in KEYS if k in history[0])
+
+
+def _fit(config: TrainConfig, data: Path, home: Path, name: str) -> tuple[Path, list[dict[str, float]]]:
+    settings = _settings(home)
+    train, val = load_split_data([data], settings)
+    return fit(
+        config, train=train, val=val, settings=settings, name=name, tracking_info=None, resume_from=None
+    )
+
+
+def test_warmup_losses_and_augmentations_train_the_new_architectures(data: Path, tmp_path: Path) -> None:
+    for architecture, loss in (("resnet18", "asymmetric"), ("efficientnet-b0", "focal")):
+        config = _config(
+            architecture=architecture, loss=loss, warmup_epochs=1.0, crop_min_area=0.6, equalize_p=1.0
+        )
+        _, history = _fit(config, data, tmp_path, architecture)
+        assert history[0]["train_loss"] != history[1]["train_loss"] and np.isfinite(history[1]["val_loss"])
+        # Warm-up: the first epoch's 2 steps climb from 1% to the full rate (without warm-up the cosine would
+        # be halfway down, at 5e-4, by then); the second epoch's cosine decays it to 0.
+        assert history[0]["lr"] == pytest.approx(1e-3) and history[1]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ema_weights_are_validated_and_checkpointed_while_training_is_unchanged(
+    data: Path, tmp_path: Path
+) -> None:
+    plain_final, plain = _fit(_config(architecture="resnet18"), data, tmp_path, "plain")
+    ema_final, ema = _fit(_config(architecture="resnet18", ema_decay=0.5), data, tmp_path, "ema")
+    assert [e["train_loss"] for e in ema] == [e["train_loss"] for e in plain]  # same steps taken
+    assert ema[1]["val_loss"] != plain[1]["val_loss"]  # but another model is evaluated...
+    a = torch.load(plain_final / MODEL_FILE, weights_only=True)
+    b = torch.load(ema_final / MODEL_FILE, weights_only=True)
+    assert not torch.equal(a["classifier.weight"], b["classifier.weight"])  # ... and kept
+    # BatchNorm statistics are copied from the trained model, not left at their initial values.
+    assert torch.equal(a["features.1.running_mean"], b["features.1.running_mean"])

@@ -10,7 +10,7 @@ import torch
 from torchvision.models import densenet121
 
 from trainer.export_model import export_trained, parity
-from trainer.losses import masked_bce, positive_weights
+from trainer.losses import loss_function, masked_asymmetric, masked_bce, masked_focal, positive_weights
 from trainer.models import FineTune, ModelError, ModelSpec, build_model, count_parameters, servable
 
 
@@ -130,3 +130,39 @@ def test_vit_loads_a_local_timm_checkpoint_at_another_input_size(tmp_path: Path)
     assert torch.equal(loaded["blocks.0.attn.qkv.weight"], source.state_dict()["blocks.0.attn.qkv.weight"])
     assert loaded["pos_embed"].shape == (1, 1 + (64 // 16) ** 2, 192)  # resampled by timm for 64 px
     assert loaded["head.weight"].shape == (14, 192)
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "resnet34", "efficientnet-b0"])
+def test_new_cnns_give_14_logits_and_export_with_activation_maps(architecture: str, tmp_path: Path) -> None:
+    model = build_model(ModelSpec(architecture=architecture, input_size=64)).eval()
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 14)
+    exported = export_trained(
+        model, tmp_path / "m.onnx", input_size=64, architecture=architecture, metadata={}
+    )
+    assert exported.metadata["cxr.architecture"] == architecture
+    images = np.random.default_rng(1).integers(0, 256, (3, 1, 64, 64), dtype=np.uint8)
+    assert parity(model, tmp_path / "m.onnx", images) <= 1e-4
+
+
+def test_pretrained_weights_are_refused_where_no_loader_exists(tmp_path: Path) -> None:
+    weights = tmp_path / "w.pth"
+    torch.save({}, weights)
+    with pytest.raises(ModelError, match="not resnet18"):
+        build_model(ModelSpec(architecture="resnet18", weights=str(weights)))
+
+
+def test_focal_and_asymmetric_losses_weigh_easy_entries_less_and_respect_the_mask() -> None:
+    targets = torch.tensor([[1.0, 0.0]])
+    mask = torch.ones(1, 2)
+    easy, hard = torch.tensor([[4.0, -4.0]]), torch.tensor([[-4.0, 4.0]])
+    for loss in (masked_focal, masked_asymmetric):
+        ratio_bce = float(masked_bce(hard, targets, mask) / masked_bce(easy, targets, mask))
+        assert float(loss(hard, targets, mask) / loss(easy, targets, mask)) > ratio_bce
+        # A masked entry changes nothing, whatever its target.
+        only_first = torch.tensor([[1.0, 0.0]])
+        assert float(loss(hard, targets, only_first)) == float(
+            loss(hard, torch.tensor([[1.0, 1.0]]), only_first)
+        )
+    # ASL's probability shift: a negative below the clip (p < 0.05) gives exactly no loss.
+    assert float(masked_asymmetric(torch.tensor([[-4.0]]), torch.zeros(1, 1), torch.ones(1, 1))) == 0.0
+    assert loss_function("focal") is masked_focal and loss_function("bce") is masked_bce
