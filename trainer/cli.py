@@ -47,7 +47,9 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 @click.option(
     "--model",
     "architecture",
-    type=click.Choice(["densenet121", "vit-tiny", "vit-base", "vit-large"]),
+    type=click.Choice(
+        ["densenet121", "resnet18", "resnet34", "efficientnet-b0", "vit-tiny", "vit-base", "vit-large"]
+    ),
     default="densenet121",
     show_default=True,
 )
@@ -74,6 +76,14 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 @click.option("--grad-accum", type=int, default=1, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Micro-batches per epoch at most (bounded runs).")
 @click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-5, show_default=True)
+@click.option("--loss", type=click.Choice(["bce", "focal", "asymmetric"]), default="bce", show_default=True)
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True, help="Linear LR warm-up.")
+@click.option("--ema", "ema_decay", type=float, default=None, help="Keep an EMA of the weights (e.g. 0.99).")
+@click.option("--crop-min-area", type=float, default=1.0, show_default=True, help="Random crops (1 = none).")
+@click.option(
+    "--equalize-p", type=float, default=0.0, show_default=True, help="Chance of histogram equalisation."
+)
 @click.option(
     "--policy", type=click.Choice(["u-ignore", "u-ones", "u-zeros"]), default="u-ignore", show_default=True
 )
@@ -124,15 +134,28 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 @click.option(
     "--promote", "then_promote", is_flag=True, help="Promote the new challenger right away (gated)."
 )
+@click.option(
+    "--recipe",
+    default=None,
+    help="Start from a named recipe (best, demo, or one of trainer/recipes.py); options given here win.",
+)
+@click.option(
+    "--cv",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Patient-level K-fold cross-validation instead of one training: mean and sd over the folds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def train(**options: Any) -> None:  # fmt: skip
     """Train a classifier with Ray Train, track it in MLflow and register it as the challenger."""
-    from trainer.config import TrainConfig
     from trainer.data.manifest import Verify
-    from trainer.train import run_training
 
     settings = load_trainer_settings()
     with _errors_as_messages():
+        cfg = _train_config(options, click.get_current_context())
+        if options["cv"] is not None:
+            _cross_validate(cfg, options, settings)
+            return
         if options["if_no_champion"] and _champion(settings) is not None:
             _emit(
                 {"trained": False, "reason": "a champion exists"},
@@ -140,32 +163,8 @@ def train(**options: Any) -> None:  # fmt: skip
                 lambda p: "a champion exists: nothing to do",
             )
             return
-        progress = sys.stderr.isatty() if options["progress"] is None else options["progress"]
-        cfg = TrainConfig(
-            architecture=options["architecture"],
-            weights=str(options["weights"]) if options["weights"] else None,
-            finetune=options["finetune"],
-            last_k=options["last_k"],
-            lora_rank=options["lora_rank"],
-            input_size=options["input_size"],
-            epochs=options["epochs"],
-            batch_size=options["batch_size"],
-            grad_accum=options["grad_accum"],
-            max_steps_per_epoch=options["max_steps"],
-            lr=options["lr"],
-            policy=options["policy"],
-            class_weights=options["class_weights"],
-            augment=not options["no_augment"],
-            num_workers=options["workers"],
-            cpus_per_worker=options["cpus_per_worker"],
-            loader_workers=options["loader_workers"],
-            use_gpu=options["gpu"],
-            strategy=options["strategy"],
-            amp=options["amp"],
-            seed=options["seed"],
-            progress=progress,
-            max_minutes=options["max_minutes"],
-        )
+        from trainer.train import run_training
+
         outcome = run_training(
             cfg=cfg,
             data=list(options["data"]),
@@ -192,6 +191,60 @@ def train(**options: Any) -> None:  # fmt: skip
         if options["then_promote"] and outcome.model_version is not None:
             payload["promotion"] = _promote(settings, data=None, split=None).to_dict()
     _emit(payload, options["as_json"], _train_text)
+
+
+# TrainConfig fields whose option has another name (the rest share it).
+_OPTION_OF_FIELD = {"max_steps_per_epoch": "max_steps", "num_workers": "workers", "use_gpu": "gpu"}
+_CONFIG_FIELDS = (
+    "architecture", "finetune", "last_k", "lora_rank", "input_size", "epochs", "batch_size", "grad_accum",
+    "max_steps_per_epoch", "lr", "weight_decay", "policy", "class_weights", "loss", "warmup_epochs",
+    "ema_decay", "crop_min_area", "equalize_p", "num_workers", "cpus_per_worker", "loader_workers", "use_gpu",
+    "strategy", "amp", "seed", "max_minutes",
+)  # fmt: skip
+
+
+def _train_config(options: dict[str, Any], ctx: click.Context) -> Any:
+    """The TrainConfig: the recipe's values (if one is named), then every option given on the command line."""
+    from click.core import ParameterSource
+
+    from trainer.config import TrainConfig
+    from trainer.recipes import recipe
+
+    values = recipe(options["recipe"]) if options["recipe"] else {}
+    for name in _CONFIG_FIELDS:
+        option = _OPTION_OF_FIELD.get(name, name)
+        if name not in values or ctx.get_parameter_source(option) is ParameterSource.COMMANDLINE:
+            values[name] = options[option]
+    values["augment"] = not options["no_augment"]
+    values["weights"] = str(options["weights"]) if options["weights"] else None
+    values["progress"] = sys.stderr.isatty() if options["progress"] is None else options["progress"]
+    return TrainConfig.model_validate(values)
+
+
+def _cross_validate(cfg: Any, options: dict[str, Any], settings: Any) -> None:
+    from trainer.cv import run_cv
+    from trainer.data.manifest import Verify
+
+    flags = {"resume_from": "--resume-from", "int8": "--int8", "then_promote": "--promote",
+             "if_no_champion": "--if-no-champion"}  # fmt: skip
+    refused = [flag for name, flag in flags.items() if options[name]]
+    if refused:
+        raise click.UsageError(f"--cv trains no model to keep: {', '.join(refused)} cannot go with it")
+    result = run_cv(
+        cfg=cfg, k=options["cv"], data=list(options["data"]), settings=settings,
+        experiment=options["experiment"], run_name=options["run_name"], verify=Verify(options["verify"]),
+        tags={"cxr.recipe": options["recipe"]} if options["recipe"] else None,
+    )  # fmt: skip
+    payload = {"recipe": options["recipe"], **result.to_dict()}
+    _emit(payload, options["as_json"], _cv_text)
+
+
+def _cv_text(p: dict[str, Any]) -> str:
+    lines = [f"{p['cv']}-fold cross-validation (MLflow run {p['run_id']}), recipe {p['recipe'] or '-'}:"]
+    for key, stats in p["summary"].items():
+        sd = "-" if stats["sd"] is None else f"{stats['sd']:.3f}"
+        lines.append(f"  {key}: {stats['mean']:.3f} ± {sd} ({int(stats['folds'])} folds)")
+    return "\n".join(lines)
 
 
 def _train_text(p: dict[str, Any]) -> str:
@@ -235,7 +288,7 @@ def _champion(settings: Any) -> Any:
     "--predictions-out",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="Also write one CSV row per image: Path and the 14 probabilities.",
+    help="Also write one CSV row per image: Path, the 14 probabilities and the worklist priority.",
 )
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(data: Path, model_uri: str | None, split: str, predictions_out: Path | None, as_json: bool) -> None:  # fmt: skip
@@ -261,7 +314,21 @@ def _evaluate_text(r: dict[str, Any]) -> str:
     ]
     for source, s in r["per_source"].items():
         lines.append(f"  {source}: n={s['n']} macro AUROC {s['auroc_macro']} sensitivity {s['sensitivity']}")
+    lines.append("  slices (95% bootstrap intervals by patient):")
+    for name, s in r["slices"].items():
+        figures = "  ".join(
+            f"{m} {_interval(s[m])}" for m in ("auroc_abnormal", "sensitivity", "specificity")
+        )
+        lines.append(f"    {name}: n={s['n']} ({s['n_abnormal']} abnormal)  {figures}")
     return "\n".join(lines)
+
+
+def _interval(e: dict[str, Any]) -> str:
+    if e["value"] is None:
+        return "-"
+    if e["ci_low"] is None:
+        return f"{e['value']:.2f}"
+    return f"{e['value']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]"
 
 
 def _promote(settings: Any, *, data: Path | None, split: str | None) -> Any:

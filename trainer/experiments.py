@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from trainer.settings import DEFAULT_DATA, TrainerSettings, load_trainer_settings
 
@@ -267,10 +268,185 @@ def run_command(studies: tuple[str, ...], data: Path, densenet_weights: Path | N
     click.echo(f"{len(run_ids)} run(s) in MLflow experiment {EXPERIMENT}")
 
 
+RECIPE_EXPERIMENT = "cxr-recipes"
+
+
+@main.command("cv")
+@click.option(
+    "--recipe", "recipes", multiple=True, required=True, help="Recipes to compare (trainer/recipes.py)."
+)
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_DATA)
+def cv_command(recipes: tuple[str, ...], folds: int, data: Path) -> None:
+    """The recipe study: K-fold cross-validation of each recipe, tracked in MLflow (``cxr-recipes``)."""
+    from trainer.config import TrainConfig
+    from trainer.cv import run_cv
+    from trainer.recipes import recipe
+
+    settings = load_trainer_settings()
+    for name in recipes:
+        cfg = TrainConfig.model_validate({**recipe(name), "progress": True})
+        result = run_cv(
+            cfg=cfg, k=folds, data=[data], settings=settings, experiment=RECIPE_EXPERIMENT, run_name=name,
+            tags={"cxr.study": "recipes", "cxr.variant": name, "cxr.recipe": name},
+        )  # fmt: skip
+        abnormal = result.summary["auroc_abnormal"]
+        click.echo(f"{name}: abnormal AUROC {abnormal['mean']:.3f} ± {abnormal['sd']:.3f}")
+
+
+@dataclass(frozen=True)
+class CVRow:
+    recipe: str
+    metrics: dict[str, float]
+    params: dict[str, str]
+    folds: dict[str, list[float]]  # per-fold values of the summary metrics, by fold number order
+    started: int
+
+
+def collect_cv(settings: TrainerSettings) -> list[CVRow]:
+    """The newest finished cross-validation of each recipe in ``cxr-recipes``."""
+    from trainer import tracking
+
+    client = tracking.client_for(settings.mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(RECIPE_EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status = 'FINISHED' and tags.`cxr.study` = 'recipes'",
+        max_results=500,
+    )
+    latest: dict[str, CVRow] = {}
+    for run in runs:
+        recipe_name = run.data.tags.get("cxr.recipe")
+        if not recipe_name or "cxr.cv" not in run.data.tags:
+            continue
+        folds = {
+            key: [m.value for m in sorted(client.get_metric_history(run.info.run_id, f"fold_{key}"), key=lambda m: m.step)]
+            for key in ("auroc_abnormal", "auroc_macro")
+        }  # fmt: skip
+        row = CVRow(recipe_name, dict(run.data.metrics), dict(run.data.params), folds, run.info.start_time)
+        if recipe_name not in latest or latest[recipe_name].started < row.started:
+            latest[recipe_name] = row
+    return sorted(latest.values(), key=lambda r: -r.metrics.get("cv_auroc_abnormal_mean", 0.0))
+
+
+NIH = "NIH-ChestXray14"
+
+
+def _pm(metrics: dict[str, float], key: str) -> str:
+    mean, sd = metrics.get(f"cv_{key}_mean"), metrics.get(f"cv_{key}_sd")
+    return "-" if mean is None else f"{mean:.3f} ± {_fmt(sd)}"
+
+
+def _cv_table(rows: list[CVRow]) -> list[str]:
+    lines = [
+        "| recipe | network, input, epochs | extras | abnormal AUROC | NIH-only abnormal AUROC | macro AUROC "
+        "| NIH-only macro AUROC | sensitivity / specificity (threshold from the other folds) "
+        "| pooled out-of-fold abnormal AUROC | CV minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p, m = r.params, r.metrics
+        extras = ", ".join(
+            f"{k}={p[k]}" for k, default in (("loss", "bce"), ("ema_decay", "None"), ("crop_min_area", "1.0"),
+                                             ("equalize_p", "0.0"), ("class_weights", "False"))
+            if p.get(k, default) != default
+        ) or "-"  # fmt: skip
+        lines.append(
+            f"| {r.recipe} | {p.get('architecture')}, {p.get('input_size')} px, {p.get('epochs')} "
+            f"| {extras} | {_pm(m, 'auroc_abnormal')} | {_pm(m, NIH + '/auroc_abnormal')} "
+            f"| {_pm(m, 'auroc_macro')} | {_pm(m, NIH + '/auroc_macro')} "
+            f"| {_fmt(m.get('cv_sensitivity_mean'), 2)} / {_fmt(m.get('cv_specificity_mean'), 2)} "
+            f"| {_fmt(m.get('pooled_auroc_abnormal'))} | {_fmt(m.get('cv_seconds', math.nan) / 60, 1)} |"
+        )
+    return lines
+
+
+def _cv_plot(rows: list[CVRow], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from trainer import plots  # noqa: F401  (selects the headless backend)
+
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    names = [r.recipe for r in rows]
+    x = np.arange(len(rows))
+    for offset, key, label, colour in (
+        (-0.18, "auroc_abnormal", "all sources", "#4C72B0"),
+        (0.18, NIH + "/auroc_abnormal", "NIH only (no MHH shortcut)", "#DD8452"),
+    ):
+        means = [r.metrics.get(f"cv_{key}_mean", math.nan) for r in rows]
+        sds = [r.metrics.get(f"cv_{key}_sd", math.nan) for r in rows]
+        ax.bar(x + offset, means, width=0.34, yerr=sds, capsize=3, label=label, color=colour)
+    for i, r in enumerate(rows):
+        values = r.folds.get("auroc_abnormal", [])
+        ax.scatter([i - 0.18] * len(values), values, s=8, color="black", zorder=3)
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xticks(x, names, rotation=15, fontsize=7)
+    ax.set_ylim(0.3, 1.0)
+    ax.set_ylabel("abnormal AUROC (mean ± sd over folds)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cv_section(rows: list[CVRow], figures: Path) -> list[str]:
+    from trainer.recipes import CHOSEN
+
+    lines = [
+        "## Recipe study (patient-level 5-fold cross-validation)",
+        "",
+        f"Generated from the MLflow experiment `{RECIPE_EXPERIMENT}`; rerun one recipe with "
+        "`cxr-triage train --data ../shared/datasets/cxr-public --recipe NAME --cv 5`, or the whole study with "
+        "`python -m trainer.experiments cv --recipe NAME ...` then `python -m trainer.experiments report`. "
+        "Every recipe trains from random initialisation, in-process on the 2 cores, on 4/5 of the 460 train + "
+        "validation studies (the 74 test-split studies are left out: they are the gate's), and is scored on "
+        "the fifth with its final weights. Folds are grouped by patient and stratified on source x abnormal. "
+        "The MHH source is all abnormal, so its images can be told apart by their look alone: the NIH-only "
+        "columns are the honest measure of how well abnormal studies are ranked above normal ones.",
+        "",
+    ]
+    if not rows:
+        return [*lines, "Not run yet in this MLflow instance.", ""]
+    lines += [*_cv_table(rows), ""]
+    _cv_plot(rows, figures / "recipes-cv.png")
+    lines += ["![recipes](experiments/recipes-cv.png)", ""]
+    lines += [
+        f"Chosen: `--recipe best` = `{CHOSEN['best']}`, `--recipe demo` = `{CHOSEN['demo']}` (see below).",
+        "",
+    ]
+    return lines
+
+
+def write_cv_section(rows: list[CVRow], out: Path) -> Path:
+    """Put the recipe study's section first in ``out``, replacing the one there (the rest is kept)."""
+    text = out.read_text() if out.is_file() else "# Experiments\n"
+    heading = "## Recipe study"
+    if heading in text:
+        start = text.index(heading)
+        after = text.find("\n## ", start + len(heading))
+        text = text[:start] + (text[after + 1 :] if after >= 0 else "")
+    first = text.find("\n## ")
+    head, tail = (text[: first + 1], text[first + 1 :]) if first >= 0 else (text.rstrip("\n") + "\n\n", "")
+    section = "\n".join(cv_section(rows, out.parent / "experiments"))
+    out.write_text(head + section + "\n" + tail)
+    return out
+
+
 @main.command("report")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=DOCS / "experiments.md")
-def report_command(out: Path) -> None:
-    path = write_report(collect(load_trainer_settings()), out)
+@click.option(
+    "--recipes-only", is_flag=True, help="Rewrite only the recipe study's section (from cxr-recipes)."
+)
+def report_command(out: Path, recipes_only: bool) -> None:
+    settings = load_trainer_settings()
+    path = (
+        write_cv_section(collect_cv(settings), out) if recipes_only else write_report(collect(settings), out)
+    )
+    if not recipes_only:
+        write_cv_section(collect_cv(settings), out)
     click.echo(f"wrote {path}")
 
 
