@@ -21,6 +21,7 @@ from cxr_triage.labels import LABELS
 from cxr_triage.model.export import read_metadata
 from cxr_triage.model.legacy import takes_float_input, upgrade_float_input
 from cxr_triage.model.signature import ModelRejected, read_signature
+from cxr_triage.priority import priorities
 from trainer import metrics, tracking
 from trainer.data.dataset import CXRDataset
 from trainer.data.manifest import Manifest, Verify, build_manifest
@@ -30,6 +31,7 @@ from trainer.data.splits import Split, select
 from trainer.errors import RegistryError
 from trainer.export_model import onnx_probabilities, session
 from trainer.settings import TrainerSettings
+from trainer.slices import evaluate_slices
 from trainer.train import truth_of
 
 
@@ -102,6 +104,7 @@ def summary(report: metrics.Report) -> dict[str, Any]:
         "n_normal": report.n_normal,
         "auroc_macro": _clean(report.auroc_macro),
         "auroc_abnormal": _clean(report.auroc_abnormal),
+        "auroc_competition": _clean(report.auroc_competition),
         "auroc_per_label": {k: _clean(v) for k, v in report.auroc_per_label.items()},
         "sensitivity": _clean(op.sensitivity),
         "specificity": _clean(op.specificity),
@@ -134,18 +137,20 @@ def evaluate_manifest(
         "model_version": model.model_version,
         "model_uri": model.uri,
         "per_source": per_source,
+        "slices": evaluate_slices(metrics.abnormal_score(probabilities), manifest, threshold=threshold),
     }
     return result, probabilities
 
 
 def write_predictions(path: Path, rel_paths: Iterable[str], probabilities: np.ndarray) -> None:
-    """One row per image: ``Path`` as in the label file, then the 14 probabilities in label order."""
+    """One row per image: ``Path`` as in the label file, the 14 probabilities in label order, and the
+    worklist ``priority`` they give (``cxr_triage.priority``, what orders the radiologists' worklist)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["Path", *LABELS])
-        for rel, row in zip(rel_paths, probabilities, strict=True):
-            writer.writerow([rel, *(f"{p:.6f}" for p in row)])
+        writer.writerow(["Path", *LABELS, "priority"])
+        for rel, row, value in zip(rel_paths, probabilities, priorities(probabilities), strict=True):
+            writer.writerow([rel, *(f"{p:.6f}" for p in row), f"{value:.6f}"])
 
 
 def evaluate(
@@ -158,7 +163,7 @@ def evaluate(
     predictions_out: Path | None = None,
 ) -> dict[str, Any]:
     manifest = build_manifest(open_sources([data]), verify=Verify.DECODE)
-    manifest = select(manifest, split, val_fraction=settings.val_fraction, seed=settings.split_seed)
+    manifest = select(manifest, split, **settings.split_fractions())
     model = resolve_model(model_uri, settings=settings, workdir=workdir)
     result, probabilities = evaluate_manifest(model, manifest, target_sensitivity=settings.target_sensitivity)
     if predictions_out is not None:

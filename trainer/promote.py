@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
-from trainer import gate, tracking
+from cxr_triage.priority import priorities
+from trainer import gate, regression, tracking
 from trainer.data.manifest import Manifest, Verify, build_manifest
 from trainer.data.open import open_sources
 from trainer.data.splits import Split, select
@@ -63,7 +65,7 @@ def load_eval_split(
     """The fixed evaluation split of the gate (settings: ``eval_data`` / ``eval_split``)."""
     manifest = build_manifest(open_sources([data or settings.eval_data]), verify=Verify.DECODE)
     chosen = split or Split(settings.eval_split)
-    return select(manifest, chosen, val_fraction=settings.val_fraction, seed=settings.split_seed)
+    return select(manifest, chosen, **settings.split_fractions())
 
 
 def _scored(
@@ -92,22 +94,30 @@ def promote(
     with tempfile.TemporaryDirectory(prefix="cxr-promote-") as tmp:
         work = Path(tmp)
         challenger_model = _scored(client, settings, challenger, work)
-        challenger_eval, _ = evaluate_manifest(
+        challenger_eval, challenger_probabilities = evaluate_manifest(
             challenger_model, evaluation, target_sensitivity=settings.target_sensitivity
         )
-        champion_eval = None
+        champion_eval, check = None, None
         if champion is not None:
-            champion_eval, _ = evaluate_manifest(
+            champion_eval, champion_probabilities = evaluate_manifest(
                 _scored(client, settings, champion, work),
                 evaluation,
                 target_sensitivity=settings.target_sensitivity,
             )
+            check = _regression_check(
+                client, name, evaluation, challenger_eval, challenger_probabilities, champion_eval,
+                champion_probabilities,
+            )  # fmt: skip
+            challenger_eval["regression_set"] = check.to_dict()
         result = gate.decide(
             challenger_auroc=_num(challenger_eval["auroc_macro"]),
             challenger_sensitivity=_num(challenger_eval["sensitivity"]),
             champion_auroc=_num(champion_eval["auroc_macro"]) if champion_eval else None,
             margin=settings.gate_margin,
             target_sensitivity=settings.target_sensitivity,
+            challenger_auroc_abnormal=_num(challenger_eval["auroc_abnormal"]),
+            min_auroc_abnormal=settings.gate_min_auroc_abnormal,
+            regression=check,
         )
         _record_gate(client, challenger, result, challenger_eval, champion)
         served = None
@@ -175,6 +185,33 @@ def rollback(*, client: MlflowClient, settings: TrainerSettings, serving: Servin
         "rolled back", extra={"champion": previous.version, "replaced": champion.version, "served": served}
     )
     return RollbackResult(str(previous.version), str(champion.version), served)
+
+
+def _regression_check(
+    client: MlflowClient,
+    name: str,
+    evaluation: Manifest,
+    challenger_eval: dict[str, Any],
+    challenger_probabilities: np.ndarray,
+    champion_eval: dict[str, Any],
+    champion_probabilities: np.ndarray,
+) -> regression.Check:
+    """Add the champion's errors on this split to the regression set, then compare both models on it."""
+
+    def wrong(result: dict[str, Any], probabilities: np.ndarray) -> np.ndarray:
+        threshold = _num(result["threshold"])
+        return regression.errors(priorities(probabilities), evaluation.abnormal(), threshold)
+
+    champion_wrong = wrong(champion_eval, champion_probabilities)
+    keys = regression.study_keys(evaluation)
+    updated = regression.merged(
+        regression.load(client, name), [k for k, w in zip(keys, champion_wrong, strict=True) if w]
+    )
+    regression.save(client, name, updated)
+    return regression.check(
+        updated, evaluation, challenger_wrong=wrong(challenger_eval, challenger_probabilities),
+        champion_wrong=champion_wrong,
+    )  # fmt: skip
 
 
 def _record_gate(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cxr_triage.settings import Settings
 
@@ -31,11 +31,19 @@ class TrainerSettings(Settings):
     # PPV for an urgent finding that the critical tier's threshold must reach on validation data (trainer.tiers)
     critical_ppv: float = Field(default=0.8, gt=0.0, le=1.0)
     gate_margin: float = Field(default=0.005, ge=0.0)
+    # A challenger must rank abnormal above normal studies better than this on the gate's split, even with no
+    # champion to beat (an untrained network can reach the sensitivity target with a threshold near 0).
+    gate_min_auroc_abnormal: float = Field(default=0.5, ge=0.0, lt=1.0)
     # The fixed evaluation split of the gate: a CheXpert-layout folder and which of its splits to score.
     eval_data: Path = DEFAULT_DATA
-    eval_split: Literal["all", "train", "val", "test"] = "val"
+    eval_split: Literal["all", "train", "val", "test"] = "test"
     split_seed: int = 20240601
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    # Patients no training run sees (trainer.data.splits): the gate's split of a folder without its own.
+    test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    # The sensitivity a run chooses its threshold for on its validation split: above the target, so that
+    # the target still holds on the test split the gate checks (cross-validation measures the drop).
+    threshold_sensitivity: float = Field(default=0.97, gt=0.0, le=1.0)
 
     # The retrain worker (`cxr-triage retrain-worker`, trainer/retrain*.py): its consumer group, the data it
     # trains on, and bounds that keep one retraining within minutes on a CPU box.
@@ -66,6 +74,20 @@ class TrainerSettings(Settings):
     rollout_group: str = "cxr-rollout"
     # Pause before a decision is read again after MLflow or Kafka failed while carrying it out.
     rollout_retry_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _something_to_train_on(self) -> TrainerSettings:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction leave no patient to train on")
+        return self
+
+    def split_fractions(self) -> dict[str, Any]:
+        """Keyword arguments of ``trainer.data.splits.select`` / ``assign`` for this deployment."""
+        return {
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "seed": self.split_seed,
+        }
 
     @property
     def ray_dir(self) -> Path:

@@ -7,6 +7,7 @@ manifests, a config, the MLflow run to log into) and handles what comes back (th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import subprocess
 import tempfile
@@ -22,7 +23,8 @@ from mlflow.tracking import MlflowClient
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from trainer import metrics, plots, tracking
+from cxr_triage.labels import LABELS, NO_FINDING
+from trainer import calibration, metrics, plots, tracking
 from trainer.checkpoints import load_model
 from trainer.config import TrainConfig
 from trainer.data.dataset import CXRDataset
@@ -75,11 +77,8 @@ def load_split_data(
     Examples of a source's ``test`` split (the feedback's held-out slice) are in neither.
     """
     manifest = build_manifest([*open_sources(data), *sources], verify=verify)
-    fraction, seed = settings.val_fraction, settings.split_seed
-    return (
-        select(manifest, Split.TRAIN, val_fraction=fraction, seed=seed),
-        select(manifest, Split.VAL, val_fraction=fraction, seed=seed),
-    )
+    fractions = settings.split_fractions()
+    return select(manifest, Split.TRAIN, **fractions), select(manifest, Split.VAL, **fractions)
 
 
 def truth_of(manifest: Manifest) -> np.ndarray:
@@ -248,9 +247,24 @@ def _finish(
     model, spec = load_model(checkpoint)
     model = servable(model).eval()
     val_set = CXRDataset(val, size=spec.input_size, policy=cfg.policy)
-    probabilities, _ = predict(model, val_set, batch_size=cfg.val_batch_size, device=torch.device("cpu"))
+    raw, _ = predict(model, val_set, batch_size=cfg.val_batch_size, device=torch.device("cpu"))
     truth, abnormal = truth_of(val), val.abnormal()
-    report = metrics.report(probabilities, truth, abnormal, target_sensitivity=settings.target_sensitivity)
+    # Calibrated on the validation split, where the thresholds are chosen too; the gate scores another split.
+    temperatures = calibration.fit_temperatures(raw, truth)
+    calibration.fold_into_model(model, temperatures)
+    probabilities = calibration.apply_temperatures(raw, temperatures)
+    report = metrics.report(probabilities, truth, abnormal, target_sensitivity=settings.threshold_sensitivity)
+    normal_column = LABELS.index(NO_FINDING)
+    calibration_metrics = {
+        "val_nll_uncalibrated": calibration.mean_nll(raw, truth),
+        "val_nll": calibration.mean_nll(probabilities, truth),
+        "val_ece_abnormal_uncalibrated": calibration.expected_calibration_error(
+            1 - raw[:, normal_column], abnormal
+        ),
+        "val_ece_abnormal": calibration.expected_calibration_error(
+            1 - probabilities[:, normal_column], abnormal
+        ),
+    }
     tiers = choose_tiers(
         metrics.abnormal_score(probabilities),
         truth,
@@ -264,6 +278,7 @@ def _finish(
             "val_tier_urgent": tiers.urgent,
             "val_tier_critical": tiers.critical,
             "val_tier_critical_ppv": tiers.critical_ppv,
+            **calibration_metrics,
         }.items()
     }
     client.log_batch(run_id, metrics=_metric_list(final, step=cfg.epochs))
@@ -283,6 +298,8 @@ def _finish(
             metadata={
                 "cxr.threshold": repr(report.operating.threshold),
                 "cxr.target_sensitivity": str(settings.target_sensitivity),
+                "cxr.threshold_sensitivity": str(settings.threshold_sensitivity),
+                "cxr.temperatures": json.dumps([round(float(t), 4) for t in temperatures]),
                 **tiers.metadata(),
                 "cxr.mlflow_run_id": run_id,
                 "cxr.finetune": spec.finetune.value,

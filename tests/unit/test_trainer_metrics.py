@@ -10,7 +10,7 @@ import pytest
 from cxr_triage.labels import LABELS
 from trainer.evaluate import summary
 from trainer.gate import decide
-from trainer.metrics import operating_point, per_label_auroc, report, threshold_for_sensitivity
+from trainer.metrics import COMPETITION, operating_point, per_label_auroc, report, threshold_for_sensitivity
 
 
 @pytest.mark.parametrize("target", [0.5, 0.8, 0.95, 1.0])
@@ -72,3 +72,14 @@ def test_gate() -> None:
     assert not decide(
         challenger_auroc=0.9, challenger_sensitivity=math.nan, champion_auroc=None, **common
     ).passed
+
+
+def test_competition_auroc_is_the_mean_over_the_five_findings_only_when_all_five_are_defined() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, (40, len(LABELS))).astype(np.float64)
+    probabilities = np.clip(truth * 0.6 + rng.uniform(0, 0.5, truth.shape), 0, 1)
+    full = report(probabilities, truth, truth[:, 1])
+    five = [full.auroc_per_label[label] for label in COMPETITION]
+    assert full.auroc_competition == pytest.approx(np.mean(five)) and summary(full)["auroc_competition"]
+    truth[:, LABELS.index("Edema")] = 1.0  # Edema: positives only, no AUROC
+    assert math.isnan(report(probabilities, truth, truth[:, 1]).auroc_competition)

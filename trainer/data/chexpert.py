@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_triage.labels import LABELS
-from trainer.data.sources import Example, bad, derived_abnormal, parse_label, read_csv_rows, require_columns
+from trainer.data.sources import (
+    Example,
+    bad,
+    demographics,
+    derived_abnormal,
+    parse_label,
+    read_csv_rows,
+    require_columns,
+)
 from trainer.errors import BadRow, BadRowsError, DataError
 
 _PATIENT = re.compile(r"(patient\d+)")
@@ -87,6 +95,7 @@ class CheXpertSource:
                         frontal=(row.get("Frontal/Lateral") or "Frontal").strip().lower() != "lateral",
                         abnormal=self._abnormal(row, labels),
                         split=split,
+                        **demographics(row.get("Sex"), row.get("Age"), row.get("AP/PA")),  # type: ignore[arg-type]
                     )
                 )
         return examples, problems

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Final
 
 from cxr_triage.labels import LABELS, NO_FINDING
-from trainer.data.sources import Example, bad, read_csv_rows, require_columns
+from trainer.data.sources import Example, bad, demographics, read_csv_rows, require_columns
 from trainer.errors import BadRow, BadRowsError, DataError
 
 LABEL_FILES: Final = ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv")
@@ -120,6 +120,9 @@ class NIHSource:
                     frontal=True,  # ChestX-ray14 holds frontal (PA/AP) views only
                     abnormal=abnormal,
                     split=("test" if name in test_images else "train") if test_images else None,
+                    **demographics(  # type: ignore[arg-type]
+                        row.get("Patient Gender"), row.get("Patient Age"), row.get("View Position")
+                    ),
                 )
             )
         if problems:

@@ -32,6 +32,25 @@ class Example:
     frontal: bool = True
     abnormal: float = math.nan
     split: str | None = None  # the source's own split ("train", "val", "test"), when it has one
+    # For slice evaluation (trainer.slices); "" / NaN where the source does not say.
+    sex: str = ""
+    age: float = math.nan
+    view: str = ""  # AP or PA
+
+
+def demographics(sex: str | None, age: str | None, view: str | None) -> dict[str, object]:
+    """``sex`` / ``age`` / ``view`` of an Example from CSV cells; anything unreadable is left unknown."""
+    sex_text = (sex or "").strip().lower()
+    try:
+        years = float((age or "").strip().upper().rstrip("Y") or "nan")
+    except ValueError:
+        years = math.nan
+    view_text = (view or "").strip().upper()
+    return {
+        "sex": {"male": "male", "m": "male", "female": "female", "f": "female"}.get(sex_text, ""),
+        "age": years if 0 <= years < 130 else math.nan,
+        "view": view_text if view_text in ("AP", "PA") else "",
+    }
 
     def __post_init__(self) -> None:
         if len(self.labels) != len(LABELS):
