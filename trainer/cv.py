@@ -10,6 +10,8 @@ scratch, each time on K-1 folds, and scored on the held-out fold with its final 
   all abnormal, like MHH, has no abnormal AUROC of its own), and sensitivity / specificity at a threshold
   chosen for the target sensitivity on the *other* folds' out-of-fold scores, never on the fold it is
   measured on. The pooled out-of-fold scores give the same figures once more, over all studies.
+- Test-time augmentation is measured beside, at no training cost: ``tta_*`` are the AUROCs of the average
+  over centred zooms (``trainer.predict.TTA_ZOOMS``) of each held-out image.
 - MLflow: one parent run with the summary, one child run per fold with its epochs.
 
 Studies a source keeps for testing (its own ``test`` split) are left out, as in training.
@@ -41,14 +43,16 @@ from trainer.data.open import open_sources
 from trainer.data.splits import Split, assign
 from trainer.errors import DataError
 from trainer.models import servable
-from trainer.predict import predict
+from trainer.predict import predict, predict_tta
 from trainer.ray_cluster import ray_session
 from trainer.settings import TrainerSettings
 from trainer.train import fit, truth_of
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_KEYS = ("auroc_abnormal", "auroc_macro", "sensitivity", "specificity")
+SUMMARY_KEYS = (
+    "auroc_abnormal", "auroc_macro", "sensitivity", "specificity", "tta_auroc_abnormal", "tta_auroc_macro",
+)  # fmt: skip
 
 
 def fold_indices(manifest: Manifest, k: int, *, seed: int) -> list[np.ndarray]:
@@ -75,13 +79,29 @@ class FoldScores:
     per_source: dict[str, dict[str, float]]
 
 
-def score(probabilities: np.ndarray, manifest: Manifest, *, threshold: float, fold: int = -1) -> FoldScores:
-    """AUROCs and the operating point at ``threshold``, overall and per source."""
+def score(
+    probabilities: np.ndarray,
+    manifest: Manifest,
+    *,
+    threshold: float,
+    fold: int = -1,
+    tta: np.ndarray | None = None,
+) -> FoldScores:
+    """AUROCs and the operating point at ``threshold``, overall and per source (and the AUROCs of the
+    test-time-augmented probabilities ``tta``, as ``tta_*``)."""
 
     def figures(rows: np.ndarray) -> dict[str, float]:
         part = manifest.subset(rows.tolist())
         report = metrics.report(probabilities[rows], truth_of(part), part.abnormal(), threshold=threshold)
+        augmented = {"tta_auroc_abnormal": math.nan, "tta_auroc_macro": math.nan}
+        if tta is not None:
+            with_tta = metrics.report(tta[rows], truth_of(part), part.abnormal(), threshold=threshold)
+            augmented = {
+                "tta_auroc_abnormal": with_tta.auroc_abnormal,
+                "tta_auroc_macro": with_tta.auroc_macro,
+            }
         return {
+            **augmented,
             "n": float(len(rows)),
             "n_abnormal": float(report.n_abnormal),
             "n_normal": float(report.n_normal),
@@ -184,6 +204,7 @@ def run_cv(
     parent = client.create_run(experiment_id, run_name=run_name, tags={"cxr.cv": str(k), **(tags or {})})
     parent_id = parent.info.run_id
     probabilities = np.full((len(manifest), manifest.raw_labels().shape[1]), np.nan, dtype=np.float32)
+    augmented = probabilities.copy()
     fold_seconds: list[float] = []
     try:
         tracking.log_params(
@@ -196,12 +217,12 @@ def run_cv(
         with ray_session(settings, num_cpus=cpus) if cfg.num_workers else contextlib.nullcontext():
             for index, held in enumerate(_progress(folds, cfg.progress)):
                 started = time.perf_counter()
-                probabilities[held] = _train_fold(
+                probabilities[held], augmented[held] = _train_fold(
                     cfg, manifest, held, index, settings=settings, client=client,
                     experiment_id=experiment_id, parent_id=parent_id, tags=tags,
                 )  # fmt: skip
                 fold_seconds.append(time.perf_counter() - started)
-        result = _summarise(parent_id, k, manifest, folds, probabilities, fold_seconds, settings)
+        result = _summarise(parent_id, k, manifest, folds, probabilities, augmented, fold_seconds, settings)
         _log_summary(client, parent_id, result)
     except BaseException:
         tracking.finish_run(client, parent_id, "FAILED")
@@ -221,8 +242,9 @@ def _train_fold(
     experiment_id: str,
     parent_id: str,
     tags: dict[str, str] | None,
-) -> np.ndarray:
-    """Train on every fold but ``held``; return the final weights' probabilities on ``held``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train on every fold but ``held``; return the final weights' probabilities on ``held``, plain and with
+    test-time augmentation."""
     train = manifest.subset(np.setdiff1d(np.arange(len(manifest)), held).tolist())
     val = manifest.subset(held.tolist())
     child = client.create_run(
@@ -239,9 +261,9 @@ def _train_fold(
         )  # fmt: skip
         model, spec = load_model(checkpoint)
         dataset = CXRDataset(val, size=spec.input_size, policy=cfg.policy)
-        held_probabilities, _ = predict(
-            servable(model).eval(), dataset, batch_size=cfg.val_batch_size, device=torch.device("cpu")
-        )
+        network, cpu = servable(model).eval(), torch.device("cpu")
+        held_probabilities, _ = predict(network, dataset, batch_size=cfg.val_batch_size, device=cpu)
+        held_tta = predict_tta(network, dataset, batch_size=cfg.val_batch_size, device=cpu)
     except BaseException:
         tracking.finish_run(client, child.info.run_id, "FAILED")
         raise
@@ -249,7 +271,7 @@ def _train_fold(
         # A fold's checkpoints are not kept: the recipe, not the fold's weights, is what CV compares.
         shutil.rmtree(settings.checkpoints_dir / name, ignore_errors=True)
     tracking.finish_run(client, child.info.run_id, "FINISHED")
-    return held_probabilities
+    return held_probabilities, held_tta
 
 
 def _summarise(
@@ -258,6 +280,7 @@ def _summarise(
     manifest: Manifest,
     folds: list[np.ndarray],
     probabilities: np.ndarray,
+    augmented: np.ndarray,
     fold_seconds: list[float],
     settings: TrainerSettings,
 ) -> CVResult:
@@ -265,11 +288,13 @@ def _summarise(
     abnormal = manifest.abnormal()
     thresholds = nested_thresholds(scores, abnormal, folds, settings.target_sensitivity)
     per_fold = [
-        score(probabilities[held], manifest.subset(held.tolist()), threshold=t, fold=i + 1)
+        score(
+            probabilities[held], manifest.subset(held.tolist()), threshold=t, fold=i + 1, tta=augmented[held]
+        )
         for i, (held, t) in enumerate(zip(folds, thresholds, strict=True))
     ]
     pooled_threshold = metrics.threshold_for_sensitivity(abnormal, scores, settings.target_sensitivity)
-    pooled = score(probabilities, manifest, threshold=pooled_threshold, fold=0)
+    pooled = score(probabilities, manifest, threshold=pooled_threshold, fold=0, tta=augmented)
     return CVResult(run_id, k, per_fold, mean_sd(per_fold), pooled, fold_seconds)
 
 

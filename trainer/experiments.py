@@ -343,8 +343,8 @@ def _cv_table(rows: list[CVRow]) -> list[str]:
     lines = [
         "| recipe | network, input, epochs | extras | abnormal AUROC | NIH-only abnormal AUROC | macro AUROC "
         "| NIH-only macro AUROC | sensitivity / specificity (threshold from the other folds) "
-        "| pooled out-of-fold abnormal AUROC | CV minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| with TTA: abnormal / NIH-only abnormal AUROC | pooled out-of-fold abnormal AUROC | CV minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         p, m = r.params, r.metrics
@@ -358,6 +358,7 @@ def _cv_table(rows: list[CVRow]) -> list[str]:
             f"| {extras} | {_pm(m, 'auroc_abnormal')} | {_pm(m, NIH + '/auroc_abnormal')} "
             f"| {_pm(m, 'auroc_macro')} | {_pm(m, NIH + '/auroc_macro')} "
             f"| {_fmt(m.get('cv_sensitivity_mean'), 2)} / {_fmt(m.get('cv_specificity_mean'), 2)} "
+            f"| {_pm(m, 'tta_auroc_abnormal')} / {_pm(m, NIH + '/tta_auroc_abnormal')} "
             f"| {_fmt(m.get('pooled_auroc_abnormal'))} | {_fmt(m.get('cv_seconds', math.nan) / 60, 1)} |"
         )
     return lines

@@ -278,3 +278,33 @@ def test_promote_and_rollback_switch_the_served_version(services: Services, trai
     assert json.loads(rolled.stdout)["champion_version"] is None
     services.wait_served("1")
     assert "champion" not in client.get_registered_model(MODEL).aliases
+
+
+def test_cross_validation_tracks_the_folds_and_keeps_no_checkpoint(services: Services) -> None:
+    # Bounded: ResNet-18 at 32 px, 1 epoch of 2 steps per fold, in-process.
+    args = "--recipe resnet18-128 --input-size 32 --epochs 1 --max-steps 2 --cv 2 --no-progress --json"
+    result = services.trainer("train", "--data", str(PUBLIC), "--experiment", "test-cv", *args.split())
+    assert result.returncode == 0, result.stderr[-4000:]
+    payload = json.loads(result.stdout)
+    assert payload["recipe"] == "resnet18-128" and payload["cv"] == 2 and len(payload["folds"]) == 2
+    assert (
+        sum(f["n"] for f in payload["folds"]) == payload["pooled"]["n"] == 534 - 74
+    )  # the test split is left out
+    for key in ("auroc_abnormal", "auroc_macro", "NIH-ChestXray14/auroc_abnormal", "sensitivity"):
+        stats = payload["summary"][key]
+        assert stats["folds"] == 2 and stats["sd"] is not None, key
+    assert "MHH-COVID19-image-repository/auroc_abnormal" not in payload["summary"]  # all abnormal: undefined
+
+    client = services.client()
+    parent = client.get_run(payload["run_id"])
+    assert parent.data.params["architecture"] == "resnet18" and parent.data.params["cv_folds"] == "2"
+    assert parent.data.metrics["cv_auroc_abnormal_mean"] == pytest.approx(
+        payload["summary"]["auroc_abnormal"]["mean"], abs=1e-4
+    )
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["cxr.fold"] for c in children) == ["1", "2"]
+    assert all(c.info.status == "FINISHED" and "train_loss" in c.data.metrics for c in children)
+    home = Path(services.env["CXR_HOME"])
+    assert not list((home / "checkpoints").glob(f"cv-{parent.info.run_id}-*"))

@@ -88,6 +88,9 @@ def test_scores_and_summary_per_source_leave_undefined_figures_out() -> None:
     summary = cv.mean_sd(folds)
     assert summary["auroc_abnormal"] == {"mean": 1.0, "sd": 0.0, "folds": 2.0}
     assert "B/auroc_abnormal" not in summary and summary["A/auroc_abnormal"]["mean"] == 1.0
+    assert "tta_auroc_abnormal" not in summary  # no augmented scores given: left out, not a made-up value
+    reversed_tta = cv.score(probabilities, manifest, threshold=0.5, tta=1 - probabilities)
+    assert reversed_tta.values["tta_auroc_abnormal"] == 0.0 and reversed_tta.values["auroc_abnormal"] == 1.0
 
 
 @pytest.fixture()

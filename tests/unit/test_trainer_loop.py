@@ -154,3 +154,25 @@ def test_ema_weights_are_validated_and_checkpointed_while_training_is_unchanged(
     assert not torch.equal(a["classifier.weight"], b["classifier.weight"])  # ... and kept
     # BatchNorm statistics are copied from the trained model, not left at their initial values.
     assert torch.equal(a["features.1.running_mean"], b["features.1.running_mean"])
+
+
+def test_test_time_augmentation_averages_zoomed_views(data: Path, tmp_path: Path) -> None:
+    from trainer.data.dataset import CXRDataset
+    from trainer.data.policies import UncertaintyPolicy
+    from trainer.models import ModelSpec, build_model
+    from trainer.predict import predict, predict_tta
+
+    settings = _settings(tmp_path)
+    _, val = load_split_data([data], settings)
+    dataset = CXRDataset(val, size=32, policy=UncertaintyPolicy.IGNORE)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(architecture="resnet18", input_size=32)).eval()
+    cpu = torch.device("cpu")
+    plain, _ = predict(model, dataset, batch_size=4, device=cpu)
+    np.testing.assert_allclose(
+        predict_tta(model, dataset, batch_size=4, device=cpu, zooms=(1.0,)), plain, atol=1e-6
+    )
+    zoomed = predict_tta(model, dataset, batch_size=4, device=cpu, zooms=(0.5,))
+    both = predict_tta(model, dataset, batch_size=4, device=cpu, zooms=(1.0, 0.5))
+    assert not np.allclose(zoomed, plain)
+    np.testing.assert_allclose(both, (plain + zoomed) / 2, atol=1e-6)
