@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from scipy.stats import rankdata
 
 from cxr_triage.labels import LABELS, NO_FINDING
 from trainer.data.manifest import Manifest
@@ -42,7 +42,14 @@ class Estimate:
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:
-    return float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else math.nan
+    """AUROC as the Mann-Whitney statistic on mid-ranks (equal to scikit-learn's, ~50x faster on small
+    arrays, which matters for thousands of bootstrap draws)."""
+    positives = int(y.sum())
+    negatives = y.size - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = rankdata(s)
+    return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def _sensitivity(y: np.ndarray, flagged: np.ndarray) -> float:
@@ -64,12 +71,11 @@ def bootstrap(
     groups: dict[str, list[int]] = {}
     for row, patient in enumerate(patients):
         groups.setdefault(str(patient), []).append(row)
-    members = list(groups.values())
+    members = [np.array(rows, dtype=np.int64) for rows in groups.values()]
     values = []
     for _ in range(rounds):
         chosen = rng.integers(0, len(members), len(members))
-        rows = np.fromiter((r for c in chosen for r in members[c]), dtype=np.int64)
-        value = statistic(rows)
+        value = statistic(np.concatenate([members[c] for c in chosen]))
         if not math.isnan(value):
             values.append(value)
     if len(values) < rounds // 2:

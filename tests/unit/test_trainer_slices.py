@@ -125,3 +125,13 @@ def test_a_label_with_too_few_of_a_class_keeps_temperature_one() -> None:
     assert np.all(calibration.fit_temperatures(probabilities, truth) == 1.0)
     with pytest.raises(calibration.CalibrationError):
         calibration.fold_into_model(torch.nn.Conv2d(1, 1, 1), np.ones(len(LABELS)))
+
+
+def test_the_fast_auroc_equals_scikit_learns_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        y = rng.integers(0, 2, 40)
+        s = np.round(rng.uniform(size=40), 1)  # many ties
+        if 0 < y.sum() < y.size:
+            assert slices._auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert math.isnan(slices._auroc(np.ones(5), np.arange(5.0)))
