@@ -7,6 +7,8 @@ are shown as one message (exit 1); anything else keeps its traceback.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,6 +31,16 @@ def _errors_as_messages() -> Iterator[None]:
         yield
     except TrainerError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _quiet_frameworks() -> None:
+    """Ray Train logs every epoch's metrics at INFO and MLflow prints each run's URL: the progress bars, the
+    command's output (which names the run) and MLflow itself already show them."""
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    import ray.train  # noqa: F401  (Ray sets its loggers' levels on import: set ours after it)
+
+    for name in [n for n in logging.root.manager.loggerDict if n == "ray" or n.startswith("ray.")]:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], str]) -> None:
@@ -151,6 +163,7 @@ def train(**options: Any) -> None:  # fmt: skip
     from trainer.data.manifest import Verify
 
     settings = load_trainer_settings()
+    _quiet_frameworks()
     with _errors_as_messages():
         cfg = _train_config(options, click.get_current_context())
         if options["cv"] is not None:
