@@ -107,16 +107,20 @@ class Row:
     started: int
 
 
-def collect(settings: TrainerSettings) -> list[Row]:
+def _finished_runs(settings: TrainerSettings, experiment_name: str, also: str = "") -> tuple[Any, list[Any]]:
+    """(client, the experiment's finished runs matching ``also``); no runs when the experiment is missing."""
     from trainer import tracking
 
     client = tracking.client_for(settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return []
-    runs = client.search_runs(
-        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=500
-    )
+        return client, []
+    query = "attributes.status = 'FINISHED'" + (f" and {also}" if also else "")
+    return client, list(client.search_runs([experiment.experiment_id], filter_string=query, max_results=500))
+
+
+def collect(settings: TrainerSettings) -> list[Row]:
+    client, runs = _finished_runs(settings, EXPERIMENT)
     latest: dict[tuple[str, str], Row] = {}
     for run in runs:
         study, variant = run.data.tags.get("cxr.study"), run.data.tags.get("cxr.variant")
@@ -305,17 +309,7 @@ class CVRow:
 
 def collect_cv(settings: TrainerSettings) -> list[CVRow]:
     """The newest finished cross-validation of each recipe in ``cxr-recipes``."""
-    from trainer import tracking
-
-    client = tracking.client_for(settings.mlflow_tracking_uri)
-    experiment = client.get_experiment_by_name(RECIPE_EXPERIMENT)
-    if experiment is None:
-        return []
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="attributes.status = 'FINISHED' and tags.`cxr.study` = 'recipes'",
-        max_results=500,
-    )
+    client, runs = _finished_runs(settings, RECIPE_EXPERIMENT, "tags.`cxr.study` = 'recipes'")
     latest: dict[str, CVRow] = {}
     for run in runs:
         recipe_name = run.data.tags.get("cxr.recipe")
