@@ -1,0 +1,28 @@
+"""The recipe study's section of docs/experiments.md: written from MLflow rows, replacing only itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainer.experiments import CVRow, write_cv_section
+
+
+def _row(recipe: str, mean: float) -> CVRow:
+    metrics = {"cv_auroc_abnormal_mean": mean, "cv_auroc_abnormal_sd": 0.05,
+               "cv_NIH-ChestXray14/auroc_abnormal_mean": mean - 0.08, "cv_seconds": 1500.0}  # fmt: skip
+    params = {"architecture": "resnet18", "input_size": "128", "epochs": "12", "loss": "asymmetric"}
+    return CVRow(recipe, metrics, params, {"auroc_abnormal": [mean - 0.05, mean + 0.05]}, 0)
+
+
+def test_the_section_replaces_the_old_one_and_keeps_the_others(tmp_path: Path) -> None:
+    out = tmp_path / "experiments.md"
+    out.write_text("# Experiments\n\nintro\n\n## Recipe study (old)\n\nold table\n\n## amp\n\nGPU rows\n")
+    write_cv_section([_row("resnet18-128-asl", 0.70)], out)
+    text = out.read_text()
+    assert "old table" not in text and text.count("## Recipe study") == 1
+    assert text.index("intro") < text.index("## Recipe study") < text.index("## amp") and "GPU rows" in text
+    row = next(line for line in text.splitlines() if line.startswith("| resnet18-128-asl"))
+    assert "0.700 ± 0.050" in row and "0.620" in row and "loss=asymmetric" in row and "| 25.0 |" in row
+    assert (tmp_path / "experiments" / "recipes-cv.png").stat().st_size > 0
+    write_cv_section([], out)  # again, with nothing run: says so, still once
+    assert out.read_text().count("## Recipe study") == 1 and "Not run yet" in out.read_text()
