@@ -388,7 +388,7 @@ def _cv_plot(rows: list[CVRow], path: Path) -> None:
 
 
 def cv_section(rows: list[CVRow], figures: Path) -> list[str]:
-    from trainer.recipes import CHOSEN
+    from trainer.recipes import CHOSEN, WHY_CHOSEN
 
     lines = [
         "## Recipe study (patient-level 5-fold cross-validation)",
@@ -409,7 +409,7 @@ def cv_section(rows: list[CVRow], figures: Path) -> list[str]:
     _cv_plot(rows, figures / "recipes-cv.png")
     lines += ["![recipes](experiments/recipes-cv.png)", ""]
     lines += [
-        f"Chosen: `--recipe best` = `{CHOSEN['best']}`, `--recipe demo` = `{CHOSEN['demo']}` (see below).",
+        f"Chosen: `--recipe best` = `{CHOSEN['best']}`, `--recipe demo` = `{CHOSEN['demo']}`. {WHY_CHOSEN}",
         "",
     ]
     return lines
