@@ -250,6 +250,14 @@ def test_promote_and_rollback_switch_the_served_version(services: Services, trai
     result = json.loads(promoted.stdout)
     assert result["promoted"] and result["champion_version"] == first
     assert result["challenger_eval"]["auroc_macro"] == result["champion_eval"]["auroc_macro"]
+    # The champion's errors on the split became the regression set; the same model makes the same ones.
+    regression_set = result["challenger_eval"]["regression_set"]
+    assert (
+        regression_set["n"] > 0 and regression_set["challenger_errors"] == regression_set["champion_errors"]
+    )
+    assert (
+        len(json.loads(client.get_registered_model(MODEL).tags["cxr.regression_set"])) == regression_set["n"]
+    )
     first_served = client.get_model_version(MODEL, first).tags["cxr.served_version"]
     services.wait_served(result["served_version"])
 
