@@ -46,7 +46,7 @@ from trainer.models import servable
 from trainer.predict import predict, predict_tta
 from trainer.ray_cluster import ray_session
 from trainer.settings import TrainerSettings
-from trainer.train import fit, truth_of
+from trainer.train import fit, metric_list, truth_of
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class CVResult:
 
     def to_dict(self) -> dict[str, Any]:
         def clean(values: dict[str, float]) -> dict[str, float | None]:
-            return {k: None if math.isnan(v) else round(v, 4) for k, v in values.items()}
+            return {k: metrics.json_number(v, 4) for k, v in values.items()}
 
         def fold_dict(f: FoldScores) -> dict[str, Any]:
             return {
@@ -303,26 +303,16 @@ def _metric_key(key: str) -> str:
 
 
 def _log_summary(client: Any, run_id: str, result: CVResult) -> None:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    batch = []
-    for key, stats in result.summary.items():
-        for stat in ("mean", "sd"):
-            if not math.isnan(stats[stat]):
-                batch.append(Metric(_metric_key(f"cv_{key}_{stat}"), stats[stat], now, 0))
+    overall = {
+        **{f"cv_{key}_{stat}": stats[stat] for key, stats in result.summary.items() for stat in ("mean", "sd")},
+        **{f"pooled_{key}": value for key, value in result.pooled.values.items()},
+        **{f"pooled_{source}/{key}": value for source, values in result.pooled.per_source.items()
+           for key, value in values.items()},
+        "cv_seconds": float(sum(result.fold_seconds)),
+    }  # fmt: skip
+    batch = metric_list({_metric_key(k): v for k, v in overall.items()}, step=0)
     for fold in result.folds:
-        for key in SUMMARY_KEYS:
-            if not math.isnan(fold.values[key]):
-                batch.append(Metric(f"fold_{key}", fold.values[key], now, fold.fold))
-    for key, value in result.pooled.values.items():
-        if not math.isnan(value):
-            batch.append(Metric(f"pooled_{key}", value, now, 0))
-    for source, values in result.pooled.per_source.items():
-        for key, value in values.items():
-            if not math.isnan(value):
-                batch.append(Metric(_metric_key(f"pooled_{source}/{key}"), value, now, 0))
-    batch.append(Metric("cv_seconds", float(sum(result.fold_seconds)), now, 0))
+        batch += metric_list({f"fold_{key}": fold.values[key] for key in SUMMARY_KEYS}, step=fold.fold)
     for start in range(0, len(batch), 900):  # MLflow takes at most 1000 metrics a call
         client.log_batch(run_id, metrics=batch[start : start + 900])
 

@@ -8,7 +8,6 @@ time) so sensitivity and specificity here say how that operating point holds on 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,25 +91,21 @@ def score(model: ScoredModel, manifest: Manifest, *, batch_size: int = 16) -> np
     return np.concatenate(chunks)
 
 
-def _clean(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
-
-
 def summary(report: metrics.Report) -> dict[str, Any]:
     op = report.operating
     return {
         "n": report.n,
         "n_abnormal": report.n_abnormal,
         "n_normal": report.n_normal,
-        "auroc_macro": _clean(report.auroc_macro),
-        "auroc_abnormal": _clean(report.auroc_abnormal),
-        "auroc_competition": _clean(report.auroc_competition),
-        "auroc_per_label": {k: _clean(v) for k, v in report.auroc_per_label.items()},
-        "sensitivity": _clean(op.sensitivity),
-        "specificity": _clean(op.specificity),
-        "precision": _clean(op.precision),
-        "f1": _clean(op.f1),
-        "threshold": _clean(op.threshold),
+        "auroc_macro": metrics.json_number(report.auroc_macro),
+        "auroc_abnormal": metrics.json_number(report.auroc_abnormal),
+        "auroc_competition": metrics.json_number(report.auroc_competition),
+        "auroc_per_label": {k: metrics.json_number(v) for k, v in report.auroc_per_label.items()},
+        "sensitivity": metrics.json_number(op.sensitivity),
+        "specificity": metrics.json_number(op.specificity),
+        "precision": metrics.json_number(op.precision),
+        "f1": metrics.json_number(op.f1),
+        "threshold": metrics.json_number(op.threshold),
     }
 
 

@@ -63,6 +63,11 @@ class Report:
         return {f"{prefix}{k}": float(v) for k, v in values.items() if not math.isnan(v)}
 
 
+def json_number(value: float, digits: int = 6) -> float | None:
+    """A metric for JSON output: rounded, and None where undefined (NaN)."""
+    return None if math.isnan(value) else round(float(value), digits)
+
+
 def _auroc(truth: np.ndarray, score: np.ndarray) -> float:
     known = ~np.isnan(truth)
     y = truth[known]

@@ -18,6 +18,7 @@ from scipy.stats import rankdata
 
 from cxr_triage.labels import LABELS, NO_FINDING
 from trainer.data.manifest import Manifest
+from trainer.metrics import json_number
 
 AGE_BANDS: tuple[tuple[str, float, float], ...] = (
     ("<40", 0, 40),
@@ -35,10 +36,11 @@ class Estimate:
     high: float = math.nan
 
     def to_dict(self) -> dict[str, float | None]:
-        def clean(v: float) -> float | None:
-            return None if math.isnan(v) else round(v, 4)
-
-        return {"value": clean(self.value), "ci_low": clean(self.low), "ci_high": clean(self.high)}
+        return {
+            "value": json_number(self.value, 4),
+            "ci_low": json_number(self.low, 4),
+            "ci_high": json_number(self.high, 4),
+        }
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:

@@ -281,7 +281,7 @@ def _finish(
             **calibration_metrics,
         }.items()
     }
-    client.log_batch(run_id, metrics=_metric_list(final, step=cfg.epochs))
+    client.log_batch(run_id, metrics=metric_list(final, step=cfg.epochs))
     # Plots and ONNX files go to MLflow; the local copies are removed, so retraining does not fill the disk.
     with tempfile.TemporaryDirectory(prefix="cxr-train-") as tmp:
         work = Path(tmp)
@@ -311,7 +311,7 @@ def _finish(
         )  # raises ParityError above 1e-4: such a file is never registered
         client.log_batch(
             run_id,
-            metrics=_metric_list(
+            metrics=metric_list(
                 {"onnx_parity_max_abs_diff": diff, "onnx_export_seconds": exported.seconds}, step=cfg.epochs
             ),
         )
@@ -370,11 +370,12 @@ def _int8(
         "int8_auroc_macro_delta": report.auroc_macro - fp32.auroc_macro,
         "int8_val_sensitivity": report.operating.sensitivity,
     }
-    client.log_batch(run_id, metrics=_metric_list(values, step=0))
+    client.log_batch(run_id, metrics=metric_list(values, step=0))
     client.log_artifact(run_id, str(int8_path), "int8")
 
 
-def _metric_list(values: dict[str, float], *, step: int) -> list[Any]:
+def metric_list(values: dict[str, float], *, step: int) -> list[Any]:
+    """MLflow metrics of ``values`` at ``step`` (NaN and infinite values left out: MLflow stores none)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
