@@ -97,6 +97,13 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
     "--equalize-p", type=float, default=0.0, show_default=True, help="Chance of histogram equalisation."
 )
 @click.option(
+    "--intensity",
+    type=click.Choice(["none", "equalize"]),
+    default="none",
+    show_default=True,
+    help="'equalize': histogram-equalise every image inside the network (removes the MHH contrast look).",
+)
+@click.option(
     "--policy", type=click.Choice(["u-ignore", "u-ones", "u-zeros"]), default="u-ignore", show_default=True
 )
 @click.option("--class-weights", is_flag=True, help="Weight positives by negatives/positives per label.")
@@ -211,8 +218,8 @@ _OPTION_OF_FIELD = {"max_steps_per_epoch": "max_steps", "num_workers": "workers"
 _CONFIG_FIELDS = (
     "architecture", "finetune", "last_k", "lora_rank", "input_size", "epochs", "batch_size", "grad_accum",
     "max_steps_per_epoch", "lr", "weight_decay", "policy", "class_weights", "loss", "warmup_epochs",
-    "ema_decay", "crop_min_area", "equalize_p", "num_workers", "cpus_per_worker", "loader_workers", "use_gpu",
-    "strategy", "amp", "seed", "max_minutes",
+    "ema_decay", "crop_min_area", "equalize_p", "intensity", "num_workers", "cpus_per_worker", "loader_workers",
+    "use_gpu", "strategy", "amp", "seed", "max_minutes",
 )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from trainer.data.policies import UncertaintyPolicy
 from trainer.losses import LossName
-from trainer.models import ARCHITECTURES, FineTune, ModelSpec
+from trainer.models import ARCHITECTURES, FineTune, Intensity, ModelSpec
 
 Amp = Literal["off", "bf16", "fp16"]
 Strategy = Literal["ddp", "fsdp"]
@@ -41,6 +41,7 @@ class TrainConfig(BaseModel):
     augment: bool = True
     crop_min_area: float = Field(default=1.0, gt=0, le=1, description="random crops (1 = none)")
     equalize_p: float = Field(default=0.0, ge=0, le=1, description="chance of histogram equalisation")
+    intensity: Intensity = Field(default="none", description="'equalize': every image equalised, served too")
     seed: int = 20240601
 
     num_workers: int = Field(default=2, ge=0, description="0 = Ray Train local mode (in this process)")
@@ -64,4 +65,5 @@ class TrainConfig(BaseModel):
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
             input_size=self.input_size,
+            intensity=self.intensity,
         )

@@ -17,12 +17,13 @@ import re
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import torch
 from torch import nn
 from torchvision.models import densenet121, efficientnet_b0, resnet18, resnet34
 
+from cxr_triage.imaging import IMAGENET_MEAN, IMAGENET_STD
 from cxr_triage.labels import NUM_LABELS
 from trainer.errors import TrainerError
 
@@ -40,6 +41,8 @@ _LEGACY_DENSE_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.(?:pth|pt)$")
+Intensity = Literal["none", "equalize"]
+INTENSITIES: Final[tuple[str, ...]] = ("none", "equalize")
 
 
 class FineTune(StrEnum):
@@ -63,6 +66,7 @@ class ModelSpec:
     lora_rank: int = 8
     lora_alpha: int = 16
     input_size: int = 224
+    intensity: Intensity = "none"  # "equalize": HistogramEqualize is the network's first layer
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "finetune": self.finetune.value}
@@ -145,6 +149,49 @@ class ResNetClassifier(nn.Module):
         return logits
 
 
+class HistogramEqualize(nn.Module):
+    """Global histogram equalisation of each image, as the first layer of the network (so also of the export).
+
+    The MHH source's images were contrast-enhanced (CLAHE) before release and every one of them is abnormal:
+    a network can score "abnormal" from the look of the contrast alone. Mapping each image's grey levels
+    through its own cumulative histogram gives every image the same (flat) intensity distribution whatever
+    contrast processing it went through, so the global part of that signature is gone at training and at
+    serving time alike. The input is the ImageNet-normalised grey image (``cxr_triage.imaging.normalise``);
+    its 8-bit levels are recovered exactly, equalised, and normalised again. No parameters, and every op
+    (scatter-add, cumulative sum, gather) exports to ONNX, so the served graph needs no new preprocessing.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    LEVELS: Final = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.from_numpy(IMAGENET_MEAN.copy()).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.from_numpy(IMAGENET_STD.copy()).reshape(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x[:, :1] * self.std[:, :1] + self.mean[:, :1]
+        levels = (grey * 255.0).round().clamp(0, self.LEVELS - 1).to(torch.int64).flatten(1)
+        counts = x.new_zeros((x.shape[0], self.LEVELS)).scatter_add(
+            1, levels, torch.ones_like(levels, dtype=x.dtype)
+        )
+        cdf = counts.cumsum(1) / levels.shape[1]
+        equalized = cdf.gather(1, levels).reshape(grey.shape)
+        return (equalized.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+
+def _with_intensity(model: nn.Module, spec: ModelSpec) -> nn.Module:
+    if spec.intensity == "none":
+        return model
+    features = getattr(model, "features", None)
+    if spec.architecture not in CNNS or not isinstance(features, nn.Module):
+        raise ModelError(f"intensity {spec.intensity!r} is offered for the CNNs ({', '.join(CNNS)})")
+    # Inside ``features``, so the export's class-activation path (features -> classifier) keeps it.
+    model.features = nn.Sequential(HistogramEqualize(), features)
+    return model
+
+
 def _cnn(spec: ModelSpec) -> nn.Module:
     if spec.architecture == "densenet121":
         return _densenet(spec)
@@ -223,7 +270,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         _freeze_all_but_tail(model, spec.last_k)
     elif spec.finetune is FineTune.LORA:
         model = _lora(model, spec)
-    return model
+    return _with_intensity(model, spec)
 
 
 def servable(model: nn.Module) -> nn.Module:

@@ -24,6 +24,11 @@ RECIPES: Final[dict[str, dict[str, Any]]] = {
         **_CPU, "architecture": "resnet18", "input_size": 128, "epochs": 12, "warmup_epochs": 1.0,
         "crop_min_area": 0.7, "equalize_p": 0.5,
     },
+    # The MHH shortcut: every image histogram-equalised inside the network (served the same way).
+    "resnet18-128-equalize": {
+        **_CPU, "architecture": "resnet18", "input_size": 128, "epochs": 12, "warmup_epochs": 1.0,
+        "intensity": "equalize",
+    },
     "resnet18-128-asl": {
         **_CPU, "architecture": "resnet18", "input_size": 128, "epochs": 12, "warmup_epochs": 1.0,
         "loss": "asymmetric",

@@ -303,6 +303,7 @@ def _finish(
                 **tiers.metadata(),
                 "cxr.mlflow_run_id": run_id,
                 "cxr.finetune": spec.finetune.value,
+                "cxr.intensity": spec.intensity,
             },
         )
         images = np.stack([val_set.pixels(i) for i in range(min(PARITY_IMAGES, len(val_set)))])

@@ -118,6 +118,16 @@ def test_a_recipe_sets_the_run_and_options_given_win(captured: dict[str, Any], t
     assert cfg.weight_decay == 1e-5  # neither: the option's default
 
 
+def test_the_equalising_recipe_and_the_intensity_option_reach_the_model_spec(
+    captured: dict[str, Any], tmp_path: Path
+) -> None:
+    args = ["--data", str(tmp_path), "--recipe", "resnet18-128-equalize", "--cv", "2"]
+    assert CliRunner().invoke(train, args).exit_code == 0
+    assert captured["cfg"].model_spec().intensity == "equalize"
+    result = CliRunner().invoke(train, [*args, "--intensity", "clahe"])
+    assert result.exit_code == 2 and "'clahe' is not one of 'none', 'equalize'" in result.output
+
+
 def test_best_and_demo_name_chosen_recipes_and_unknown_ones_are_refused(
     captured: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -166,3 +166,58 @@ def test_focal_and_asymmetric_losses_weigh_easy_entries_less_and_respect_the_mas
     # ASL's probability shift: a negative below the clip (p < 0.05) gives exactly no loss.
     assert float(masked_asymmetric(torch.tensor([[-4.0]]), torch.zeros(1, 1), torch.ones(1, 1))) == 0.0
     assert loss_function("focal") is masked_focal and loss_function("bce") is masked_bce
+
+
+def _clahe_like(gray: np.ndarray) -> np.ndarray:
+    """A monotone contrast stretch, as contrast enhancement does to the grey levels (order is kept)."""
+    return np.round(255 * (gray.astype(np.float64) / 255) ** 0.6).astype(np.uint8)
+
+
+def test_equalisation_gives_an_image_the_same_input_whatever_monotone_contrast_it_went_through() -> None:
+    from cxr_triage.imaging import normalise
+    from trainer.models import HistogramEqualize
+
+    gray = np.random.default_rng(2).integers(0, 128, (1, 1, 32, 32), dtype=np.uint8)  # 128 levels
+    stretched = (gray.astype(np.uint16) * 2).astype(np.uint8)  # strictly increasing: no two levels merge
+    equalize = HistogramEqualize()
+    a, b = (equalize(torch.from_numpy(normalise(x))) for x in (gray, stretched))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(torch.from_numpy(normalise(gray)), torch.from_numpy(normalise(stretched)))
+    # The output's grey levels are spread over the whole range: the image's own cumulative histogram.
+    level = a[0, 0] * 0.229 + 0.485
+    assert float(level.max()) == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(a[:, 0], a[:, 1] * 0.224 / 0.229 + (0.456 - 0.485) / 0.229, atol=1e-4)
+
+
+def test_an_equalising_model_exports_with_its_equalisation_and_maps(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    spec = ModelSpec(architecture="resnet18", input_size=64, intensity="equalize")
+    model = build_model(spec).eval()
+    exported = export_trained(
+        model,
+        tmp_path / "m.onnx",
+        input_size=64,
+        architecture="resnet18",
+        metadata={"cxr.intensity": "equalize"},
+    )
+    assert exported.metadata["cxr.cam"] == "class-activation"
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 200, (3, 1, 64, 64), dtype=np.uint8)
+    assert parity(model, exported.path, images) <= 1e-4  # the served graph equalises as training did
+    from trainer.export_model import onnx_probabilities, session
+
+    served = onnx_probabilities(session(exported.path), images)
+    brighter = onnx_probabilities(session(exported.path), _clahe_like(images))
+    plain = build_model(ModelSpec(architecture="resnet18", input_size=64)).eval()
+    trunk = {k: v for k, v in model.state_dict().items() if not k.startswith("features.0.")}  # the equaliser
+    plain.load_state_dict({k.replace("features.1.", "features."): v for k, v in trunk.items()})
+    export_trained(plain, tmp_path / "p.onnx", input_size=64, architecture="resnet18", metadata={})
+    plain_a = onnx_probabilities(session(tmp_path / "p.onnx"), images)
+    plain_b = onnx_probabilities(session(tmp_path / "p.onnx"), _clahe_like(images))
+    # Contrast processing moves the plain network's scores, far less the equalising one's.
+    assert np.abs(brighter - served).max() < np.abs(plain_b - plain_a).max() / 4
+
+
+def test_equalisation_is_refused_for_a_vit() -> None:
+    with pytest.raises(ModelError, match="intensity 'equalize'"):
+        build_model(ModelSpec(architecture="vit-tiny", input_size=64, intensity="equalize"))
