@@ -4,15 +4,18 @@
     python -m trainer.experiments report [--out docs/experiments.md]
 
 Every run is tagged ``cxr.study`` / ``cxr.variant`` in the ``cxr-experiments`` MLflow experiment; the report
-reads only MLflow (no numbers are typed by hand) and draws one PNG per study.
+reads only MLflow (no numbers are typed by hand) and draws one PNG per study. The recipe study's rows are
+also kept in ``docs/experiments/recipes-cv.json`` (merged with MLflow's on every report), so its table
+survives the MLflow instance that ran it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -326,6 +329,26 @@ def collect_cv(settings: TrainerSettings) -> list[CVRow]:
 
 
 NIH = "NIH-ChestXray14"
+# The study's results outlive one MLflow instance: each report merges what MLflow holds into this file.
+CV_RESULTS = DOCS / "experiments" / "recipes-cv.json"
+
+
+def load_cv_results(path: Path) -> list[CVRow]:
+    if not path.is_file():
+        return []
+    return [CVRow(**row) for row in json.loads(path.read_text())]
+
+
+def merge_cv_results(saved: Sequence[CVRow], fresh: Sequence[CVRow], path: Path) -> list[CVRow]:
+    """The newest row of each recipe, from the saved file and from MLflow; written back to ``path``."""
+    latest: dict[str, CVRow] = {}
+    for row in [*saved, *fresh]:
+        if row.recipe not in latest or latest[row.recipe].started <= row.started:
+            latest[row.recipe] = row
+    rows = sorted(latest.values(), key=lambda r: -r.metrics.get("cv_auroc_abnormal_mean", 0.0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(r) for r in rows], indent=1, sort_keys=True) + "\n")
+    return rows
 
 
 def _pm(metrics: dict[str, float], key: str) -> str:
@@ -344,7 +367,8 @@ def _cv_table(rows: list[CVRow]) -> list[str]:
         p, m = r.params, r.metrics
         extras = ", ".join(
             f"{k}={p[k]}" for k, default in (("loss", "bce"), ("ema_decay", "None"), ("crop_min_area", "1.0"),
-                                             ("equalize_p", "0.0"), ("class_weights", "False"))
+                                             ("equalize_p", "0.0"), ("class_weights", "False"),
+                                             ("intensity", "none"))
             if p.get(k, default) != default
         ) or "-"  # fmt: skip
         lines.append(
@@ -435,14 +459,20 @@ def write_cv_section(rows: list[CVRow], out: Path) -> Path:
 @click.option(
     "--recipes-only", is_flag=True, help="Rewrite only the recipe study's section (from cxr-recipes)."
 )
-def report_command(out: Path, recipes_only: bool) -> None:
+@click.option(
+    "--cv-results",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=CV_RESULTS,
+    show_default=True,
+    help="The recipe study's saved results, merged with MLflow's and written back.",
+)
+def report_command(out: Path, recipes_only: bool, cv_results: Path) -> None:
     settings = load_trainer_settings()
-    path = (
-        write_cv_section(collect_cv(settings), out) if recipes_only else write_report(collect(settings), out)
-    )
     if not recipes_only:
-        write_cv_section(collect_cv(settings), out)
-    click.echo(f"wrote {path}")
+        write_report(collect(settings), out)
+    rows = merge_cv_results(load_cv_results(cv_results), collect_cv(settings), cv_results)
+    write_cv_section(rows, out)
+    click.echo(f"wrote {out} and {cv_results}")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,25 @@ def test_the_section_replaces_the_old_one_and_keeps_the_others(tmp_path: Path) -
     assert (tmp_path / "experiments" / "recipes-cv.png").stat().st_size > 0
     write_cv_section([], out)  # again, with nothing run: says so, still once
     assert out.read_text().count("## Recipe study") == 1 and "Not run yet" in out.read_text()
+
+
+def test_saved_results_are_merged_with_mlflow_newest_first_and_survive_an_empty_instance(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from trainer.experiments import load_cv_results, merge_cv_results
+
+    saved_file = tmp_path / "recipes-cv.json"
+    old = [replace(_row("resnet18-128", 0.68), started=10), replace(_row("resnet18-224", 0.66), started=10)]
+    merge_cv_results([], old, saved_file)
+    rerun = replace(_row("resnet18-224", 0.71), started=20)
+    rows = merge_cv_results(load_cv_results(saved_file), [rerun], saved_file)
+    assert [(r.recipe, r.metrics["cv_auroc_abnormal_mean"]) for r in rows] == [
+        ("resnet18-224", 0.71),
+        ("resnet18-128", 0.68),
+    ]
+    # A fresh MLflow instance with nothing in it: the file still gives both rows.
+    assert (
+        load_cv_results(saved_file) == merge_cv_results(load_cv_results(saved_file), [], saved_file) == rows
+    )
