@@ -411,13 +411,42 @@ def _cv_plot(rows: list[CVRow], path: Path) -> None:
     plt.close(fig)
 
 
-def cv_section(rows: list[CVRow], figures: Path) -> list[str]:
-    from trainer.recipes import CHOSEN, WHY_CHOSEN
+SHORTCUT_RESULTS = DOCS / "experiments" / "shortcut-probe.json"
+
+
+def shortcut_lines(path: Path) -> list[str]:
+    """The source shortcut probe's subsection, from its saved result (``python -m trainer.experiments shortcut``)."""
+    heading = ["### Source shortcut probe", ""]
+    if not path.is_file():
+        return [*heading, "Not run yet: `python -m trainer.experiments shortcut`.", ""]
+    result = json.loads(path.read_text())
+    lines = [
+        *heading,
+        f"Among abnormal studies only, how well a logistic regression tells `{result['source']}` "
+        f"({result['n_source']} studies) from the other sources ({result['n_other']}) by simple features of "
+        f"the {result['size']}-pixel image a model receives, as it is and after the `HistogramEqualize` layer "
+        "that `--intensity equalize` trains and serves with (`trainer/shortcut.py`; patient-grouped 5-fold "
+        "cross-validated AUROC, 0.5 = the source cannot be told). Command: "
+        "`python -m trainer.experiments shortcut`.",
+        "",
+        "| features | " + " | ".join(result["auroc"]) + " |",
+        "|---|" + "---|" * len(result["auroc"]),
+    ]
+    kinds = next(iter(result["auroc"].values()))
+    for kind in kinds:
+        lines.append(f"| {kind} | " + " | ".join(f"{v[kind]:.3f}" for v in result["auroc"].values()) + " |")
+    return [*lines, ""]
+
+
+def cv_section(rows: list[CVRow], figures: Path, shortcut: Path = SHORTCUT_RESULTS) -> list[str]:
+    from trainer.recipes import CHOSEN, SHORTCUT_FINDING, WHY_CHOSEN
 
     lines = [
         "## Recipe study (patient-level 5-fold cross-validation)",
         "",
-        f"Generated from the MLflow experiment `{RECIPE_EXPERIMENT}`; rerun one recipe with "
+        f"Generated from the MLflow experiment `{RECIPE_EXPERIMENT}` merged with the rows kept in "
+        "`docs/experiments/recipes-cv.json` (rows from an earlier MLflow instance have no per-fold dots in "
+        "the plot); rerun one recipe with "
         "`cxr-triage train --data ../shared/datasets/cxr-public --recipe NAME --cv 5`, or the whole study with "
         "`python -m trainer.experiments cv --recipe NAME ...` then `python -m trainer.experiments report`. "
         "Every recipe trains from random initialisation, in-process on the 2 cores, on 4/5 of the 460 train + "
@@ -434,6 +463,9 @@ def cv_section(rows: list[CVRow], figures: Path) -> list[str]:
     lines += ["![recipes](experiments/recipes-cv.png)", ""]
     lines += [
         f"Chosen: `--recipe best` = `{CHOSEN['best']}`, `--recipe demo` = `{CHOSEN['demo']}`. {WHY_CHOSEN}",
+        "",
+        *shortcut_lines(shortcut),
+        SHORTCUT_FINDING,
         "",
     ]
     return lines
@@ -452,6 +484,24 @@ def write_cv_section(rows: list[CVRow], out: Path) -> Path:
     section = "\n".join(cv_section(rows, out.parent / "experiments"))
     out.write_text(head + section + "\n" + tail)
     return out
+
+
+@main.command("shortcut")
+@click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_DATA)
+@click.option("--size", type=click.IntRange(min=32), default=128, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=DOCS / "experiments.md")
+def shortcut_command(data: Path, size: int, out: Path) -> None:
+    """The source shortcut probe: how well simple image features tell the all-abnormal source apart."""
+    from trainer.data.manifest import Verify, build_manifest
+    from trainer.data.open import open_sources
+    from trainer.shortcut import probe
+
+    result = probe(build_manifest(open_sources([data]), verify=Verify.DECODE), size=size)
+    SHORTCUT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    SHORTCUT_RESULTS.write_text(json.dumps({**asdict(result), "size": size}, indent=1) + "\n")
+    for view, scores in result.auroc.items():
+        click.echo(f"{view}: " + ", ".join(f"{kind} {value:.3f}" for kind, value in scores.items()))
+    write_cv_section(load_cv_results(CV_RESULTS), out)
 
 
 @main.command("report")

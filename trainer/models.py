@@ -152,13 +152,14 @@ class ResNetClassifier(nn.Module):
 class HistogramEqualize(nn.Module):
     """Global histogram equalisation of each image, as the first layer of the network (so also of the export).
 
-    The MHH source's images were contrast-enhanced (CLAHE) before release and every one of them is abnormal:
-    a network can score "abnormal" from the look of the contrast alone. Mapping each image's grey levels
-    through its own cumulative histogram gives every image the same (flat) intensity distribution whatever
-    contrast processing it went through, so the global part of that signature is gone at training and at
-    serving time alike. The input is the ImageNet-normalised grey image (``cxr_triage.imaging.normalise``);
-    its 8-bit levels are recovered exactly, equalised, and normalised again. No parameters, and every op
-    (scatter-add, cumulative sum, gather) exports to ONNX, so the served graph needs no new preprocessing.
+    The MHH source's images were contrast-enhanced before release and every one of them is abnormal, so a
+    network can score "abnormal" from the look of the contrast alone. Mapping each image's grey levels through
+    its own cumulative histogram gives every image about the same grey-level distribution whatever contrast
+    processing it had, at training and at serving time alike. Whether that takes the shortcut away is measured
+    (``trainer.shortcut``, docs/experiments.md), not assumed. The input is the ImageNet-normalised grey image
+    (``cxr_triage.imaging.normalise``); its 8-bit levels are recovered exactly, equalised, and normalised
+    again. No parameters, and every op (scatter-add, cumulative sum, gather) exports to ONNX, so the served
+    graph needs no preprocessing outside it.
     """
 
     mean: torch.Tensor

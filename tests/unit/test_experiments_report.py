@@ -48,3 +48,22 @@ def test_saved_results_are_merged_with_mlflow_newest_first_and_survive_an_empty_
     assert (
         load_cv_results(saved_file) == merge_cv_results(load_cv_results(saved_file), [], saved_file) == rows
     )
+
+
+def test_the_shortcut_probe_tells_a_contrast_stretched_source_apart_until_equalised() -> None:
+    import numpy as np
+    from scipy.ndimage import gaussian_filter
+
+    from trainer.shortcut import _cv_auroc, equalised, features
+
+    rng = np.random.default_rng(0)
+    smooth = np.stack([gaussian_filter(rng.normal(size=(64, 64)), 3) for _ in range(60)])
+    scaled = (smooth - smooth.min(axis=(1, 2), keepdims=True)) / np.ptp(smooth, axis=(1, 2), keepdims=True)
+    pixels = np.round(scaled * 127).astype(np.uint8)[:, None]  # 128 levels
+    y = np.arange(60) % 2
+    pixels[y == 1] *= 2  # the "enhanced" source: contrast doubled, no two levels merged
+    groups = [str(i) for i in range(60)]
+    served = features(pixels[:, 0] / 255.0)["grey levels"]
+    after = features(equalised(pixels))["grey levels"]
+    assert _cv_auroc(served, y, groups, seed=0) > 0.95
+    assert _cv_auroc(after, y, groups, seed=0) < 0.75
