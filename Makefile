@@ -78,7 +78,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: setup lint
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 # The public sample set when present, else synthetic images (made by demo-data).
 DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample)
