@@ -471,7 +471,7 @@ def cv_section(rows: list[CVRow], figures: Path, shortcut: Path = SHORTCUT_RESUL
     return lines
 
 
-def write_cv_section(rows: list[CVRow], out: Path) -> Path:
+def write_cv_section(rows: list[CVRow], out: Path, *, shortcut: Path = SHORTCUT_RESULTS) -> Path:
     """Put the recipe study's section first in ``out``, replacing the one there (the rest is kept)."""
     text = out.read_text() if out.is_file() else "# Experiments\n"
     heading = "## Recipe study"
@@ -481,7 +481,7 @@ def write_cv_section(rows: list[CVRow], out: Path) -> Path:
         text = text[:start] + (text[after + 1 :] if after >= 0 else "")
     first = text.find("\n## ")
     head, tail = (text[: first + 1], text[first + 1 :]) if first >= 0 else (text.rstrip("\n") + "\n\n", "")
-    section = "\n".join(cv_section(rows, out.parent / "experiments"))
+    section = "\n".join(cv_section(rows, out.parent / "experiments", shortcut))
     out.write_text(head + section + "\n" + tail)
     return out
 
@@ -490,18 +490,21 @@ def write_cv_section(rows: list[CVRow], out: Path) -> Path:
 @click.option("--data", type=click.Path(path_type=Path, exists=True, file_okay=False), default=DEFAULT_DATA)
 @click.option("--size", type=click.IntRange(min=32), default=128, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=DOCS / "experiments.md")
-def shortcut_command(data: Path, size: int, out: Path) -> None:
+@click.option(
+    "--results", type=click.Path(path_type=Path, dir_okay=False), default=SHORTCUT_RESULTS, show_default=True
+)
+def shortcut_command(data: Path, size: int, out: Path, results: Path) -> None:
     """The source shortcut probe: how well simple image features tell the all-abnormal source apart."""
     from trainer.data.manifest import Verify, build_manifest
     from trainer.data.open import open_sources
     from trainer.shortcut import probe
 
     result = probe(build_manifest(open_sources([data]), verify=Verify.DECODE), size=size)
-    SHORTCUT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    SHORTCUT_RESULTS.write_text(json.dumps({**asdict(result), "size": size}, indent=1) + "\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({**asdict(result), "size": size}, indent=1) + "\n")
     for view, scores in result.auroc.items():
         click.echo(f"{view}: " + ", ".join(f"{kind} {value:.3f}" for kind, value in scores.items()))
-    write_cv_section(load_cv_results(CV_RESULTS), out)
+    write_cv_section(load_cv_results(CV_RESULTS), out, shortcut=results)
 
 
 @main.command("report")

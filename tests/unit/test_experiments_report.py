@@ -67,3 +67,35 @@ def test_the_shortcut_probe_tells_a_contrast_stretched_source_apart_until_equali
     after = features(equalised(pixels))["grey levels"]
     assert _cv_auroc(served, y, groups, seed=0) > 0.95
     assert _cv_auroc(after, y, groups, seed=0) < 0.75
+
+
+def test_the_probe_on_the_public_set_finds_the_mhh_source_and_the_report_shows_it(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+    from click.testing import CliRunner
+
+    from trainer.experiments import main
+    from trainer.settings import DEFAULT_DATA
+
+    if not (DEFAULT_DATA / "labels.csv").is_file():
+        pytest.skip("the public sample set is not beside the project")
+    out, results = tmp_path / "experiments.md", tmp_path / "probe.json"
+    args = [
+        "shortcut",
+        "--data",
+        str(DEFAULT_DATA),
+        "--size",
+        "64",
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    probe = json.loads(results.read_text())
+    assert probe["source"] == "MHH-COVID19-image-repository" and probe["n_source"] == 102
+    assert probe["auroc"]["as served"]["grey levels"] > 0.9  # the shortcut is there to find
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| grey levels |"))
+    assert f"{probe['auroc']['equalised']['grey levels']:.3f}" in row
