@@ -98,10 +98,10 @@ def _emit(payload: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]
 )
 @click.option(
     "--intensity",
-    type=click.Choice(["none", "equalize"]),
+    type=click.Choice(["none", "equalize"]),  # trainer.models.Intensity; torch is imported lazily
     default="none",
     show_default=True,
-    help="'equalize': histogram-equalise every image inside the network (removes the MHH contrast look).",
+    help="'equalize': histogram-equalise every image inside the network, in training and in the export.",
 )
 @click.option(
     "--policy", type=click.Choice(["u-ignore", "u-ones", "u-zeros"]), default="u-ignore", show_default=True

@@ -42,7 +42,6 @@ _LEGACY_DENSE_KEY = re.compile(
 )
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.(?:pth|pt)$")
 Intensity = Literal["none", "equalize"]
-INTENSITIES: Final[tuple[str, ...]] = ("none", "equalize")
 
 
 class FineTune(StrEnum):

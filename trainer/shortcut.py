@@ -35,8 +35,6 @@ from trainer.models import HistogramEqualize
 GREY_BINS: Final = 32
 LOCAL_BINS: Final = 16
 BLOCK: Final = 8
-FEATURES: Final[tuple[str, ...]] = ("grey levels", "local contrast")
-VIEWS: Final[tuple[str, ...]] = ("as served", "equalised")
 
 
 @dataclass(frozen=True)
