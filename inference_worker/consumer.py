@@ -450,11 +450,25 @@ class InferenceWorker:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions assigned", extra={"partitions": _describe(partitions)})
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions revoked", extra={"partitions": _describe(partitions)})
+        _clear_pause(consumer, partitions)
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
+        _clear_pause(consumer, partitions)
+
+
+def _clear_pause(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    """Resume partitions on their way out: librdkafka keeps a partition's pause across a rebalance.
+
+    A partition revoked during ``_wait_paused`` is not in the assignment that its end resumes; if the group
+    later gave it back to this worker, it would come back paused and never be read again (its lag stuck).
+    """
+    try:
+        consumer.resume(partitions)
+    except KafkaException as exc:
+        logger.debug("could not resume partitions on their way out", extra={"error": str(exc)})
 
 
 def _entry(item: Scored, challenger: Scored | None, rollout: RolloutState) -> WorklistEntry:
