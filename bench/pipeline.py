@@ -31,11 +31,12 @@ from bench.cpu import (
 )
 from bench.stats import LatencySummary, rate, summarise_ms
 from cxr_triage import topics
-from cxr_triage.events import PredictionEventV1, StudyEventV1
+from cxr_triage.events import PredictionEventV1
 from cxr_triage.image_store import open_image_store
+from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
-from cxr_triage.ingest.service import publish_study
-from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedStudy, Rejection, prepare
+from cxr_triage.ingest.service import publish_images
+from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedImage, Rejection, prepare
 from cxr_triage.redis_client import open_redis
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.settings import Settings
@@ -85,12 +86,13 @@ class PipelineResult:
         return data
 
 
-def prepare_studies(paths: Sequence[Path], settings: Settings) -> list[PreparedStudy]:
+def prepare_studies(paths: Sequence[Path], settings: Settings) -> list[PreparedImage]:
     """Validate every file and put its image in the store now, so that publishing is all that is timed."""
     store = open_image_store(settings)
+    pseudonyms = pseudonymiser(settings)
     studies = []
     for path in paths:
-        outcome = prepare(path)
+        outcome = prepare(path, pseudonyms)
         if isinstance(outcome, Rejection):
             raise PipelineError(f"benchmark image rejected: {outcome.reason}")
         store.put(outcome.data, suffix=SUFFIX_FOR[outcome.content_type])  # idempotent: publish finds it there
@@ -101,7 +103,7 @@ def prepare_studies(paths: Sequence[Path], settings: Settings) -> list[PreparedS
 
 
 def publish(
-    studies: Sequence[PreparedStudy], settings: Settings, *, pattern: Pattern, rate_per_s: float
+    studies: Sequence[PreparedImage], settings: Settings, *, pattern: Pattern, rate_per_s: float
 ) -> list[Published]:
     """Publish all at once (burst) or one every ``1 / rate_per_s`` seconds (steady)."""
     store = open_image_store(settings)
@@ -114,7 +116,7 @@ def publish(
                 if delay > 0:
                     time.sleep(delay)
             at = time.time()
-            event: StudyEventV1 = publish_study(study=study, store=store, publisher=publisher, source="bench")
+            (event,) = publish_images([study], store=store, publisher=publisher, source="bench")
             published.append(Published(event.study_id, event.received_at, at))
         publisher.flush()
     return published

@@ -7,9 +7,9 @@ with defaults within a version, so old consumers keep reading new messages.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +22,8 @@ PredictionRole = Literal["serving", "shadow"]
 RolloutArm = Literal["champion", "canary"]
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 ContentType = Literal["image/png", "image/jpeg", "application/dicom"]
+# The projection, from the DICOM header (ViewPosition); PNG / JPEG images say nothing of it.
+View = Literal["PA", "AP", "LATERAL", "UNKNOWN"]
 
 
 def utcnow() -> datetime:
@@ -39,8 +41,36 @@ class Event(BaseModel):
         return cls.model_validate_json(raw)
 
 
+class StudyImageV1(BaseModel):
+    """One image of a study: where the image store keeps it, and what its header says (pseudonyms only)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # The instance's pseudonymised SOPInstanceUID, or the content hash of a PNG / JPEG.
+    image_id: str = Field(pattern=STUDY_ID_PATTERN)
+    image_uri: str = Field(min_length=1, max_length=2048)
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    content_type: ContentType
+    size_bytes: int = Field(ge=1)
+    view: View = "UNKNOWN"
+    # What a reader should know and the model cannot judge, e.g. ``body_part:ABDOMEN``.
+    flags: tuple[str, ...] = ()
+
+    @property
+    def frontal(self) -> bool:
+        """Scored by a frontal-only model: PA, AP, or a view the header does not state."""
+        return self.view != "LATERAL"
+
+
 class StudyEventV1(Event):
-    """A study that arrived and waits to be scored (topic ``cxr.studies.v1``, key = study id)."""
+    """A study that arrived and waits to be scored (topic ``cxr.studies.v1``, key = study id).
+
+    ``images`` lists every image of the study received so far; a study with a late image is published again
+    with all of them (same key, so compaction keeps the whole study). The top-level image fields name the
+    study's first frontal image (the only image on events older than ``images``). Identifiers are keyed
+    pseudonyms made at ingest (``cxr_triage.ingest.pseudonym``): a DICOM study's id is its pseudonymised
+    StudyInstanceUID, never the UID itself.
+    """
 
     schema_name: Literal["cxr.study"] = "cxr.study"
     schema_version: Literal[1] = 1
@@ -51,6 +81,40 @@ class StudyEventV1(Event):
     size_bytes: int = Field(ge=1)
     received_at: datetime
     source: str = Field(default="unknown", max_length=128)
+    images: tuple[StudyImageV1, ...] = ()
+    accession: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    patient: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    institution: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+
+    @property
+    def all_images(self) -> tuple[StudyImageV1, ...]:
+        """``images``, or for an event from before studies had several, its one image."""
+        if self.images:
+            return self.images
+        return (
+            StudyImageV1(
+                image_id=self.sha256,
+                image_uri=self.image_uri,
+                sha256=self.sha256,
+                content_type=self.content_type,
+                size_bytes=self.size_bytes,
+            ),
+        )
+
+    @classmethod
+    def of_images(cls, images: Sequence[StudyImageV1], **fields: Any) -> StudyEventV1:
+        """A study event whose top-level image is the first frontal one (else the first)."""
+        if not images:
+            raise ValueError("a study needs at least one image")
+        primary = next((image for image in images if image.frontal), images[0])
+        return cls(
+            image_uri=primary.image_uri,
+            sha256=primary.sha256,
+            content_type=primary.content_type,
+            size_bytes=primary.size_bytes,
+            images=tuple(images),
+            **fields,
+        )
 
 
 class PredictionEventV1(Event):
@@ -112,6 +176,8 @@ class DeadLetterEventV1(Event):
     original_partition: int | None = None
     original_offset: int | None = None
     occurred_at: datetime = Field(default_factory=utcnow)
+    # Which producer refused it (``dicom-gateway``, ``watch``, ``cli``...): where to look, never a path.
+    source: str | None = Field(default=None, max_length=128)
 
 
 def _fourteen_labels(value: dict[str, Literal[0, 1]]) -> dict[str, Literal[0, 1]]:

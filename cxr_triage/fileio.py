@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -21,3 +22,24 @@ def atomic_write(path: Path, data: bytes, *, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def create_once(path: Path, data: bytes, *, mode: int) -> bool:
+    """Put ``data`` at ``path`` whole, unless it exists; True if this call created it.
+
+    A private temporary file, then a hard link that fails if ``path`` exists: two concurrent callers never
+    both win (a rename would replace the winner's secret), and no reader sees a partial file.
+    """
+    tmp = path.with_name(f".{path.name}-{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 from PIL import Image
@@ -22,12 +22,21 @@ HIGH_DEPTH_MODES: Final[frozenset[str]] = frozenset({"I;16", "I;16B", "I;16L", "
 RADIOGRAPH_MODALITIES: Final[frozenset[str]] = frozenset({"CR", "DX"})
 
 
-class ImageRejected(ValueError):
-    """The bytes are not a chest radiograph we can read; ``reason`` says why in words a user can act on."""
+RejectionKind = Literal["unsupported", "mismatch", "unreadable", "too_large"]
 
-    def __init__(self, reason: str) -> None:
+
+class ImageRejected(ValueError):
+    """The bytes are not a chest radiograph we can read; ``reason`` says why in words a user can act on.
+
+    ``kind`` sorts the reasons for a DICOM sender's status: a type we do not take (``unsupported``), a data
+    set that contradicts its own SOP class (``mismatch``), pixels we cannot decode (``unreadable``), or an
+    image over the size limits (``too_large``).
+    """
+
+    def __init__(self, reason: str, kind: RejectionKind = "unreadable") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,7 @@ def sniff_content_type(data: bytes) -> ContentType:
 
 def _check_size(width: int, height: int) -> None:
     if width * height > MAX_PIXELS:
-        raise ImageRejected(f"image is {width}x{height}, over the {MAX_PIXELS}-pixel limit")
+        raise ImageRejected(f"image is {width}x{height}, over the {MAX_PIXELS}-pixel limit", "too_large")
     if min(width, height) < MIN_SIDE:
         raise ImageRejected(f"image is {width}x{height}, smaller than {MIN_SIDE} px on a side")
 
@@ -70,46 +79,73 @@ def _decode_raster(data: bytes) -> np.ndarray:
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(f"decompression bomb guard: {exc}") from exc
+        raise ImageRejected(f"decompression bomb guard: {exc}", "too_large") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRejected(f"corrupt or truncated image: {exc}") from exc
     return np.asarray(gray, dtype=np.uint8)
 
 
-def _read_dicom(data: bytes):  # type: ignore[no-untyped-def]
+def read_dicom(data: bytes, *, pixels: bool = True):  # type: ignore[no-untyped-def]
+    """The pydicom data set of DICOM bytes (header only unless ``pixels``), or ``ImageRejected``."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, OSError, ValueError, KeyError) as exc:
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+    except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
         raise ImageRejected(f"unreadable DICOM: {exc}") from exc
 
 
 def dicom_identity(data: bytes) -> DicomIdentity:
-    ds = _read_dicom(data)
+    ds = read_dicom(data, pixels=False)
     return DicomIdentity(
         study_instance_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "") or None,
     )
 
 
-def _decode_dicom(data: bytes) -> np.ndarray:
-    from pydicom.pixels import apply_voi_lut
-
-    ds = _read_dicom(data)
+def check_dicom_image(ds) -> None:  # type: ignore[no-untyped-def]
+    """Refuse, before any decoding, what is not one greyscale radiograph of a size we take."""
     modality = str(ds.get("Modality", "") or "")
     if modality not in RADIOGRAPH_MODALITIES:
-        raise ImageRejected(f"DICOM modality {modality or 'missing'!r} is not a radiograph (CR or DX)")
+        raise ImageRejected(
+            f"DICOM modality {modality or 'missing'!r} is not a radiograph (CR or DX)", "mismatch"
+        )
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise ImageRejected(
+            f"multi-frame DICOM ({frames} frames) is not taken: send each radiograph as its own instance",
+            "unsupported",
+        )
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise ImageRejected("DICOM must be a greyscale image (SamplesPerPixel 1)", "unsupported")
+    try:
+        columns, rows = int(ds.Columns), int(ds.Rows)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ImageRejected("DICOM has no image size (Rows / Columns)") from exc
+    _check_size(columns, rows)
+
+
+def _decode_dicom(data: bytes) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = read_dicom(data)
+    check_dicom_image(ds)
     if "PixelData" not in ds:
         raise ImageRejected("DICOM has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1 or int(ds.get("NumberOfFrames", 1) or 1) != 1:
-        raise ImageRejected("DICOM must be a single-frame greyscale image")
-    _check_size(int(ds.Columns), int(ds.Rows))
+    syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
-        pixels = np.asarray(apply_voi_lut(ds.pixel_array, ds), dtype=np.float32)
-    except (ValueError, NotImplementedError, RuntimeError, AttributeError) as exc:
-        raise ImageRejected(f"DICOM pixel data cannot be decoded: {exc}") from exc
+        # Stored values -> modality values (rescale slope / intercept or a Modality LUT) -> the values the
+        # sender meant to be seen (a VOI LUT, else the first window centre / width), as a viewer shows them.
+        raw = ds.pixel_array
+        pixels = np.asarray(apply_voi_lut(apply_modality_lut(raw, ds), ds, index=0), dtype=np.float32)
+    except (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError, KeyError) as exc:
+        name = getattr(syntax, "name", None) or str(syntax or "unknown transfer syntax")
+        raise ImageRejected(f"DICOM pixel data cannot be decoded ({name}): {exc}") from exc
+    if pixels.ndim != 2:
+        raise ImageRejected(
+            f"DICOM pixel data has shape {pixels.shape}, not one greyscale image", "unsupported"
+        )
     if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 stores bone dark; models expect bone bright
     return _scale_to_uint8(pixels)
@@ -119,7 +155,8 @@ def _scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
         raise ImageRejected("image is blank (all pixels equal)")
-    return ((pixels - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    # Rounded, not truncated: float error would otherwise never let the brightest pixel reach 255.
+    return np.rint((pixels - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
 
 
 def decode_grayscale(data: bytes, content_type: ContentType | None = None) -> np.ndarray:

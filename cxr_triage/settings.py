@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:16379/0"
     # Unset: the password `cxr-triage up` generated into <home>/secrets/redis.password, if there is one.
     redis_password: SecretStr | None = None
+    # Key of the patient and study pseudonyms (HMAC). Unset: <home>/secrets/pseudonym.key, generated on first
+    # use. Every producer of one site must share it, or one study gets two pseudonyms.
+    pseudonym_key: SecretStr | None = None
     triton_grpc_url: str = "127.0.0.1:18001"
     triton_http_url: str = "http://127.0.0.1:18000"
     mlflow_tracking_uri: str = "http://127.0.0.1:15000"
@@ -103,6 +106,15 @@ class Settings(BaseSettings):
     retrain_metrics_port: int = 9121
     # The rollout worker (carries out the online-evaluation policy's promote / rollback decisions).
     rollout_metrics_port: int = 9122
+    # The DICOM gateway (C-STORE SCP): its DICOM port and AE title, and its metrics port.
+    dicom_port: int = 11112
+    dicom_ae_title: str = "CXR_TRIAGE"
+    gateway_metrics_port: int = 9123
+    # A study is complete when its association ended, or when no image of it came for this long.
+    dicom_quiet_s: float = Field(default=10.0, gt=0)
+    # A sender that stays silent this long loses its association (one that never releases).
+    dicom_network_timeout_s: float = Field(default=60.0, gt=0)
+    dicom_max_associations: int = Field(default=16, ge=1)
 
     # The local stack only: where its broker listens (the advertised address is the first bootstrap server),
     # the controller's loopback port, and Triton's metrics port (on the host of triton_http_url).
@@ -128,6 +140,7 @@ class Settings(BaseSettings):
     processors_enabled: bool = True
     retrain_worker_enabled: bool = True
     rollout_worker_enabled: bool = True
+    gateway_enabled: bool = True
 
     @model_validator(mode="before")
     @classmethod
@@ -164,10 +177,19 @@ class Settings(BaseSettings):
         parse_url_address(value)
         return value
 
-    @field_validator("redis_password", mode="before")
+    @field_validator("redis_password", "pseudonym_key", mode="before")
     @classmethod
     def _empty_password_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        # PS3.5 6.2: an AE title is 1-16 printable ASCII characters, no backslash, not only spaces.
+        stripped = value.strip()
+        if not 1 <= len(stripped) <= 16 or not all(" " <= c <= "~" and c != "\\" for c in stripped):
+            raise ValueError("an AE title is 1 to 16 printable ASCII characters without a backslash")
+        return stripped
 
     @field_validator("triton_grpc_url")
     @classmethod
@@ -233,6 +255,10 @@ class Settings(BaseSettings):
     @property
     def redis_password_file(self) -> Path:
         return self.secrets_dir / "redis.password"
+
+    @property
+    def pseudonym_key_file(self) -> Path:
+        return self.secrets_dir / "pseudonym.key"
 
     @property
     def image_store_dir(self) -> Path:

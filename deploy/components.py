@@ -27,6 +27,7 @@ KINDS: tuple[str, ...] = (
     "processors",
     "retrain",
     "rollout",
+    "gateway",
 )
 SKIP_MODEL_INIT_ENV = "CXR_SKIP_MODEL_INIT"
 
@@ -137,6 +138,7 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
             probe=partial(http_ok, f"{settings.local_url(port)}{path}"),
             start_timeout_s=timeout_s,
             host=own_host,
+            stage=1,  # our processes connect to the peers at start-up: those come first
         )
 
     for index in range(settings.worker_count):
@@ -152,6 +154,25 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
         components.append(own("retrain", settings.retrain_metrics_port, ("retrain-worker",)))
     if settings.rollout_worker_enabled:
         components.append(own("rollout", settings.rollout_metrics_port, ("rollout-worker",)))
+    # The DICOM gateway: healthy once its metrics answer and its DICOM port accepts connections.
+    if settings.gateway_enabled:
+        metrics = f"{settings.local_url(settings.gateway_metrics_port)}/metrics"
+        components.append(
+            Component(
+                name="gateway",
+                port=settings.dicom_port,
+                ports=(settings.dicom_port, settings.gateway_metrics_port),
+                prepare=partial(_cxr_command, "dicom-gateway"),
+                probe=lambda: http_ok(metrics) and port_open(own_host, settings.dicom_port),
+                start_timeout_s=60.0,
+                host=own_host,
+                stage=1,
+                details={
+                    "ae_title": settings.dicom_ae_title,
+                    "metrics_port": str(settings.gateway_metrics_port),
+                },
+            )
+        )
     return components
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from cxr_triage.fileio import atomic_write
+from cxr_triage.fileio import atomic_write, create_once
 from cxr_triage.settings import Settings, load_settings
 from deploy.spec import Launch, SetupError
 
@@ -41,34 +40,13 @@ def config_file(settings: Settings) -> Path:
     return data_dir(settings) / "redis.conf"
 
 
-def _create_once(path: Path, data: bytes, *, mode: int) -> bool:
-    """Put ``data`` at ``path`` whole, unless it exists; True if this call created it.
-
-    A private temporary file, then a hard link that fails if ``path`` exists: two concurrent callers never
-    both win (a rename would replace the winner's password), and no reader sees a partial file.
-    """
-    tmp = path.with_name(f".{path.name}-{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
-
-
 def ensure_password(settings: Settings) -> SecretStr:
     """The password Redis requires: CXR_REDIS_PASSWORD, else the state folder's, generated on first use."""
     existing = settings.redis_auth()
     if existing is not None:
         return existing
     settings.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if _create_once(settings.redis_password_file, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600):
+    if create_once(settings.redis_password_file, (secrets.token_urlsafe(32) + "\n").encode(), mode=0o600):
         logger.info("generated the Redis password", extra={"file": str(settings.redis_password_file)})
     password = settings.redis_auth()
     assert password is not None

@@ -27,7 +27,8 @@ class Component:
     ``prepare`` writes whatever the process needs (configuration, formatted storage, binaries) and returns
     its command line; it runs only when the component is about to start. ``after_healthy`` runs on every
     ``up`` once the component answers (Kafka creates its topics there). ``host`` is where a client on this
-    machine reaches ``port`` and ``ports`` (checked for strangers before a start).
+    machine reaches ``port`` and ``ports`` (checked for strangers before a start). Components of one
+    ``stage`` start together; a stage starts once every component of the stages before it is healthy.
     """
 
     name: str
@@ -38,6 +39,9 @@ class Component:
     start_timeout_s: float
     after_healthy: Callable[[], None] | None = None
     host: str = "127.0.0.1"
+    stage: int = 0
+    # What else a client needs to reach it, for ``status --json`` (the gateway's AE title).
+    details: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:

@@ -24,6 +24,8 @@ ADDRESS_SETTINGS: dict[str, str] = {
     "PROCESSORS_PORT": "{}",
     "RETRAIN_METRICS_PORT": "{}",
     "ROLLOUT_METRICS_PORT": "{}",
+    "DICOM_PORT": "{}",
+    "GATEWAY_METRICS_PORT": "{}",
 }
 
 
@@ -44,6 +46,7 @@ def stack_env(
     worker_count: int = 0,
     skip_model_init: bool = True,
     feedback_loop: bool = False,
+    gateway: bool = False,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Environment for a private stack under ``home`` (all ports free, no model init by default)."""
@@ -56,6 +59,8 @@ def stack_env(
     env["CXR_PROCESSORS_ENABLED"] = str(feedback_loop).lower()
     env["CXR_RETRAIN_WORKER_ENABLED"] = str(feedback_loop).lower()
     env["CXR_ROLLOUT_WORKER_ENABLED"] = str(feedback_loop).lower()
+    # The DICOM gateway only where a test sends DICOM over the network.
+    env["CXR_GATEWAY_ENABLED"] = str(gateway).lower()
     ports = free_ports(len(ADDRESS_SETTINGS))
     for (name, template), port in zip(ADDRESS_SETTINGS.items(), ports, strict=True):
         env[f"CXR_{name}"] = template.format(port)

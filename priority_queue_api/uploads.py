@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -21,9 +20,10 @@ from PIL import Image
 from cxr_triage.events import StudyEventV1
 from cxr_triage.image_store import ImageStore
 from cxr_triage.imaging import ImageRejected, sniff_content_type
+from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
-from cxr_triage.ingest.service import publish_study, reject
-from cxr_triage.ingest.validate import Rejection, prepare
+from cxr_triage.ingest.service import publish_images, reject
+from cxr_triage.ingest.validate import Rejection, prepare_bytes, sha256_of
 from cxr_triage.settings import Settings
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.errors import EventsUnavailable, PayloadTooLarge, Unprocessable
@@ -39,6 +39,7 @@ class UploadPublisher:
         self._publisher: EventPublisher | None = None  # made on the first upload: most APIs never get one
         self._store = store
         self._timeout_s = timeout_s
+        self._pseudonyms = pseudonymiser(settings)
         self._lock = threading.Lock()
 
     def _get_publisher(self) -> EventPublisher:
@@ -47,19 +48,19 @@ class UploadPublisher:
         return self._publisher
 
     def publish(self, data: bytes, *, source: str) -> StudyEventV1:
-        with self._lock, tempfile.TemporaryDirectory(prefix="cxr-upload-") as tmp:
+        with self._lock:
             publisher = self._get_publisher()
-            path = Path(tmp) / "upload"
-            path.write_bytes(data)
-            outcome = prepare(path)
-            if isinstance(outcome, Rejection):
-                reject(rejection=outcome, publisher=publisher)
+            try:
+                prepared = prepare_bytes(data, self._pseudonyms)
+            except ImageRejected as exc:
+                rejection = Rejection(Path("upload"), exc.reason, sha256_of(data) if data else None)
+                reject(rejection=rejection, publisher=publisher, source=source)
                 try:
                     publisher.flush(self._timeout_s)
                 except DeliveryFailed:
                     log.error("dead letter for a rejected upload undelivered")
-                raise Unprocessable(f"upload rejected: {outcome.reason}")
-            event = publish_study(study=outcome, store=self._store, publisher=publisher, source=source)
+                raise Unprocessable(f"upload rejected: {exc.reason}") from exc
+            (event,) = publish_images([prepared], store=self._store, publisher=publisher, source=source)
             try:
                 publisher.flush(self._timeout_s)
             except DeliveryFailed as exc:

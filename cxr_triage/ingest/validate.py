@@ -1,15 +1,16 @@
-"""Turn files on disk into validated studies ready to publish, or rejections with a reason."""
+"""Turn files and bytes into checked, pseudonymised images ready to publish, or rejections with a reason."""
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr_triage.events import STUDY_ID_PATTERN, ContentType
-from cxr_triage.imaging import ImageRejected, decode_grayscale, dicom_identity, sniff_content_type
+from cxr_triage.events import ContentType, StudyImageV1, View
+from cxr_triage.imaging import ImageRejected, decode_grayscale, sniff_content_type
+from cxr_triage.ingest.dicom_header import read_instance
+from cxr_triage.ingest.pseudonym import Pseudonymiser
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom"})
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -18,15 +19,6 @@ SUFFIX_FOR: dict[ContentType, str] = {
     "image/jpeg": ".jpg",
     "application/dicom": ".dcm",
 }
-
-
-@dataclass(frozen=True)
-class PreparedStudy:
-    path: Path
-    study_id: str
-    data: bytes
-    sha256: str
-    content_type: ContentType
 
 
 @dataclass(frozen=True)
@@ -51,28 +43,73 @@ def _looks_like_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix == ""
 
 
-def study_id_for(data: bytes, content_type: ContentType, sha256: str) -> str:
-    """DICOM studies keep their StudyInstanceUID, so PACS and worklist agree; anything else is its content hash."""
-    if content_type == "application/dicom":
-        uid = dicom_identity(data).study_instance_uid
-        if uid and re.match(STUDY_ID_PATTERN, uid):
-            return uid
-    return sha256
-
-
-def prepare(path: Path) -> PreparedStudy | Rejection:
+def prepare(path: Path, pseudonyms: Pseudonymiser) -> PreparedImage | Rejection:
+    """One file, checked and named (``prepare_bytes``), or the reason it is refused."""
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             return Rejection(path, f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
         data = path.read_bytes()
     except OSError as exc:
-        return Rejection(path, f"cannot read file: {exc.strerror or exc}")
-    sha256 = hashlib.sha256(data).hexdigest()
+        return Rejection(path, f"cannot read file: {exc.strerror or type(exc).__name__}")
     try:
-        content_type = sniff_content_type(data)
-        decode_grayscale(data, content_type)  # reject here what the worker could not read later
-        study_id = study_id_for(data, content_type, sha256)
+        return prepare_bytes(data, pseudonyms)
     except ImageRejected as exc:
-        return Rejection(path, exc.reason, sha256 if data else None)
-    return PreparedStudy(path=path, study_id=study_id, data=data, sha256=sha256, content_type=content_type)
+        return Rejection(path, exc.reason, sha256_of(data) if data else None)
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One checked image, ready to store and publish: pseudonyms, view and flags, never an identifier."""
+
+    data: bytes
+    sha256: str
+    content_type: ContentType
+    study_id: str
+    image_id: str
+    view: View = "UNKNOWN"
+    flags: tuple[str, ...] = ()
+    accession: str | None = None
+    patient: str | None = None
+    institution: str | None = None
+
+    def image(self, uri: str) -> StudyImageV1:
+        """The image as events carry it, once the store keeps it at ``uri``."""
+        return StudyImageV1(
+            image_id=self.image_id,
+            image_uri=uri,
+            sha256=self.sha256,
+            content_type=self.content_type,
+            size_bytes=len(self.data),
+            view=self.view,
+            flags=self.flags,
+        )
+
+
+def prepare_bytes(data: bytes, pseudonyms: Pseudonymiser) -> PreparedImage:
+    """Check one image and name it: a DICOM instance by its pseudonymised UIDs, anything else by its hash."""
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageRejected(f"file is {len(data)} bytes, over the {MAX_FILE_BYTES}-byte limit", "too_large")
+    sha256 = sha256_of(data)
+    content_type = sniff_content_type(data)
+    if content_type != "application/dicom":
+        decode_grayscale(data, content_type)
+        return PreparedImage(data, sha256, content_type, study_id=sha256, image_id=sha256)
+    instance = read_instance(data, pseudonyms)  # header first: a refused SOP class is never decoded
+    decode_grayscale(data, content_type)  # refuse here what the worker could not read later
+    return PreparedImage(
+        data,
+        sha256,
+        content_type,
+        study_id=instance.study_id,
+        image_id=instance.instance_id,
+        view=instance.view,
+        flags=instance.flags,
+        accession=instance.accession,
+        patient=instance.patient,
+        institution=instance.institution,
+    )

@@ -27,13 +27,15 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from cxr_triage import topics
 from cxr_triage.events import PredictionEventV1
 from cxr_triage.image_store import LocalImageStore
+from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
-from cxr_triage.ingest.service import publish_study
-from cxr_triage.ingest.validate import PreparedStudy, prepare
+from cxr_triage.ingest.service import publish_images
+from cxr_triage.ingest.validate import PreparedImage, prepare
 from cxr_triage.redis_client import open_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import TIERS
@@ -43,6 +45,8 @@ from tests.integration.conftest import Stack
 
 COMPONENTS = "kafka,redis,triton,worker"
 IMAGE_SIDE = 96
+# The stream is of PNG images, named by their hashes: the key only has to be valid.
+PSEUDONYMS = Pseudonymiser(SecretStr("stream-test-pseudonym-key-" * 2))
 DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cxr-public" / "images"
 
 
@@ -117,7 +121,7 @@ def _base_image() -> np.ndarray:
     return np.asarray(synthetic_radiograph(np.random.default_rng(0), size=IMAGE_SIDE), dtype=np.uint8).copy()
 
 
-def make_studies(folder: Path, *, first: int, count: int) -> list[PreparedStudy]:
+def make_studies(folder: Path, *, first: int, count: int) -> list[PreparedImage]:
     """``count`` distinct PNG radiographs: the same image with pixel ``first + i`` changed by one grey level."""
     base = _base_image()
     studies = []
@@ -128,8 +132,8 @@ def make_studies(folder: Path, *, first: int, count: int) -> list[PreparedStudy]
         buf = io.BytesIO()
         Image.fromarray(pixels, mode="L").save(buf, format="PNG")
         path.write_bytes(buf.getvalue())
-        prepared = prepare(path)
-        assert isinstance(prepared, PreparedStudy), prepared
+        prepared = prepare(path, PSEUDONYMS)
+        assert isinstance(prepared, PreparedImage), prepared
         studies.append(prepared)
     assert len({s.study_id for s in studies}) == count
     return studies
@@ -138,7 +142,7 @@ def make_studies(folder: Path, *, first: int, count: int) -> list[PreparedStudy]
 class Stream:
     """Publishes studies at a steady rate from a thread, through the producer's own code."""
 
-    def __init__(self, target: StreamStack, studies: list[PreparedStudy], *, per_s: float) -> None:
+    def __init__(self, target: StreamStack, studies: list[PreparedImage], *, per_s: float) -> None:
         self.target = target
         self.studies = studies
         self.interval_s = 1.0 / per_s
@@ -151,7 +155,7 @@ class Stream:
         try:
             with EventPublisher(self.target.settings, client_id=f"test-stream-{uuid.uuid4().hex[:6]}") as pub:
                 for study in self.studies:
-                    publish_study(study=study, store=store, publisher=pub, source="test-stream")
+                    publish_images([study], store=store, publisher=pub, source="test-stream")
                     pub.flush(30)
                     self.published.append(study.study_id)
                     time.sleep(self.interval_s)

@@ -153,8 +153,10 @@ def test_studies_flow_to_the_worklist_once_and_bad_input_goes_to_the_dlq(
     text.write_text("not an image\n" * 50)
     rejected = stack.cli("produce", "--json", str(corrupt), str(text), check=False)
     assert rejected.returncode == 1
-    reasons = {Path(entry["path"]).name: entry["reason"] for entry in json.loads(rejected.stdout)["rejected"]}
-    assert "truncated" in reasons["corrupt.jpg"] and "not a PNG, JPEG or DICOM" in reasons["report.txt"]
+    # Files are named by content hash: a file name may carry the patient's.
+    reasons = {entry["sha256"]: entry["reason"] for entry in json.loads(rejected.stdout)["rejected"]}
+    corrupt_sha, text_sha = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (corrupt, text))
+    assert "truncated" in reasons[corrupt_sha] and "not a PNG, JPEG or DICOM" in reasons[text_sha]
 
     # A gateway that skips validation: garbage and a corrupt image reach Kafka next to a good study.
     store = LocalImageStore(settings.image_store_dir)

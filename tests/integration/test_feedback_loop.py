@@ -5,6 +5,7 @@ the gate's decision published, and online metrics on the processors' /metrics.""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sqlite3
 import statistics
@@ -125,7 +126,7 @@ def test_verdicts_become_feedback_a_training_request_and_a_gated_challenger(
     files = [DATASET / row["Path"] for row in rows]
     produced = json.loads(stack.cli("produce", "--json", *map(str, files)).stdout)
     assert produced["n_published"] == STUDIES
-    row_of = {str(f): row for f, row in zip(files, rows, strict=True)}
+    row_of = {hashlib.sha256(f.read_bytes()).hexdigest(): row for f, row in zip(files, rows, strict=True)}
 
     token = json.loads(stack.cli("users", "add", "dr-loop", "--role", "radiologist", "--json").stdout)[
         "token"
@@ -138,7 +139,7 @@ def test_verdicts_become_feedback_a_training_request_and_a_gated_challenger(
             300,
         )
         for entry in produced["published"]:
-            row = row_of[entry["path"]]
+            row = row_of[entry["sha256"]]
             response = api.post(
                 f"/studies/{entry['study_id']}/verdict",
                 json=_verdict(row),

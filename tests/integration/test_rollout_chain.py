@@ -12,6 +12,7 @@ the end every study has exactly one serving prediction and at most one shadow on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -64,11 +65,11 @@ class Chain:
 
     def produce(self, studies: list[PublicStudy]) -> list[str]:
         out = self.cli_json("produce", *(str(s.path) for s in studies))
-        by_path = {str(s.path): s for s in studies}
+        by_sha = {hashlib.sha256(s.path.read_bytes()).hexdigest(): s for s in studies}
         ids = [entry["study_id"] for entry in out["published"]]
         assert len(ids) == len(studies), out
         for entry in out["published"]:
-            self.published[entry["study_id"]] = by_path[entry["path"]]
+            self.published[entry["study_id"]] = by_sha[entry["sha256"]]
         return ids
 
     def rollout_metrics(self) -> dict[str, float]:

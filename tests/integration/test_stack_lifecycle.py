@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from deploy.testing import cxr, stack_env
 
 pytestmark = pytest.mark.integration
 
-SERVICES = "kafka,redis,triton"
+SERVICES = "kafka,redis,triton,gateway"
 PARTITIONS = 3
 
 
@@ -59,7 +60,8 @@ class LocalStack:
 @pytest.fixture(scope="module")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     home = tmp_path_factory.mktemp("stack-lifecycle")
-    env = stack_env(home, worker_count=0, skip_model_init=True)
+    env = stack_env(home, worker_count=0, skip_model_init=True, gateway=True)
+    env["CXR_DICOM_AE_TITLE"] = "LIFECYCLE_GW"
     env["CXR_KAFKA_PARTITIONS"] = str(PARTITIONS)
     stack = LocalStack(home=home, env=env)
     try:
@@ -77,6 +79,7 @@ def test_status_reports_every_service_running(local_stack: LocalStack) -> None:
         "kafka": settings.kafka_address.port,
         "redis": settings.redis_address.port,
         "triton": settings.triton_http_address.port,
+        "gateway": settings.dicom_port,
     }
     for name, port in main_port.items():
         entry = report["components"][name]
@@ -84,6 +87,17 @@ def test_status_reports_every_service_running(local_stack: LocalStack) -> None:
         assert isinstance(entry["pid"], int)
         assert entry["port"] == port
     assert report["components"]["api"]["state"] == "stopped"
+    gateway = report["components"]["gateway"]
+    assert (gateway["ae_title"], gateway["metrics_port"]) == (
+        "LIFECYCLE_GW",
+        str(settings.gateway_metrics_port),
+    )
+    echo = subprocess.run(
+        ["echoscu", "-aec", "LIFECYCLE_GW", "127.0.0.1", str(settings.dicom_port)],
+        capture_output=True,
+        timeout=30,
+    )
+    assert echo.returncode == 0, echo.stderr
 
 
 def test_topics_exist_with_the_configured_partitions(local_stack: LocalStack) -> None:
@@ -162,7 +176,7 @@ def test_down_stops_everything_and_up_keeps_kafka_data(local_stack: LocalStack) 
     offset = _produce(local_stack.bootstrap, payload)
     password = (local_stack.home / "secrets" / "redis.password").read_text()
     records = local_stack.records()
-    assert len(records) == 3
+    assert len(records) == 4
 
     out = local_stack.run("down")
     assert out.startswith("stopped:")

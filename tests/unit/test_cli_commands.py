@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cxr_triage import cli
 
 SERVICE_COMMANDS = {
-    "up", "down", "status", "produce", "model", "worker", "api", "worklist", "users",
+    "up", "down", "status", "produce", "dicom-gateway", "model", "worker", "api", "worklist", "users",
     "train", "evaluate", "promote", "rollback", "bench", "retrain-worker", "processors", "feedback",
     "rollout-worker",
 }  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cxr_triage.fileio import create_once
 from cxr_triage.settings import Settings
 from deploy import kafka_broker, redis_server, triton_server
 from deploy.components import UnknownComponentError, build_components, select, settings_env
@@ -144,8 +145,22 @@ def test_components_come_in_start_order_with_one_per_worker(tmp_path: Path) -> N
         "processors",
         "retrain",
         "rollout",
+        "gateway",
     ]
     assert [c.port for c in components if c.kind == "worker"] == [9200, 9201]
+    # The peers start together, then our own processes, which connect to them at start-up.
+    assert {c.name for c in components if c.stage == 0} == {"kafka", "redis", "mlflow", "triton"}
+
+
+def test_the_gateway_is_listed_with_its_dicom_port_and_ae_title(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, dicom_port=11999, dicom_ae_title="PACS_GW", gateway_metrics_port=9333)
+    (gateway,) = [c for c in build_components(settings, {}) if c.name == "gateway"]
+    assert (gateway.port, gateway.ports, dict(gateway.details)) == (
+        11999,
+        (11999, 9333),
+        {"ae_title": "PACS_GW", "metrics_port": "9333"},
+    )
+    assert "gateway" not in [c.name for c in build_components(_settings(tmp_path, gateway_enabled=False), {})]
 
 
 def test_the_feedback_loop_processes_can_be_left_out(tmp_path: Path) -> None:
@@ -241,6 +256,6 @@ def test_up_generates_the_redis_password_once_private_to_the_owner(tmp_path: Pat
     assert redis_server.ensure_password(settings) == first, "a second up reuses the password"
     assert redis_server.ensure_password(_settings(tmp_path)) == first
     assert _settings(tmp_path).redis_auth() == first, "every client reads it from the state folder"
-    assert not redis_server._create_once(path, b"another\n", mode=0o600), "a concurrent second writer loses"
+    assert not create_once(path, b"another\n", mode=0o600), "a concurrent second writer loses"
     assert redis_server.ensure_password(settings) == first
     assert [p.name for p in path.parent.iterdir()] == ["redis.password"], "no temporary file is left"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +52,48 @@ def test_start_then_already_running_then_down(stack: Stack) -> None:
     assert all(r is not None and not is_alive(r) for r in records)
     assert not list(stack.settings.run_dir.glob("*.pid"))
     assert stack_ops.down(stack) == []
+
+
+def _staged(name: str, stage: int, probe: Callable[[], bool], prepared: list[str]) -> Component:
+    port = free_ports(1)[0]
+
+    def prepare() -> Launch:
+        prepared.append(name)
+        return Launch(argv=["sleep", "60"])
+
+    return Component(name, port, (port,), prepare, probe, start_timeout_s=5.0, stage=stage)
+
+
+def test_a_stage_starts_together_and_the_next_only_once_it_is_healthy(stack: Stack) -> None:
+    prepared: list[str] = []
+
+    def peer_healthy(other: str) -> Callable[[], bool]:
+        # Each peer answers only once the other one has been launched: a one-by-one start would time out.
+        return lambda: other in prepared
+
+    kafka = _staged("kafka", 0, peer_healthy("redis"), prepared)
+    redis = _staged("redis", 0, peer_healthy("kafka"), prepared)
+    worker = _staged("worker-0", 1, lambda: True, prepared)
+    api = _staged("api", 1, lambda: True, prepared)
+    stack.components = [kafka, redis, worker, api]
+    results = stack_ops.up(stack, stack.components)
+    assert [(r.name, r.action) for r in results] == [(c.name, "started") for c in stack.components]
+    assert set(prepared[:2]) == {"kafka", "redis"} and set(prepared[2:]) == {"worker-0", "api"}
+
+
+def test_a_failed_stage_reports_its_failure_and_starts_nothing_after_it(stack: Stack) -> None:
+    prepared: list[str] = []
+    broken = _component("triton", ["sh", "-c", "echo 'no model'; exit 3"], healthy=False)
+    stack.components = [
+        _staged("kafka", 0, lambda: True, prepared),
+        broken,
+        _staged("api", 1, lambda: True, prepared),
+    ]
+    with pytest.raises(StackError, match="triton exited while starting"):
+        stack_ops.up(stack, stack.components)
+    assert prepared == ["kafka"]
+    states = {s.name: s.state for s in stack_ops.status(stack)}
+    assert states["kafka"] == "running" and states.get("api", "stopped") == "stopped"
 
 
 def test_dead_component_is_reported_and_started_again(stack: Stack) -> None:
