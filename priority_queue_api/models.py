@@ -94,6 +94,17 @@ class StudyDetail(StudyPublic):
     verdicts: list[VerdictSummary]
 
 
+class PatientDetails(BaseModel):
+    """The patient as the original DICOM names them: for the radiologist reading the study, audited."""
+
+    patient_name: str | None
+    patient_id: str | None
+    birth_date: str | None = Field(description="DICOM date, YYYYMMDD")
+    sex: str | None
+    accession_number: str | None
+    study_date: str | None = Field(description="DICOM date, YYYYMMDD")
+
+
 class ClaimCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -24,7 +24,8 @@ from priority_queue_api.deps import (
 )
 from priority_queue_api.errors import Conflict, StudyNotFound, Unprocessable, error_responses
 from priority_queue_api.images import heatmap_png, image_png
-from priority_queue_api.models import StudyDetail, VerdictCreate, VerdictPublic
+from priority_queue_api.models import PatientDetails, StudyDetail, VerdictCreate, VerdictPublic
+from priority_queue_api.patient import patient_details
 from priority_queue_api.service import fetch_study
 from priority_queue_api.users import Role
 from priority_queue_api.verdicts import record_verdict
@@ -32,7 +33,11 @@ from priority_queue_api.verdicts import record_verdict
 router = APIRouter(tags=["studies"])
 
 StudyId = Annotated[
-    str, Path(pattern=STUDY_ID_PATTERN, description="Study id (DICOM StudyInstanceUID or content sha256)")
+    str,
+    Path(
+        pattern=STUDY_ID_PATTERN,
+        description="Study id (the pseudonymised StudyInstanceUID of a DICOM study, or a content sha256)",
+    ),
 ]
 MaxSide = Annotated[
     int | None, Query(ge=64, le=4096, description="Longest side of the PNG (default: the server's)")
@@ -107,6 +112,28 @@ async def get_heatmap(
             max_side=max_side or policy.image_max_side,
         )
     return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
+@router.get(
+    "/studies/{study_id}/patient", response_model=PatientDetails, responses=error_responses(401, 403, 404)
+)
+async def get_patient(
+    user: Radiologist,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    response: Response,
+) -> PatientDetails:
+    """Who the patient is, from the original DICOM instance: radiologists only, and every read is audited.
+
+    Everything else in the system knows the study by pseudonyms only; PNG and JPEG studies name no patient
+    (404)."""
+    with auditor.recording(user, "view", "patient", study_id):
+        details = await patient_details(redis=redis, keys=keys, store=store, study_id=study_id)
+    response.headers.update(_NO_STORE)
+    return details
 
 
 @router.post(

@@ -167,6 +167,10 @@ async function openStudy(studyId, known = null) {
   $("#top-findings").replaceChildren(...s.top_findings.map((f) => {
     const li = document.createElement("li"); li.textContent = `${f.label}: ${f.probability.toFixed(2)}`; return li;
   }));
+  $("#patient-name").textContent = "";
+  $("#show-patient").disabled = s.content_type !== "application/dicom";
+  $("#show-patient").title = s.content_type === "application/dicom"
+    ? "Show who the patient is; every read is audited (p)" : "This study came without a DICOM header";
   fillVerdictForm(s);
   const select = $("#heatmap-finding");
   select.replaceChildren(...Object.keys(s.probabilities).map((label) => new Option(label, label)));
@@ -194,6 +198,20 @@ function fillVerdictForm(s) {
     return tr;
   }));
   $("#note").value = "";
+}
+
+// Everything else on the page knows the study by pseudonyms; the name is fetched only when asked (audited).
+async function showPatient() {
+  const s = state.study;
+  if (!s || $("#show-patient").disabled || $("#patient").closest("[hidden]")) return;
+  try {
+    const p = await (await api(`/studies/${encodeURIComponent(s.study_id)}/patient`)).json();
+    const born = p.birth_date ? `, born ${p.birth_date.slice(0, 4)}-${p.birth_date.slice(4, 6)}-${p.birth_date.slice(6, 8)}` : "";
+    $("#patient-name").textContent = `${(p.patient_name || "(no name)").replaceAll("^", " ")}${born}` +
+      (p.patient_id ? ` · ID ${p.patient_id}` : "") + (p.accession_number ? ` · Acc. ${p.accession_number}` : "");
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`Cannot show the patient: ${error.message}`, true);
+  }
 }
 
 async function loadImage() {
@@ -313,6 +331,7 @@ function onKey(event) {
   else if (inStudy && event.key === "Escape") { event.preventDefault(); showList(); }
   else if (inStudy && event.key === "a" && !$("#verdict-form").hidden) { event.preventDefault(); submitVerdict(true); }
   else if (inStudy && event.key === "r" && !$("#release").hidden) { event.preventDefault(); release(); }
+  else if (inStudy && event.key === "p") showPatient();
   else if (inStudy && event.key === "h" && !$("#heatmap-toggle").disabled) {
     event.preventDefault();
     $("#heatmap-toggle").checked = !$("#heatmap-toggle").checked;
@@ -329,6 +348,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#release").addEventListener("click", release);
   $("#agree").addEventListener("click", () => submitVerdict(true));
   $("#verdict-form").addEventListener("submit", (e) => { e.preventDefault(); submitVerdict(false); });
+  $("#show-patient").addEventListener("click", showPatient);
   $("#heatmap-toggle").addEventListener("change", loadImage);
   $("#heatmap-finding").addEventListener("change", () => { if ($("#heatmap-toggle").checked) loadImage(); });
   $("#upload-form").addEventListener("submit", upload);

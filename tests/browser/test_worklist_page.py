@@ -21,6 +21,7 @@ from cxr_triage.labels import LABELS
 from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
+from tests.dicom_files import PLANTED, chest_pixels, radiograph, to_bytes
 from tests.factories import png_bytes
 from tests.integration.api_support import api_settings, make_users, put_study, serve
 from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, wait_for_port
@@ -28,6 +29,7 @@ from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafk
 
 pytestmark = pytest.mark.integration
 
+DICOM_STUDY = "2.25.424242"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
@@ -72,6 +74,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             put_study(
                 r, keys, "routine-one", 0.2, image_uri=store.put(png_bytes(seed=3, size=320), suffix=".png")
             )
+            dicom = to_bytes(radiograph(chest_pixels(size=128)))
+            put_study(
+                r,
+                keys,
+                DICOM_STUDY,
+                0.05,
+                image_uri=store.put(dicom, suffix=".dcm"),
+                content_type="application/dicom",
+            )
             cams = np.zeros((len(LABELS), 8, 8), dtype=np.float16)
             cams[LABELS.index("Pneumothorax"), :3, :3] = 4.0
             r.hset(keys.study("top-critical"), mapping={"cam_h": 8, "cam_w": 8})
@@ -114,7 +125,7 @@ def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site
     page.fill("#token", site.tokens["rad"])
     page.keyboard.press("Enter")
     expect(page.locator("#who")).to_have_text("rad (radiologist)")
-    expect(_rows(page)).to_have_count(3)
+    expect(_rows(page)).to_have_count(4)
     first = _rows(page).first
     expect(first).to_have_attribute("data-study", "top-critical")
     expect(first).to_have_class("tier-critical")
@@ -139,7 +150,7 @@ def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site
     page.click("#agree")
     expect(page.locator("#list-view")).to_be_visible()
     expect(page.locator("#status")).to_contain_text("Verdict saved (verdict")
-    expect(_rows(page)).to_have_count(2)
+    expect(_rows(page)).to_have_count(3)
     expect(page.locator('#worklist tr[data-study="top-critical"]')).to_have_count(0)
 
     event = _verdict_of(site, "top-critical")
@@ -215,3 +226,26 @@ def test_a_lost_answer_is_retried_by_the_page_with_the_same_key(page: Page, site
     event = _verdict_of(site, "lost-answer")  # one event: the retry was answered from the record
     assert event["idempotency_key"] == keys_sent[0]
     assert event["_key"] == topics.verdict_key("lost-answer", "rad")
+
+
+def test_the_patient_is_shown_only_when_a_radiologist_asks(page: Page, site: Site) -> None:
+    page.goto(site.url)
+    page.fill("#token", site.tokens["rad"])
+    page.click("#signin")
+    page.locator(f'#worklist tr[data-study="{DICOM_STUDY}"]').click()
+    expect(page.locator("#study-title")).to_contain_text(DICOM_STUDY)
+    expect(page.locator("#patient-name")).to_have_text("")
+    assert "Zzplanted" not in page.content(), "the page names nobody until asked"
+    page.keyboard.press("p")
+    expect(page.locator("#patient-name")).to_contain_text("Zzplanted Patientname, born 1923-08-17")
+    expect(page.locator("#patient-name")).to_contain_text(PLANTED["PatientID"])
+
+
+def test_an_engineer_cannot_ask_for_the_patient(page: Page, site: Site) -> None:
+    page.goto(site.url)
+    page.fill("#token", site.tokens["eng"])
+    page.click("#signin")
+    page.locator(f'#worklist tr[data-study="{DICOM_STUDY}"]').click()
+    expect(page.locator("#show-patient")).to_be_hidden()
+    page.keyboard.press("p")
+    expect(page.locator("#patient-name")).to_have_text("")

@@ -39,6 +39,7 @@ def put_study(
     image_uri: str = "file:///nowhere",
     probabilities: dict[str, float] | None = None,
     tier: Tier | None = None,
+    content_type: str = "image/png",
 ) -> None:
     """What the inference worker writes for a scored study, then the index call it makes.
 
@@ -58,7 +59,7 @@ def put_study(
             "received_at": received.isoformat(),
             "scored_at": (received + timedelta(seconds=1.25)).isoformat(),
             "image_uri": image_uri,
-            "content_type": "image/png",
+            "content_type": content_type,
             "sha256": "0" * 64,
             "tier": tier.value,
         },
