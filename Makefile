@@ -80,7 +80,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 test: setup lint
-	$(BIN)/pytest -q --durations=25 tests
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # The public sample set when present, else synthetic images (made by demo-data).
 DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample)

@@ -182,6 +182,14 @@ class Settings(BaseSettings):
     def _empty_password_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _long_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # A short key could be guessed, and with it every pseudonym tested against known names and UIDs.
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("the pseudonym key must be at least 32 bytes (e.g. `openssl rand -base64 48`)")
+        return value
+
     @field_validator("dicom_ae_title")
     @classmethod
     def _ae_title(cls, value: str) -> str:

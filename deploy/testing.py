@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -61,6 +62,9 @@ def stack_env(
     env["CXR_ROLLOUT_WORKER_ENABLED"] = str(feedback_loop).lower()
     # The DICOM gateway only where a test sends DICOM over the network.
     env["CXR_GATEWAY_ENABLED"] = str(gateway).lower()
+    # Ray's socket paths must stay under 108 bytes; a test's state folder (pytest-of-root/pytest-N/popen-gw1/...)
+    # may be too deep for them, so Ray gets a short folder of its own, named after the state folder.
+    env["CXR_RAY_TMPDIR"] = f"/tmp/cxr-ray-{hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]}"
     ports = free_ports(len(ADDRESS_SETTINGS))
     for (name, template), port in zip(ADDRESS_SETTINGS.items(), ports, strict=True):
         env[f"CXR_{name}"] = template.format(port)

@@ -42,3 +42,8 @@ def test_the_key_is_generated_once_into_the_state_folder_private_to_its_owner(tm
     assert stat.S_IMODE(settings.pseudonym_key_file.stat().st_mode) == 0o600
     assert load_key(Settings(home=tmp_path)) == key, "a second start reuses it"
     assert load_key(Settings(home=tmp_path, pseudonym_key=SecretStr("e" * 40))).get_secret_value() == "e" * 40
+
+
+def test_a_short_key_in_the_settings_is_refused_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pseudonym key must be at least 32 bytes"):
+        Settings(home=tmp_path, pseudonym_key=SecretStr("too-short"))
