@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
-import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -19,9 +15,8 @@ from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
 from cxr_triage.ingest.service import produce_paths
 from cxr_triage.settings import Settings, load_settings
+from producers.stopping import stop_on_signals
 from producers.traffic import RateParam, TokenBucket
-
-logger = logging.getLogger(__name__)
 
 EPILOG = """\b
 Examples:
@@ -141,14 +136,7 @@ def _watch(
     from producers.study_buffer import StudyBuffer
     from producers.watch import FolderWatcher, Ledger, state_path
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     state = state_path(settings.home, folder)
     buffer, ledger = StudyBuffer(state), Ledger(state.with_suffix(".ledger.sqlite3"))
     with EventPublisher(settings, client_id="cxr-watch") as publisher:

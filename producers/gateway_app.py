@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import warnings
-from types import FrameType
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -18,6 +15,7 @@ from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.settings import Settings
 from producers.dicom_gateway import DicomGateway, GatewayMetrics
+from producers.stopping import stop_on_signals
 from producers.study_buffer import StudyBuffer
 
 logger = logging.getLogger(__name__)
@@ -52,14 +50,7 @@ def run_gateway(settings: Settings) -> int:
     _config.STORE_RECV_CHUNKED_DATASET = True  # instances stream to a temporary file, not into memory
     metrics = GatewayMetrics()
     start_http_server(settings.gateway_metrics_port, addr=settings.bind_host, registry=metrics.registry)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        logger.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     buffer = StudyBuffer(settings.home / "gateway" / "pending.sqlite3")
     with EventPublisher(settings, client_id="cxr-dicom-gateway") as publisher:
         gateway = DicomGateway(
