@@ -185,7 +185,9 @@ def test_verdicts_become_feedback_a_training_request_and_a_gated_challenger(
 
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    # The registry named explicitly: a test run earlier in this process may have set mlflow's global one.
+    uri = settings.mlflow_tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version(settings.model_name, str(result["challenger_version"]))
     assert version.tags["cxr.request_id"] == request["request_id"]
     assert version.tags["cxr.gate"] == ("passed" if result["outcome"] == "promoted" else "failed")
