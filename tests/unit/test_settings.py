@@ -135,3 +135,13 @@ def test_a_refused_setting_does_not_echo_the_password(
     with pytest.raises(ValidationError, match="redis_url") as bad_url:
         Settings(home=tmp_path, redis_url="http://:hunter2@cache:6379")
     assert "hunter2" not in str(bad_url.value)
+
+
+@pytest.mark.parametrize("title", ["", "A" * 17, "A\\B", "   ", "ÄRZTE"])
+def test_bad_dicom_ae_titles_are_refused(title: str) -> None:
+    with pytest.raises(ValueError, match="AE title is 1 to 16 printable ASCII"):
+        Settings(dicom_ae_title=title)
+
+
+def test_an_ae_title_keeps_its_text_without_padding() -> None:
+    assert Settings(dicom_ae_title=" PACS_GW ").dicom_ae_title == "PACS_GW"
