@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 from typing import Final, Literal
 
 import numpy as np
@@ -37,12 +36,6 @@ class ImageRejected(ValueError):
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
-
-
-@dataclass(frozen=True)
-class DicomIdentity:
-    study_instance_uid: str | None
-    sop_instance_uid: str | None
 
 
 def sniff_content_type(data: bytes) -> ContentType:
@@ -94,14 +87,6 @@ def read_dicom(data: bytes, *, pixels: bool = True):  # type: ignore[no-untyped-
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
     except (InvalidDicomError, OSError, ValueError, KeyError, TypeError, EOFError) as exc:
         raise ImageRejected(f"unreadable DICOM: {exc}") from exc
-
-
-def dicom_identity(data: bytes) -> DicomIdentity:
-    ds = read_dicom(data, pixels=False)
-    return DicomIdentity(
-        study_instance_uid=str(ds.get("StudyInstanceUID", "") or "") or None,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "") or None,
-    )
 
 
 def check_dicom_image(ds) -> None:  # type: ignore[no-untyped-def]
