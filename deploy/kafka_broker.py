@@ -7,11 +7,12 @@ import logging
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from cxr_triage import topics
 from cxr_triage.settings import Address, Settings
@@ -159,66 +160,100 @@ def prepare(settings: Settings) -> Launch:
     return Launch(argv=argv, cwd=kafka_dir(settings))
 
 
-def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
+# Answers a broker gives for a moment after it starts or creates a topic (KRaft metadata still spreading).
+_TRANSIENT = frozenset(
+    {
+        "UNKNOWN_TOPIC_OR_PART",
+        "LEADER_NOT_AVAILABLE",
+        "NOT_CONTROLLER",
+        "REQUEST_TIMED_OUT",
+        "_TIMED_OUT",
+        "_TRANSPORT",
+        "_ALL_BROKERS_DOWN",
+    }
+)
+
+
+def transient_kafka_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an admin error that asking again shortly after is expected to clear."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    if not isinstance(exc, KafkaException) or not exc.args or not isinstance(exc.args[0], KafkaError):
+        return False
+    error = exc.args[0]
+    return bool(error.retriable()) or error.name() in _TRANSIENT
+
+
+def ensure_topics(settings: Settings, *, timeout_s: float = 30.0, admin: Any = None) -> None:
     """Every topic of ``cxr_triage.topics.ALL`` present (replication 1) with its ``topics.CONFIGS``; idempotent.
 
     Missing topics are created with their configs; existing ones get any config that differs set again
     (incremental, so an operator's other topic settings stay). Kafka is the system of record the worklist is
-    rebuilt from: a topic left at the broker's 7-day delete policy would lose studies silently.
+    rebuilt from: a topic left at the broker's 7-day delete policy would lose studies silently. A broker that
+    has just started (or just created a topic) may answer UNKNOWN_TOPIC_OR_PART for a while: the whole
+    sequence is asked again until ``timeout_s``.
     """
     from confluent_kafka import KafkaException
 
+    admin = admin or kafka_admin(settings.kafka_bootstrap_servers)
     try:
-        admin = kafka_admin(settings.kafka_bootstrap_servers)
-        _create_missing(admin, settings, timeout_s)
-        _warn_on_partition_counts(admin, settings)
-        _align_configs(admin)
+        for attempt in Retrying(
+            retry=retry_if_exception(transient_kafka_error),
+            stop=stop_after_delay(timeout_s),
+            wait=wait_exponential(multiplier=0.2, max=2.0),
+            before_sleep=lambda state: logger.info(
+                "topics not ready yet; asking again",
+                extra={
+                    "attempt": state.attempt_number,
+                    "error": str(state.outcome and state.outcome.exception()),
+                },
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                _create_missing(admin, settings)
+                _warn_on_partition_counts(admin, settings)
+                _align_configs(admin)
     except KafkaException as exc:
         raise KafkaSetupError(f"cannot list, create or configure topics: {exc}") from exc
 
 
-def _create_missing(admin: Any, settings: Settings, timeout_s: float) -> None:
+def _create_missing(admin: Any, settings: Settings) -> None:
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import NewTopic
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        existing = admin.list_topics(timeout=5).topics
-        missing = [name for name in topics.ALL if name not in existing]
-        if not missing:
-            return
-        futures = admin.create_topics(
-            [
-                NewTopic(
-                    name,
-                    num_partitions=settings.kafka_partitions,
-                    replication_factor=1,
-                    config=dict(topics.CONFIGS.get(name, {})),
-                )
-                for name in missing
-            ],
-            operation_timeout=10,
-        )
-        retry = False
-        for name, future in futures.items():
-            try:
-                future.result()
-                logger.info("created topic", extra={"topic": name, "partitions": settings.kafka_partitions})
-            except KafkaException as exc:
-                error = exc.args[0]
-                if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                    continue
-                if not error.retriable() or time.monotonic() > deadline:
-                    raise KafkaSetupError(f"cannot create topic {name}: {error}") from exc
-                retry = True
-        if not retry:
-            return
-        time.sleep(0.2)
+    existing = admin.list_topics(timeout=5).topics
+    missing = [name for name in topics.ALL if name not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=settings.kafka_partitions,
+                replication_factor=1,
+                config=dict(topics.CONFIGS.get(name, {})),
+            )
+            for name in missing
+        ],
+        operation_timeout=10,
+    )
+    for name, future in futures.items():
+        try:
+            future.result()
+            logger.info("created topic", extra={"topic": name, "partitions": settings.kafka_partitions})
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
 
 
 def _warn_on_partition_counts(admin: Any, settings: Settings) -> None:
+    from confluent_kafka import KafkaException
+
     for name in topics.ALL:
         meta = admin.list_topics(topic=name, timeout=5).topics[name]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
         if len(meta.partitions) != settings.kafka_partitions:
             logger.warning(
                 "topic has another partition count than configured (Kafka never shrinks a topic)",

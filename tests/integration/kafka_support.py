@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastapi.testclient import TestClient
 
 from cxr_triage.settings import Settings
@@ -67,19 +67,22 @@ class KafkaBroker:
 def read_topic(
     bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], *, timeout_s: float = 20.0
 ) -> list[dict[str, Any]]:
-    """Messages of ``topic`` from its start, read until ``until(messages)`` holds or time runs out."""
+    """Messages of ``topic`` from its start, read until ``until(messages)`` holds or time runs out.
+
+    Every partition is assigned from its beginning rather than subscribed: a group rebalance on a loaded
+    machine would hand the partitions back from the start (nothing is committed) and deliver records twice.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"test-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
     try:
+        assign_from_start(consumer, topic)
         while not until(found) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None and (value := msg.value()) is not None:
@@ -88,6 +91,12 @@ def read_topic(
     finally:
         consumer.close()
     return found
+
+
+def assign_from_start(consumer: Consumer, topic: str) -> None:
+    """Read every partition of ``topic`` from its beginning, outside any group's rebalances."""
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
 
 
 def topic_size(bootstrap: str, topic: str) -> int:

@@ -21,6 +21,7 @@ from cxr_triage.labels import LABELS
 from cxr_triage.settings import Settings
 from tests.factories import jpeg_bytes, png_bytes
 from tests.integration.conftest import Stack
+from tests.integration.kafka_support import assign_from_start
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,7 @@ def _read_dlq(
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topics.DLQ])
+    assign_from_start(consumer, topics.DLQ)
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -25,6 +25,7 @@ from cxr_triage.labels import LABELS
 from cxr_triage.settings import Settings
 from deploy.testing import stack_env
 from tests.integration.conftest import Stack
+from tests.integration.kafka_support import assign_from_start
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +91,7 @@ def _read(settings: Settings, topic: str, until: int, timeout_s: float) -> list[
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
+    assign_from_start(consumer, topic)
     found: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -75,6 +75,21 @@ class Chain:
     def rollout_metrics(self) -> dict[str, float]:
         return rollout_counters(self.stack.env["CXR_ROLLOUT_METRICS_PORT"])
 
+    def worker_rollout_counts(self) -> dict[str, float]:
+        """The worker's ``cxr_worker_rollout_predictions`` samples and challenger failures, for a failure's message."""
+        url = f"http://127.0.0.1:{self.stack.env['CXR_WORKER_METRICS_PORT']}/metrics"
+        try:
+            text = httpx.get(url, timeout=5).text
+        except httpx.HTTPError as exc:
+            return {"unreachable": 1.0, str(exc): 0.0}
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(
+                ("cxr_worker_rollout_predictions_total", "cxr_worker_challenger_failures_total")
+            )
+        }
+
     def challenger_ready(self) -> bool:
         url = f"{self.settings.triton_http_url}/v2/models/{challenger_name(self.settings.model_name)}/ready"
         try:
@@ -177,11 +192,16 @@ def test_worse_waits_broken_canary_rolls_back_better_is_promoted(
         worse_ids = chain.produce(worse_phase)
         scored(worse_ids)
         verdicts(worse_ids)
-        judged = _wait(
-            "version 2 judged on every study",
-            lambda: (o := online("2")) and (o["paired"] or {}).get("paired") == len(worse_ids) and o,
-            180,
-        )
+        last: dict[str, Any] = {}
+
+        def all_paired() -> dict[str, Any] | None:
+            last.update(online("2"))
+            return last if (last.get("paired") or {}).get("paired") == len(worse_ids) else None
+
+        try:
+            judged = _wait("version 2 judged on every study", all_paired, 300)
+        except AssertionError as exc:  # say how far the pairing got, and what the worker wrote in shadow
+            raise AssertionError(f"{exc}; last: {last}; worker: {chain.worker_rollout_counts()}") from None
         paired = judged["paired"]
         assert judged["action"] == "keep_waiting" and "not shown" in judged["reason"], judged
         assert paired["auroc_challenger"] < paired["auroc_champion"] and paired["difference_ci_high"] < 0
