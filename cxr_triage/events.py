@@ -101,6 +101,14 @@ class StudyEventV1(Event):
             ),
         )
 
+    @property
+    def primary_image(self) -> StudyImageV1:
+        """The image the top-level fields name (the first frontal one)."""
+        images = self.all_images
+        return next(
+            (i for i in images if i.sha256 == self.sha256 and i.image_uri == self.image_uri), images[0]
+        )
+
     @classmethod
     def of_images(cls, images: Sequence[StudyImageV1], **fields: Any) -> StudyEventV1:
         """A study event whose top-level image is the first frontal one (else the first)."""
@@ -117,8 +125,45 @@ class StudyEventV1(Event):
         )
 
 
+def checked_probabilities(value: dict[str, float]) -> dict[str, float]:
+    """The 14 labels' probabilities in label order; ``ValueError`` if a label is missing, extra or not in [0, 1]."""
+    if set(value) != set(LABELS):
+        missing = sorted(set(LABELS) - set(value))
+        extra = sorted(set(value) - set(LABELS))
+        raise ValueError(f"probabilities must name exactly the 14 labels (missing={missing}, extra={extra})")
+    for label, p in value.items():
+        if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+            raise ValueError(f"probability for {label!r} is {p}, outside [0, 1]")
+    return {label: value[label] for label in LABELS}
+
+
+class ImagePredictionV1(StudyImageV1):
+    """One image of a scored study with its own reading, or none when the model does not read its view."""
+
+    model_version: str | None = None
+    probabilities: dict[str, float] | None = None
+    priority: float | None = Field(default=None, ge=0.0, le=1.0)
+    tier: Tier | None = None
+    scored_at: datetime | None = None
+
+    @field_validator("probabilities")
+    @classmethod
+    def _all_labels_in_range(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        return None if value is None else checked_probabilities(value)
+
+    @property
+    def scored(self) -> bool:
+        return self.probabilities is not None and self.priority is not None
+
+
 class PredictionEventV1(Event):
-    """The model's reading of one study (topic ``cxr.predictions.v1``, key = study id)."""
+    """The model's reading of one study (topic ``cxr.predictions.v1``, key = study id).
+
+    A study is read image by image: ``images`` holds every image known so far with its own reading (a lateral
+    the model does not read is listed unscored), and the top-level values are those of its most urgent image
+    (``image_id``), so the study is as urgent as its most urgent image. A study whose later image arrives is
+    published again with it (a newer ``scored_at``); a study's first image is never re-scored.
+    """
 
     schema_name: Literal["cxr.prediction"] = "cxr.prediction"
     schema_version: Literal[1] = 1
@@ -140,20 +185,13 @@ class PredictionEventV1(Event):
     # keyed ``topics.shadow_key(study_id, model_version)`` so compaction never replaces the serving one.
     role: PredictionRole = "serving"
     arm: RolloutArm = "champion"
+    image_id: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    images: tuple[ImagePredictionV1, ...] = ()
 
     @field_validator("probabilities")
     @classmethod
     def _all_labels_in_range(cls, value: dict[str, float]) -> dict[str, float]:
-        if set(value) != set(LABELS):
-            missing = sorted(set(LABELS) - set(value))
-            extra = sorted(set(value) - set(LABELS))
-            raise ValueError(
-                f"probabilities must name exactly the 14 labels (missing={missing}, extra={extra})"
-            )
-        for label, p in value.items():
-            if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-                raise ValueError(f"probability for {label!r} is {p}, outside [0, 1]")
-        return {label: value[label] for label in LABELS}
+        return checked_probabilities(value)
 
 
 class DeadLetterEventV1(Event):

@@ -3,22 +3,27 @@
 The tensor is the greyscale pixels at the served model's input size (uint8 [1, S, S]); the model's graph does
 the rest of the preprocessing.
 
-Each record ends as either ``Prepared`` (a tensor ready for Triton) or ``Rejected`` (a reason for the dead
-letter topic); a bad record never stops the others of its batch.
+A study event names all its images; each image the served model reads (its ``cxr.views``, frontal by
+default) becomes one ``Prepared`` tensor, so a study with a PA and a repeat PA is two rows of the batch. A study
+with no image of a view the model reads is scored on its top-level image all the same: it must get a priority
+to be read at all, never be dropped. Each image ends as either ``Prepared`` (a tensor ready for Triton) or
+``Rejected`` (a reason for the dead letter topic); a bad record or image never stops the others of its batch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import ValidationError
 
-from cxr_triage.events import STUDY_ID_PATTERN, StudyEventV1
+from cxr_triage.events import STUDY_ID_PATTERN, StudyEventV1, StudyImageV1
 from cxr_triage.image_store import ImageNotFound, ImageStore, ImageURIRefused
 from cxr_triage.imaging import ImageRejected, decode_grayscale, resize_gray, sniff_content_type
+from cxr_triage.model.contract import FRONTAL_VIEWS
 from inference_worker.records import Record
 
 _STUDY_ID = re.compile(STUDY_ID_PATTERN)
@@ -39,6 +44,11 @@ class Prepared:
     # The decoded greyscale image, kept only while a challenger scores too: a challenger of another input size
     # gets its tensor resized from it, exactly as offline, never from the champion's already resized one.
     source: np.ndarray | None = None
+    image: StudyImageV1 | None = None  # which of the study's images (None: its top-level one)
+
+    @property
+    def which(self) -> StudyImageV1:
+        return self.image if self.image is not None else self.study.primary_image
 
     def tensor_at(self, size: int) -> np.ndarray:
         """The model input at ``size`` px (the champion's tensor when the sizes agree)."""
@@ -66,57 +76,106 @@ class PreparedBatch:
 
 
 def prepare_batch(
-    records: list[Record], *, store: ImageStore, input_size: int, keep_source: bool = False
+    records: list[Record],
+    *,
+    store: ImageStore,
+    input_size: int,
+    keep_source: bool = False,
+    reads: Callable[[str], bool] = FRONTAL_VIEWS.__contains__,
 ) -> PreparedBatch:
+    """Every image of every study that the model reads (``reads(view)``), ready for Triton."""
     batch = PreparedBatch()
     for record in records:
-        outcome = prepare_one(record, store=store, input_size=input_size, keep_source=keep_source)
-        if isinstance(outcome, Prepared):
-            batch.prepared.append(outcome)
-        else:
-            batch.rejected.append(outcome)
+        for outcome in prepare_study(
+            record, store=store, input_size=input_size, keep_source=keep_source, reads=reads
+        ):
+            if isinstance(outcome, Prepared):
+                batch.prepared.append(outcome)
+            else:
+                batch.rejected.append(outcome)
     return batch
+
+
+def prepare_study(
+    record: Record,
+    *,
+    store: ImageStore,
+    input_size: int,
+    keep_source: bool = False,
+    reads: Callable[[str], bool] = FRONTAL_VIEWS.__contains__,
+) -> list[Prepared | Rejected]:
+    """One outcome per image of the study that the model reads (the top-level image if it reads none)."""
+    study = parse_study(record)
+    if isinstance(study, Rejected):
+        return [study]
+    images = study.all_images
+    chosen = [image for image in images if reads(image.view)] or [study.primary_image]
+    return [
+        prepare_image(record, study, image, store=store, input_size=input_size, keep_source=keep_source)
+        for image in chosen
+    ]
 
 
 def prepare_one(
     record: Record, *, store: ImageStore, input_size: int, keep_source: bool = False
 ) -> Prepared | Rejected:
+    """The study's top-level image (its first frontal one), ready for Triton."""
+    study = parse_study(record)
+    if isinstance(study, Rejected):
+        return study
+    return prepare_image(
+        record, study, study.primary_image, store=store, input_size=input_size, keep_source=keep_source
+    )
+
+
+def parse_study(record: Record) -> StudyEventV1 | Rejected:
     if not record.value:
         return _reject(record, INVALID_EVENT, "empty message value", "EmptyMessage")
     try:
-        study = StudyEventV1.from_bytes(record.value)
+        return StudyEventV1.from_bytes(record.value)
     except ValidationError as exc:
         return _reject(record, INVALID_EVENT, f"invalid study event: {summarise(exc)}", type(exc).__name__)
 
+
+def prepare_image(
+    record: Record,
+    study: StudyEventV1,
+    image: StudyImageV1,
+    *,
+    store: ImageStore,
+    input_size: int,
+    keep_source: bool = False,
+) -> Prepared | Rejected:
+    """One image of ``study`` fetched, checked against its hash, and decoded."""
+    uri, sha256, size, content_type = image.image_uri, image.sha256, image.size_bytes, image.content_type
+
     def reject(reason_class: str, reason: str, error_type: str) -> Rejected:
-        return Rejected(
-            record, reason_class, reason, error_type, study_id=study.study_id, sha256=study.sha256
-        )
+        return Rejected(record, reason_class, reason, error_type, study_id=study.study_id, sha256=sha256)
 
     try:
-        data = store.get(study.image_uri)
+        data = store.get(uri)
     except (ImageNotFound, ImageURIRefused) as exc:
         return reject(IMAGE_UNAVAILABLE, str(exc), type(exc).__name__)
     except OSError as exc:  # permissions, I/O errors: the message text would echo the path, so it is left out
         return reject(IMAGE_UNAVAILABLE, f"image could not be read (errno {exc.errno})", type(exc).__name__)
 
     digest = hashlib.sha256(data).hexdigest()
-    if digest != study.sha256 or len(data) != study.size_bytes:
+    if digest != sha256 or len(data) != size:
         return reject(
             CHECKSUM_MISMATCH,
-            f"stored image has sha256 {digest} and {len(data)} bytes; the event says {study.sha256} "
-            f"and {study.size_bytes} bytes",
+            f"stored image has sha256 {digest} and {len(data)} bytes; the event says {sha256} "
+            f"and {size} bytes",
             "ChecksumMismatch",
         )
     try:
         sniffed = sniff_content_type(data)
-        if sniffed != study.content_type:
-            raise ImageRejected(f"the file is {sniffed} but the event says {study.content_type}")
+        if sniffed != content_type:
+            raise ImageRejected(f"the file is {sniffed} but the event says {content_type}")
         gray = decode_grayscale(data, sniffed)
         tensor = resize_gray(gray, input_size)
     except ImageRejected as exc:
         return reject(IMAGE_REJECTED, exc.reason, type(exc).__name__)
-    return Prepared(record, study, tensor, gray if keep_source else None)
+    return Prepared(record, study, tensor, gray if keep_source else None, image)
 
 
 def _reject(record: Record, reason_class: str, reason: str, error_type: str) -> Rejected:

@@ -51,7 +51,7 @@ from inference_worker.dead_letters import dead_letter
 from inference_worker.errors import ModelMismatch, StageUnavailable
 from inference_worker.lag import LagTracker
 from inference_worker.metrics import WorkerMetrics
-from inference_worker.predictions import Scored, ScoredBatch, build_predictions
+from inference_worker.predictions import Scored, ScoredBatch, build_predictions, record_key, study_readings
 from inference_worker.publisher import EventPublisher, Outgoing
 from inference_worker.records import Record
 from inference_worker.triton_client import Scorer
@@ -175,11 +175,18 @@ class InferenceWorker:
         contract = self._contract()
         rollout = self._rollout_state()
         batch = prepare_batch(
-            records, store=self._store, input_size=contract.input_size, keep_source=rollout.active
+            records,
+            store=self._store,
+            input_size=contract.input_size,
+            keep_source=rollout.active,
+            reads=contract.reads,
         )
-        scored = self._score(batch.prepared, contract) if batch.prepared else ScoredBatch()
-        challenged = self._score_challenger(scored.scored, rollout)
-        entries = [_entry(item, challenged.get(item.prediction.study_id), rollout) for item in scored.scored]
+        readings = self._score(batch.prepared, contract) if batch.prepared else ScoredBatch()
+        challenged = self._score_challenger(readings.scored, rollout)
+        entries = [
+            _entry(item, challenged.get(record_key(item.prepared)), rollout)
+            for item in study_readings(readings.scored)
+        ]
         outcomes = self._worklist.write(entries)
 
         written_at = self._clock()
@@ -188,22 +195,24 @@ class InferenceWorker:
         for entry, outcome in zip(entries, outcomes, strict=True):
             if outcome.published:
                 continue  # a redelivered batch whose predictions Kafka already acknowledged: not sent twice
-            if outcome.changed:
+            if outcome.first:
                 self._metrics.end_to_end_latency.observe(
                     (written_at - entry.study.received_at).total_seconds()
                 )
                 if entry.cams is not None:
                     self._metrics.cams_stored.inc()
-                predictions.append(entry.prediction)
+                predictions.append(outcome.applied_to(entry.prediction))
                 if entry.shadow is not None:
                     shadows.append(entry.shadow)
                 if rollout.active:
                     self._count_rollout(entry)
-            else:  # scored before: republish the predictions as first stored, so consumers see the same events
+            else:
+                # Scored before: republish the predictions as stored, so consumers see the same events; a late
+                # image (amended) publishes the study again with it, its first images' readings unchanged.
                 predictions.append(outcome.applied_to(entry.prediction))
-                if outcome.shadow is not None:
+                if outcome.shadow is not None and not outcome.amended:
                     shadows.append(outcome.shadow)
-        rejected = batch.rejected + scored.rejected
+        rejected = batch.rejected + readings.rejected
         outgoing = (
             [Outgoing(topics.PREDICTIONS, p.study_id, p) for p in predictions]
             + [
@@ -247,8 +256,12 @@ class InferenceWorker:
             self._rollout = state
         return state
 
-    def _score_challenger(self, scored: list[Scored], rollout: RolloutState) -> dict[str, Scored]:
-        """The challenger's predictions of the studies it scores (by study id); none when it cannot score.
+    def _score_challenger(
+        self, scored: list[Scored], rollout: RolloutState
+    ) -> dict[tuple[str, int, int], Scored]:
+        """The challenger's predictions of the studies it scores (by study event); none when it cannot score.
+
+        It reads the same images of each study as the champion did.
 
         The worklist never waits on a challenger: if its model fails, answers from another version or gives
         an unusable row, those studies are ordered by the champion alone (arm champion, no shadow) and the
@@ -296,7 +309,7 @@ class InferenceWorker:
                 "challenger output unusable for some studies; the champion orders them alone",
                 extra={"mode": rollout.mode, "count": len(built.rejected)},
             )
-        return {item.prediction.study_id: item for item in built.scored}
+        return {record_key(item.prepared): item for item in study_readings(built.scored)}
 
     def _count_rollout(self, entry: WorklistEntry) -> None:
         self._metrics.rollout_predictions.labels(role="serving", arm=entry.prediction.arm).inc()
@@ -476,7 +489,7 @@ def _entry(item: Scored, challenger: Scored | None, rollout: RolloutState) -> Wo
     shadow. Without the challenger's score the champion's serves, whatever the study's hash says."""
     study, champion = item.prepared.study, item.prediction
     if challenger is None:
-        return WorklistEntry(study, champion, item.cams)
+        return WorklistEntry(study, champion, item.cams, image_cams=item.image_cams)
     arm = rollout.arm(champion.study_id)
     serving, shadow = (challenger, item) if arm == "canary" else (item, challenger)
     return WorklistEntry(
@@ -484,6 +497,7 @@ def _entry(item: Scored, challenger: Scored | None, rollout: RolloutState) -> Wo
         serving.prediction.model_copy(update={"role": "serving", "arm": arm}),
         serving.cams,
         shadow=shadow.prediction.model_copy(update={"role": "shadow", "arm": arm}),
+        image_cams=serving.image_cams,
     )
 
 

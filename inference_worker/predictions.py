@@ -1,4 +1,9 @@
-"""Model output -> ``PredictionEventV1`` (probabilities by label, priority, the version that scored it) + maps."""
+"""Model output -> ``PredictionEventV1`` (probabilities by label, priority, the version that scored it) + maps.
+
+The model reads images; the worklist orders studies. ``build_predictions`` gives one reading per image and
+``study_readings`` joins the readings of one study event into the study's prediction: the most urgent image's
+values at the top level, every image of the study (read or not) in ``images``, each image's maps beside it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from cxr_triage.cams import CamMaps, encode_cams
-from cxr_triage.events import PredictionEventV1
+from cxr_triage.events import ImagePredictionV1, PredictionEventV1
 from cxr_triage.labels import LABELS
 from cxr_triage.model.contract import TierThresholds
 from cxr_triage.priority import priority
@@ -20,9 +25,10 @@ from inference_worker.triton_client import Scores
 
 @dataclass(frozen=True)
 class Scored:
-    prepared: Prepared
+    prepared: Prepared  # for a study: its most urgent image's
     prediction: PredictionEventV1
-    cams: CamMaps | None = None
+    cams: CamMaps | None = None  # for a study: its most urgent image's maps
+    image_cams: Mapping[str, CamMaps] = field(default_factory=dict)  # every read image's maps, by image id
 
 
 @dataclass
@@ -62,6 +68,7 @@ def build_predictions(
                 scored_at=scored_at,
                 tier=tiers.tier_for(value),
                 threshold=threshold,
+                image_id=item.which.image_id,
             )
             cams = None if raw is None else encode_cams(raw)
         except (ValidationError, ValueError) as exc:
@@ -79,3 +86,45 @@ def build_predictions(
             continue
         batch.scored.append(Scored(item, prediction, cams))
     return batch
+
+
+def record_key(prepared: Prepared) -> tuple[str, int, int]:
+    """Which Kafka record an image came from: the images of one study event are joined by it."""
+    return (prepared.record.topic, prepared.record.partition, prepared.record.offset)
+
+
+def study_readings(readings: list[Scored]) -> list[Scored]:
+    """One study prediction per study event, from its images' readings (in the order the events came)."""
+    groups: dict[tuple[str, int, int], list[Scored]] = {}
+    for reading in readings:
+        groups.setdefault(record_key(reading.prepared), []).append(reading)
+    return [_study_reading(group) for group in groups.values()]
+
+
+def _study_reading(group: list[Scored]) -> Scored:
+    most_urgent = max(group, key=lambda reading: reading.prediction.priority)  # the first among equals
+    study = most_urgent.prepared.study
+    by_image = {reading.prepared.which.image_id: reading.prediction for reading in group}
+    images = tuple(
+        ImagePredictionV1(
+            **image.model_dump(),
+            **(
+                {}
+                if (read := by_image.get(image.image_id)) is None
+                else {
+                    "model_version": read.model_version,
+                    "probabilities": read.probabilities,
+                    "priority": read.priority,
+                    "tier": read.tier,
+                    "scored_at": read.scored_at,
+                }
+            ),
+        )
+        for image in study.all_images
+    )
+    return Scored(
+        most_urgent.prepared,
+        most_urgent.prediction.model_copy(update={"images": images}),
+        most_urgent.cams,
+        {r.prepared.which.image_id: r.cams for r in group if r.cams is not None},
+    )

@@ -1,13 +1,14 @@
 """The Redis worklist projection: one hash per study and the ``worklist`` sorted set, written idempotently.
 
-Each study is written by one Lua script (``cxr_triage.worklist.study``), so its hash, its worklist entry and
-its activation maps change together, and all studies of a batch go in one pipeline (one round trip). The
-rule, in the script: **a study is scored once**. The first prediction written wins; any later one for the
-same study (a Kafka replay after a crash or a rebalance, or the same study reaching a worker after a model
-version switch) changes nothing, not even ``scored_at``, and the script returns the stored prediction and
-tier so that the worker republishes exactly it and files the study into the tier stored first. So a version
-switch never re-scores or re-tiers what is already on the worklist, and a study taken off the worklist (read)
-is never put back.
+Each study is written by one Lua script (``cxr_triage.worklist.study``), so its hash, its worklist entry,
+its images and its activation maps change together, and all studies of a batch go in one pipeline (one round
+trip). The rule, in the script: **a study is scored once, an image is read once**. The first prediction
+written wins; a later one for the same study (a Kafka replay after a crash or a rebalance, or the same study
+reaching a worker after a model version switch) changes nothing, not even ``scored_at``, unless it brings an
+image the study did not have (a late image): that image is added, and it raises the study's priority and tier
+if it is more urgent while the study waits. The script returns the stored prediction and tier so that the
+worker republishes exactly it and files the study into the tier stored. So a version switch never re-scores
+or re-tiers what is already on the worklist, and a study taken off the worklist (read) is never put back.
 
 Keys written: ``{prefix}:study:{id}`` (hash: the serving prediction, its ``tier``, its ``arm``, the study's
 image reference, and ``cam_h`` / ``cam_w`` when maps are stored), ``{prefix}:worklist`` (sorted set by
@@ -22,15 +23,15 @@ leaves no scored study unfiled once its batch is read again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 import redis
 
 from cxr_triage.cams import CamMaps
-from cxr_triage.events import PredictionEventV1, StudyEventV1
+from cxr_triage.events import ImagePredictionV1, PredictionEventV1, StudyEventV1
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy, Tier
 from cxr_triage.worklist.index import index_scored_study
@@ -46,8 +47,9 @@ STAGE = "redis"
 class WorklistEntry:
     study: StudyEventV1
     prediction: PredictionEventV1  # the serving one: it orders the worklist
-    cams: CamMaps | None = None
+    cams: CamMaps | None = None  # the maps of the image the prediction's values are of
     shadow: PredictionEventV1 | None = None  # recorded beside it (role shadow), during a rollout
+    image_cams: Mapping[str, CamMaps] = field(default_factory=dict)  # every read image's maps, by image id
 
     @property
     def tier(self) -> Tier:
@@ -72,9 +74,17 @@ class WriteOutcome:
     arm: str = ""  # the arm stored with the study ("" for one written before studies kept it)
     threshold: float | None = None
     shadow: PredictionEventV1 | None = None  # the shadow prediction stored with it, if any
+    amended: bool = False  # ``changed`` by a late image of a study scored before
+    image_id: str | None = None
+    images: tuple[ImagePredictionV1, ...] = ()
+
+    @property
+    def first(self) -> bool:
+        """The study's first write (not a replay, not a late image)."""
+        return self.changed and not self.amended
 
     def applied_to(self, prediction: PredictionEventV1) -> PredictionEventV1:
-        """``prediction`` with the stored values: what a replay republishes."""
+        """``prediction`` with the stored values: what a replay or a late image publishes."""
         stored: dict[str, object] = {
             "model_version": self.model_version,
             "scored_at": self.scored_at,
@@ -82,6 +92,8 @@ class WriteOutcome:
             "probabilities": self.probabilities,
             "tier": self.tier,
         }
+        if self.images and prediction.images:  # an event from before studies had images stays one without
+            stored.update(image_id=self.image_id, images=_in_order(self.images, prediction.images))
         if self.arm:
             # Stored with its arm, so its threshold too: a replay under another rollout (this batch's serving
             # prediction from the other model) republishes the first one whole.
@@ -115,6 +127,7 @@ class RedisWorklist:
                         tier=entry.tier,
                         cams=entry.cams,
                         shadow=entry.shadow,
+                        image_cams=entry.image_cams,
                     )
                 stored = [stored_score(reply) for reply in pipe.execute()]
             with self._client.pipeline(transaction=False) as pipe:
@@ -155,4 +168,15 @@ def _outcome(score: StoredScore, status: str) -> WriteOutcome:
         arm=score.arm,
         threshold=score.threshold,
         shadow=score.shadow,
+        amended=score.amended,
+        image_id=score.image_id,
+        images=score.images,
     )
+
+
+def _in_order(
+    stored: tuple[ImagePredictionV1, ...], event: tuple[ImagePredictionV1, ...]
+) -> tuple[ImagePredictionV1, ...]:
+    """The stored images in the event's order (the order the sender gave them), any others after, by id."""
+    rank = {image.image_id: i for i, image in enumerate(event)}
+    return tuple(sorted(stored, key=lambda image: (rank.get(image.image_id, len(rank)), image.image_id)))

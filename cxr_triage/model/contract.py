@@ -13,6 +13,10 @@ Thresholds are on the worklist priority (``cxr_triage.priority``):
   validation data); a study below it is the model's "normal".
 - ``cxr.tier.urgent`` / ``cxr.tier.critical``: the SLA tier bounds. A model without them (the untrained
   initial export, an external file) is filed with ``SlaPolicy``'s fixed fallback thresholds.
+
+``cxr.views`` names the views a model was trained to read (comma-separated; PA, AP, LATERAL, UNKNOWN). A
+model that does not state it reads frontal views (PA, AP, and images whose header states none): the worker
+stores and shows a lateral but scores it only when the served model lists LATERAL.
 """
 
 from __future__ import annotations
@@ -30,11 +34,24 @@ INPUT_FORMAT: Final = "uint8-grey-1xSxS"  # the graph scales, normalises and exp
 THRESHOLD_KEY: Final = "cxr.threshold"
 URGENT_KEY: Final = "cxr.tier.urgent"
 CRITICAL_KEY: Final = "cxr.tier.critical"
+VIEWS_KEY: Final = "cxr.views"
+FRONTAL_VIEWS: Final = frozenset({"PA", "AP", "UNKNOWN"})
+KNOWN_VIEWS: Final = frozenset({"PA", "AP", "LATERAL", "UNKNOWN"})
 VERSION_KEY: Final = "cxr.version"  # only in the Triton config: which version the parameters describe
 
 
 class ContractError(ValueError):
     """Metadata that does not describe a usable model (missing or unreadable input size, bad thresholds)."""
+
+
+def _views(values: Mapping[str, str]) -> frozenset[str]:
+    text = values.get(VIEWS_KEY, "").strip()
+    if not text:
+        return FRONTAL_VIEWS
+    views = frozenset(v.strip().upper() for v in text.split(",") if v.strip())
+    if not views or not views <= KNOWN_VIEWS:
+        raise ContractError(f"{VIEWS_KEY} = {text!r}: expected some of {', '.join(sorted(KNOWN_VIEWS))}")
+    return views
 
 
 def _threshold(values: Mapping[str, str], key: str) -> float | None:
@@ -73,6 +90,7 @@ class ModelContract:
     urgent_threshold: float | None = None
     critical_threshold: float | None = None
     version: str = ""
+    views: frozenset[str] = FRONTAL_VIEWS
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str], *, version: str = "") -> ModelContract:
@@ -86,7 +104,12 @@ class ModelContract:
             urgent_threshold=_threshold(values, URGENT_KEY),
             critical_threshold=_threshold(values, CRITICAL_KEY),
             version=version or values.get(VERSION_KEY, ""),
+            views=_views(values),
         )
+
+    def reads(self, view: str) -> bool:
+        """Whether the model was trained on images of ``view`` (it scores only those)."""
+        return view in self.views
 
     def tiers(self, fallback: SlaPolicy) -> TierThresholds:
         """The model's tier thresholds when it has a consistent pair, else the fixed fallback."""
@@ -107,4 +130,6 @@ class ModelContract:
         ):
             if value is not None:
                 values[key] = repr(value)
+        if self.views != FRONTAL_VIEWS:
+            values[VIEWS_KEY] = ",".join(sorted(self.views))
         return values

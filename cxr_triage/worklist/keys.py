@@ -29,6 +29,14 @@ class WorklistKeys(RedisKeys):
     def cam(self, study_id: str) -> str:
         return f"{self.prefix}:cam:{study_id}"
 
+    def image_cam(self, study_id: str, image_id: str) -> str:
+        """One image's maps (the study's ``cam`` key holds its most urgent image's)."""
+        return f"{self.prefix}:cam:{study_id}:{image_id}"
+
+    def images(self, study_id: str) -> str:
+        """The study's images (a hash: image id -> ``ImagePredictionV1`` JSON), written with its hash."""
+        return f"{self.prefix}:images:{study_id}"
+
     def shadow(self, study_id: str) -> str:
         """The study's shadow prediction (JSON), written with its hash (``lua/upsert.lua``)."""
         return f"{self.prefix}:shadow:{study_id}"

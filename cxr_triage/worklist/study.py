@@ -2,14 +2,18 @@
 
 A study is scored once per role: the first serving prediction written wins, with the tier it was filed into
 (hash field ``tier``), the arm that ordered it (``arm``: ``champion``, or ``canary`` when a canary's score
-orders it) and its shadow prediction if it had one (key ``{prefix}:shadow:{id}``, the event's JSON). A later
-write for the same study changes nothing and gets the stored predictions back.
+orders it) and its shadow prediction if it had one (key ``{prefix}:shadow:{id}``, the event's JSON). An image
+is read once: the study's images are a hash (``{prefix}:images:{id}``, image id -> ``ImagePredictionV1``
+JSON) and each read image's maps a key (``{prefix}:cam:{id}:{image id}``). A later write for the same study
+adds only images not known yet (a late image); it raises the study's priority and tier to the new image's
+when that is more urgent and the study is still unread (hash field ``image_id`` names the image the study's
+values are of). Anything else changes nothing and gets the stored predictions back.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +21,7 @@ from typing import Any
 import redis
 
 from cxr_triage.cams import CamMaps
-from cxr_triage.events import PredictionEventV1, StudyEventV1
+from cxr_triage.events import ImagePredictionV1, PredictionEventV1, StudyEventV1
 from cxr_triage.sla import Tier
 from cxr_triage.worklist.keys import WorklistKeys
 from cxr_triage.worklist.scripts import sync_script, text
@@ -27,7 +31,7 @@ from cxr_triage.worklist.scripts import sync_script, text
 class StoredScore:
     """The prediction as stored: this write's when ``changed``, else the one written first."""
 
-    changed: bool
+    changed: bool  # something new was written: the study's first write, or a new image (``amended``)
     model_version: str
     scored_at: datetime
     priority: float
@@ -38,6 +42,13 @@ class StoredScore:
     arm: str = ""  # "" for a study written before the hash kept its arm
     threshold: float | None = None
     shadow: PredictionEventV1 | None = None
+    amended: bool = False  # a later write that added images to a study already scored
+    image_id: str | None = None  # the image the study's values are of ("" before studies kept images)
+    images: tuple[ImagePredictionV1, ...] = ()
+
+    @property
+    def first(self) -> bool:
+        return self.changed and not self.amended
 
 
 def upsert_study(
@@ -50,6 +61,7 @@ def upsert_study(
     cams: CamMaps | None = None,
     published: bool = False,
     shadow: PredictionEventV1 | None = None,
+    image_cams: Mapping[str, CamMaps] | None = None,
 ) -> StoredScore | None:
     """Write a scored study (hash, worklist entry, maps, shadow prediction) unless it was scored before.
 
@@ -59,9 +71,20 @@ def upsert_study(
     ``stored_score``.
     """
     study_id = prediction.study_id
+    images = _images_of(study, prediction)
     reply = sync_script(client, "upsert")(
-        keys=[keys.study(study_id), keys.worklist, keys.cam(study_id), keys.read, keys.shadow(study_id)],
-        args=_arguments(study, prediction, tier, cams, published=published, shadow=shadow),
+        keys=[
+            keys.study(study_id),
+            keys.worklist,
+            keys.cam(study_id),
+            keys.read,
+            keys.shadow(study_id),
+            keys.images(study_id),
+            *(keys.image_cam(study_id, image.image_id) for image in images),
+        ],
+        args=_arguments(
+            study, prediction, tier, cams, images, image_cams or {}, published=published, shadow=shadow
+        ),
         client=client,
     )
     if isinstance(client, redis.client.Pipeline):
@@ -71,9 +94,13 @@ def upsert_study(
 
 def stored_score(reply: Any) -> StoredScore:
     """The upsert script's reply."""
-    changed, version, scored_at, priority, probabilities, tier, published, arm, threshold, shadow = reply
+    changed, version, scored_at, priority, probabilities, tier, published, arm, threshold, shadow = reply[:10]
+    image_id, images = reply[10:]
     return StoredScore(
-        changed=bool(int(changed)),
+        changed=int(changed) > 0,
+        amended=int(changed) == 2,
+        image_id=text(image_id) or None,
+        images=tuple(ImagePredictionV1.model_validate_json(text(raw)) for raw in images),
         model_version=text(version),
         scored_at=datetime.fromisoformat(text(scored_at)),
         priority=float(text(priority)),
@@ -99,11 +126,52 @@ def mark_published(client: redis.Redis, *, keys: WorklistKeys, study_ids: Iterab
         pipe.execute()
 
 
+def _images_of(study: StudyEventV1, prediction: PredictionEventV1) -> tuple[ImagePredictionV1, ...]:
+    """The prediction's images, or for one from before predictions listed them, its study's images unread
+    but for the one it was made of (the study's top-level image)."""
+    if prediction.images:
+        return prediction.images
+    primary = study.primary_image
+    reading = {
+        "model_version": prediction.model_version,
+        "probabilities": prediction.probabilities,
+        "priority": prediction.priority,
+        "tier": prediction.tier,
+        "scored_at": prediction.scored_at,
+    }
+    return tuple(
+        ImagePredictionV1(**image.model_dump(), **(reading if image == primary else {}))
+        for image in study.all_images
+    )
+
+
+def _image_arguments(image: ImagePredictionV1, maps: CamMaps | None, order: int) -> list[str | bytes]:
+    read = image.scored
+    return [
+        image.image_id,
+        repr(image.priority) if read else "",
+        image.tier.value if read and image.tier else "",
+        image.model_version or "",
+        image.scored_at.isoformat() if image.scored_at else "",
+        json.dumps(image.probabilities) if read else "",
+        # The maps' shape and the image's place in the study ride along (``ImagePredictionV1`` ignores them):
+        # the API needs them to decode the maps and to list the images in the order they were sent.
+        json.dumps(
+            image.model_dump(mode="json")
+            | {"order": order}
+            | ({} if maps is None else {"cam_h": maps.height, "cam_w": maps.width})
+        ),
+        b"" if maps is None else maps.data,
+    ]
+
+
 def _arguments(
     study: StudyEventV1,
     prediction: PredictionEventV1,
     tier: Tier,
     cams: CamMaps | None,
+    images: tuple[ImagePredictionV1, ...],
+    image_cams: Mapping[str, CamMaps],
     *,
     published: bool = False,
     shadow: PredictionEventV1 | None = None,
@@ -136,5 +204,12 @@ def _arguments(
         "" if cams is None else str(cams.height),
         "" if cams is None else str(cams.width),
         "" if shadow is None else shadow.model_dump_json(),
+        prediction.image_id or "",
+        str(len(images)),
     ]
-    return [*head, *(item for pair in fields.items() for item in pair)]
+    per_image = [
+        item
+        for order, image in enumerate(images)
+        for item in _image_arguments(image, image_cams.get(image.image_id), order)
+    ]
+    return [*head, *per_image, *(item for pair in fields.items() for item in pair)]

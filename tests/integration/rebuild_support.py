@@ -2,11 +2,12 @@
 
 ``snapshot`` reads every key under a prefix except the ephemeral ones (leases, claims, pending verdicts,
 verdict locks) and the activation maps (not on any topic), and drops the maps' size fields from study
-hashes: what is left is what ``cxr-triage worklist rebuild`` promises to restore.
+hashes and from the images' records: what is left is what ``cxr-triage worklist rebuild`` promises to restore.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 
 import redis
@@ -29,6 +30,8 @@ def snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
             value = dict(client.hgetall(key))
             if name.startswith("study:"):
                 value = {k: v for k, v in value.items() if k not in MAP_FIELDS}
+            elif name.startswith("images:"):
+                value = {k: _without_map_fields(v) for k, v in value.items()}
             found[name] = value
         elif kind == "zset":
             found[name] = dict(cast(Any, client.zrange(key, 0, -1, withscores=True)))
@@ -48,3 +51,8 @@ def of_studies(state: dict[str, Any], ids: set[str]) -> dict[str, Any]:
         elif name.split(":")[1] in ids:
             out[name] = value
     return out
+
+
+def _without_map_fields(raw: bytes | str) -> dict[str, Any]:
+    record = json.loads(raw)
+    return {k: v for k, v in record.items() if k not in MAP_FIELDS}

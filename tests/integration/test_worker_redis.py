@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from cxr_triage.cams import encode_cams
-from cxr_triage.events import PredictionEventV1, StudyEventV1
+from cxr_triage.events import ImagePredictionV1, PredictionEventV1, StudyEventV1
 from cxr_triage.labels import LABELS, NUM_LABELS
 from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy, Tier
@@ -27,6 +27,7 @@ from cxr_triage.worklist.keys import WorklistKeys
 from inference_worker.errors import StageUnavailable
 from inference_worker.worklist import RedisWorklist, WorklistEntry
 from tests.integration.async_redis import async_redis
+from tests.study_images import study_entry
 
 pytestmark = pytest.mark.integration
 
@@ -286,3 +287,79 @@ def test_a_study_is_scored_once_per_role_with_its_arm_and_shadow(
     assert again.arm == "champion"
     with pytest.raises(ValueError, match="serving"):
         worklist.write([replace(plain, prediction=shadow)])
+
+
+def _stored_images(client: redis.Redis, keys: RedisKeys, study_id: str) -> dict[str, float | None]:
+    stored = client.hgetall(WorklistKeys(keys.prefix).images(study_id))
+    return {k: ImagePredictionV1.model_validate_json(v).priority for k, v in stored.items()}
+
+
+def test_a_late_more_urgent_image_raises_the_waiting_study_and_keeps_the_first_reading(
+    redis_url: str, keys: RedisKeys
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    raw = redis.Redis.from_url(redis_url)
+    index = WorklistKeys(keys.prefix)
+    worklist = writer(client, keys)
+    (first,) = worklist.write([study_entry("S-1", {"a-1": 0.3})])
+    assert first.first and first.image_id == "a-1" and [i.image_id for i in first.images] == ["a-1"]
+    worklist.mark_published(["S-1"])
+    assert client.zrange(index.unread(Tier.ROUTINE), 0, -1) == ["S-1"]
+
+    # The study again with a second PA: the first image read again gives another value (a new model version),
+    # which never replaces its first reading; the new image is more urgent, so the study becomes its.
+    late = study_entry("S-1", {"a-1": 0.6, "a-2": 0.95}, version="2")
+    (amended,) = worklist.write([late])
+    assert amended.changed and amended.amended and not amended.first and not amended.published
+    assert (amended.priority, amended.tier, amended.image_id, amended.model_version) == (
+        0.95,
+        Tier.CRITICAL,
+        "a-2",
+        "2",
+    )
+    assert _stored_images(client, keys, "S-1") == {"a-1": 0.3, "a-2": 0.95}
+    assert client.zscore(keys.worklist, "S-1") == 0.95
+    assert client.zrange(index.unread(Tier.CRITICAL), 0, -1) == ["S-1"]
+    assert client.zrange(index.unread(Tier.ROUTINE), 0, -1) == []
+    assert client.zcard(keys.worklist) == 1  # one study, one entry
+    assert raw.get(index.cam("S-1")) == late.image_cams["a-2"].data  # the study's maps are its image's
+    assert raw.get(index.image_cam("S-1", "a-1")) == first_maps(study_entry("S-1", {"a-1": 0.3}))
+    published = amended.applied_to(late.prediction)
+    assert published.image_id == "a-2" and published.priority == 0.95
+    assert [(i.image_id, i.priority) for i in published.images] == [("a-1", 0.3), ("a-2", 0.95)]
+
+    # The same event again (a replay) adds nothing; Kafka has not acknowledged it yet, so it is republished.
+    (replay,) = worklist.write([late])
+    assert not replay.changed and not replay.published and replay.applied_to(late.prediction) == published
+
+
+def first_maps(entry_: WorklistEntry) -> bytes:
+    return entry_.image_cams[entry_.prediction.image_id or ""].data
+
+
+def test_a_late_lateral_or_less_urgent_image_is_added_without_moving_the_study(
+    client: redis.Redis, keys: RedisKeys
+) -> None:
+    worklist = writer(client, keys)
+    worklist.write([study_entry("S-1", {"a-1": 0.7})])
+    (lateral,) = worklist.write([study_entry("S-1", {"a-1": 0.7, "l-1": None}, views={"l-1": "LATERAL"})])
+    assert lateral.amended and (lateral.priority, lateral.image_id) == (0.7, "a-1")
+    assert _stored_images(client, keys, "S-1") == {"a-1": 0.7, "l-1": None}
+    (calmer,) = worklist.write([study_entry("S-1", {"a-1": 0.7, "l-1": None, "a-2": 0.1})])
+    assert calmer.amended and (calmer.priority, calmer.image_id) == (0.7, "a-1")
+    assert client.zscore(keys.worklist, "S-1") == 0.7
+    assert {i.image_id: i.view for i in calmer.images} == {"a-1": "PA", "l-1": "LATERAL", "a-2": "PA"}
+
+
+def test_a_late_image_of_a_read_study_is_kept_but_never_puts_it_back(
+    client: redis.Redis, keys: RedisKeys
+) -> None:
+    worklist = writer(client, keys)
+    worklist.write([study_entry("S-1", {"a-1": 0.2})])
+    index = WorklistKeys(keys.prefix)
+    client.zadd(index.read, {"S-1": time.time()})  # read meanwhile (what `complete` leaves)
+    client.zrem(keys.worklist, "S-1")
+    (late,) = worklist.write([study_entry("S-1", {"a-1": 0.2, "a-2": 0.99})])
+    assert late.amended and late.priority == 0.2 and late.status == "read"
+    assert _stored_images(client, keys, "S-1") == {"a-1": 0.2, "a-2": 0.99}
+    assert client.zscore(keys.worklist, "S-1") is None

@@ -152,7 +152,8 @@ class FakeScorer:
 
 
 class FakeWorklist:
-    """The Redis script's rule, in memory: the first prediction written for a study wins."""
+    """The Redis script's rule, in memory: the first prediction written for a study wins (late images are the
+    script's own business: tests/integration/test_worker_redis.py)."""
 
     def __init__(self, journal: list[str]) -> None:
         self.journal = journal
@@ -182,6 +183,8 @@ class FakeWorklist:
                 arm=p.arm,
                 threshold=p.threshold,
                 shadow=entry.shadow,
+                image_id=p.image_id,
+                images=p.images,
             )
             outcomes.append(self.stored[p.study_id])
         return outcomes
