@@ -82,7 +82,29 @@ class VerdictSummary(BaseModel):
     decided_at: datetime
 
 
+class ImagePublic(BaseModel):
+    """One image of a study with its own reading (none for a view the model does not read)."""
+
+    image_id: str
+    view: Literal["PA", "AP", "LATERAL", "UNKNOWN"]
+    flags: list[str] = Field(description="What a reader should know and the model cannot judge")
+    scored: bool = Field(
+        description="Whether the model read this image (a lateral only if it reads laterals)"
+    )
+    primary: bool = Field(description="The study's values are this image's (its most urgent image)")
+    model_version: str | None
+    priority: float | None
+    tier: Tier | None
+    probabilities: dict[str, float] | None
+    top_findings: list[TopFinding]
+    heatmap_available: bool
+    image_url: str = Field(description="GET: this image as PNG")
+    heatmap_url: str | None = Field(description="GET with ?finding=: this image's activation map over it")
+
+
 class StudyDetail(StudyPublic):
+    image_id: str | None = Field(description="The image the study's values are of (its most urgent)")
+    images: list[ImagePublic] = Field(description="Every image of the study, in the order they were sent")
     status: StudyStatus
     sla: SlaPublic
     lease: LeasePublic | None

@@ -17,7 +17,9 @@ from cxr_triage.worklist.keys import WorklistKeys
 from cxr_triage.worklist.page import PageRow, read_page
 from priority_queue_api.errors import StudyNotFound
 from priority_queue_api.models import (
+    ImagePublic,
     StudyDetail,
+    TopFinding,
     VerdictSummary,
     WorklistPublic,
 )
@@ -159,12 +161,48 @@ async def fetch_study(*, redis: Redis, keys: WorklistKeys, sla: SlaPolicy, study
         pipe.zscore(keys.claims, study_id)
         pipe.exists(keys.cam(study_id))
         pipe.hvals(keys.verdicts(study_id))
-        fields, lease, read_at, on_worklist, lease_end, has_cam, verdicts = await pipe.execute()
+        pipe.hvals(keys.images(study_id))
+        fields, lease, read_at, on_worklist, lease_end, has_cam, verdicts, images = await pipe.execute()
     if not fields:
         raise StudyNotFound(study_id)
+    stored = sorted((json.loads(raw) for raw in images), key=lambda image: image.get("order", 0))
+    async with redis.pipeline(transaction=False) as pipe:
+        for image in stored:
+            pipe.exists(keys.image_cam(study_id, image["image_id"]))
+        image_cams = await pipe.execute() if stored else []
     # The claims set's score is the lease's real end (what expiry acts on); an expired lease shows as none.
     active = lease if lease and lease_end is not None and lease_end > now else {}
-    return detail_from(fields, active, read_at, on_worklist, bool(has_cam), verdicts, sla=sla, now=now)
+    detail = detail_from(fields, active, read_at, on_worklist, bool(has_cam), verdicts, sla=sla, now=now)
+    return detail.model_copy(
+        update={
+            "images": [
+                image_public(study_id, image, primary=image["image_id"] == detail.image_id, has_cam=bool(cam))
+                for image, cam in zip(stored, image_cams, strict=True)
+            ]
+        }
+    )
+
+
+def image_public(study_id: str, image: Mapping[str, Any], *, primary: bool, has_cam: bool) -> ImagePublic:
+    """One stored image (``ImagePredictionV1`` JSON) as the API shows it: no store path, links instead."""
+    probabilities = image.get("probabilities")
+    base = f"/studies/{study_id}/images/{image['image_id']}"
+    available = has_cam and image.get("cam_h") is not None
+    return ImagePublic(
+        image_id=image["image_id"],
+        view=image.get("view", "UNKNOWN"),
+        flags=list(image.get("flags", [])),
+        scored=probabilities is not None,
+        primary=primary,
+        model_version=image.get("model_version"),
+        priority=image.get("priority"),
+        tier=image.get("tier"),
+        probabilities=probabilities,
+        top_findings=[TopFinding(**f) for f in top_findings(probabilities)] if probabilities else [],
+        heatmap_available=available,
+        image_url=f"{base}/image",
+        heatmap_url=f"{base}/heatmap" if available else None,
+    )
 
 
 def detail_from(
@@ -207,6 +245,8 @@ def detail_from(
             "scoring_latency_s": (study["scored_at"] - study["received_at"]).total_seconds(),
             "read_at": _ts(read_at) if read_at is not None else None,
             "heatmap_available": has_cam and "cam_h" in fields and "cam_w" in fields,
+            "image_id": fields.get("image_id"),
+            "images": [],
             "verdicts": summaries,
         }
     )

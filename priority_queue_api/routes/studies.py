@@ -114,6 +114,80 @@ async def get_heatmap(
     return Response(png, media_type="image/png", headers=_NO_STORE)
 
 
+ImageId = Annotated[
+    str,
+    Path(
+        pattern=STUDY_ID_PATTERN, description="Image id (a pseudonymised SOPInstanceUID, or a content sha256)"
+    ),
+]
+
+
+@router.get(
+    "/studies/{study_id}/images/{image_id}/image",
+    response_class=Response,
+    responses={200: _PNG, **error_responses(401, 403, 404)},
+)
+async def get_study_image(
+    user: Viewer,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    image_id: ImageId,
+    max_side: MaxSide = None,
+) -> Response:
+    """One image of the study (``images[]`` of ``GET /studies/{id}``) as a greyscale PNG."""
+    with auditor.recording(user, "view", "image", study_id):
+        png = await image_png(
+            redis=redis,
+            keys=keys,
+            store=store,
+            study_id=study_id,
+            image_id=image_id,
+            max_side=max_side or policy.image_max_side,
+        )
+    return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
+@router.get(
+    "/studies/{study_id}/images/{image_id}/heatmap",
+    response_class=Response,
+    responses={200: _PNG, **error_responses(401, 403, 404)},
+)
+async def get_study_image_heatmap(
+    user: Viewer,
+    redis: RedisDep,
+    redis_bytes: RedisBytesDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    image_id: ImageId,
+    finding: Annotated[
+        str, Query(description="One of the 14 findings", json_schema_extra={"enum": list(LABELS)})
+    ],
+    max_side: MaxSide = None,
+) -> Response:
+    """One image of the study with its own class-activation map for ``finding`` blended over it (PNG)."""
+    with auditor.recording(user, "view", "heatmap", study_id):
+        if finding not in LABELS:
+            raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
+        png = await heatmap_png(
+            redis=redis,
+            redis_bytes=redis_bytes,
+            keys=keys,
+            store=store,
+            study_id=study_id,
+            image_id=image_id,
+            finding=finding,
+            max_side=max_side or policy.image_max_side,
+        )
+    return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
 @router.get(
     "/studies/{study_id}/patient", response_model=PatientDetails, responses=error_responses(401, 403, 404)
 )

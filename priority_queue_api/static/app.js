@@ -4,7 +4,8 @@
 const $ = (sel) => document.querySelector(sel);
 const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh_ms")) || 5000;
 const state = {
-  token: sessionStorage.getItem("cxr-token"), me: null, study: null, timer: null, labels: [], pendingVerdict: null,
+  token: sessionStorage.getItem("cxr-token"), me: null, study: null, image: null, timer: null, labels: [],
+  pendingVerdict: null,
 };
 
 function say(text, isError = false) {
@@ -176,9 +177,8 @@ async function openStudy(studyId, known = null) {
   select.replaceChildren(...Object.keys(s.probabilities).map((label) => new Option(label, label)));
   select.value = s.top_findings.length ? s.top_findings[0].label : "No Finding";
   $("#heatmap-toggle").checked = false;
-  $("#heatmap-toggle").disabled = !s.heatmap_available;
-  $("#image-note").textContent = s.heatmap_available ? "" : "No activation maps for this study.";
-  await loadImage();
+  fillImageStrip(s);
+  await selectImage(s.images.find((i) => i.primary) || s.images[0] || null);
   const agree = $("#agree");
   if (!agree.closest("[hidden]")) agree.focus(); else $("#back").focus();
 }
@@ -214,12 +214,50 @@ async function showPatient() {
   }
 }
 
+// A study's images (PA, lateral, repeats): one button each; the study opens on its most urgent image.
+function fillImageStrip(s) {
+  $("#image-strip").hidden = s.images.length < 2;
+  $("#image-strip").replaceChildren(...s.images.map((image, n) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.setAttribute("role", "tab");
+    b.dataset.image = image.image_id;
+    b.textContent = `${n + 1}. ${image.view}` + (image.scored ? ` · ${image.priority.toFixed(2)}` : " · not read");
+    b.title = (image.scored ? `Priority ${image.priority.toFixed(3)} (model v${image.model_version})`
+      : "The model does not read this view") + (image.flags.length ? ` · ${image.flags.join(", ")}` : "");
+    b.addEventListener("click", () => selectImage(image));
+    return b;
+  }));
+}
+
+async function selectImage(image) {
+  const s = state.study;
+  state.image = image;
+  for (const b of $("#image-strip").children) b.setAttribute("aria-selected", String(b.dataset.image === image?.image_id));
+  const maps = image ? image.heatmap_available : s.heatmap_available;
+  $("#heatmap-toggle").disabled = !maps;
+  if (!maps) $("#heatmap-toggle").checked = false;
+  $("#image-note").textContent = maps ? "" : image && !image.scored
+    ? `${image.view}: shown, not read by the model.` : "No activation maps for this image.";
+  await loadImage();
+}
+
+function nextImage() {
+  const images = state.study.images;
+  if (images.length < 2) return;
+  const at = images.findIndex((i) => i.image_id === state.image?.image_id);
+  selectImage(images[(at + 1) % images.length]);
+}
+
 async function loadImage() {
   const s = state.study;
   const finding = $("#heatmap-finding").value;
+  const base = state.image
+    ? `/studies/${encodeURIComponent(s.study_id)}/images/${encodeURIComponent(state.image.image_id)}`
+    : `/studies/${encodeURIComponent(s.study_id)}`;
   const path = $("#heatmap-toggle").checked
-    ? `/studies/${encodeURIComponent(s.study_id)}/heatmap?finding=${encodeURIComponent(finding)}`
-    : `/studies/${encodeURIComponent(s.study_id)}/image`;
+    ? `${base}/heatmap?finding=${encodeURIComponent(finding)}`
+    : `${base}/image`;
   try {
     const blob = await (await api(path)).blob();
     const img = $("#study-image");
@@ -332,6 +370,7 @@ function onKey(event) {
   else if (inStudy && event.key === "a" && !$("#verdict-form").hidden) { event.preventDefault(); submitVerdict(true); }
   else if (inStudy && event.key === "r" && !$("#release").hidden) { event.preventDefault(); release(); }
   else if (inStudy && event.key === "p") showPatient();
+  else if (inStudy && event.key === "i") { event.preventDefault(); nextImage(); }
   else if (inStudy && event.key === "h" && !$("#heatmap-toggle").disabled) {
     event.preventDefault();
     $("#heatmap-toggle").checked = !$("#heatmap-toggle").checked;

@@ -18,7 +18,10 @@ from playwright.sync_api import Browser, Page, Route, expect
 from cxr_triage import topics
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import LABELS
+from cxr_triage.settings import Settings
+from cxr_triage.sla import SlaPolicy
 from cxr_triage.worklist.keys import WorklistKeys
+from inference_worker.worklist import RedisWorklist
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.dicom_files import PLANTED, chest_pixels, radiograph, to_bytes
@@ -26,6 +29,7 @@ from tests.factories import png_bytes
 from tests.integration.api_support import api_settings, make_users, put_study, serve
 from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, wait_for_port
 from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
+from tests.study_images import study_entry
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +44,7 @@ class Site:
     kafka: KafkaBroker
     redis: redis.Redis
     keys: WorklistKeys
+    settings: Settings
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             r.hset(keys.study("top-critical"), mapping={"cam_h": 8, "cam_w": 8})
             r.set(keys.cam("top-critical"), cams.tobytes())
             with serve(create_app(settings, policy=ApiPolicy(verdict_timeout_s=10.0))) as url:
-                yield Site(url, tokens, kafka, r, keys)
+                yield Site(url, tokens, kafka, r, keys, settings)
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
@@ -249,3 +254,51 @@ def test_an_engineer_cannot_ask_for_the_patient(page: Page, site: Site) -> None:
     expect(page.locator("#show-patient")).to_be_hidden()
     page.keyboard.press("p")
     expect(page.locator("#patient-name")).to_have_text("")
+
+
+def test_a_radiologist_flips_between_the_images_of_a_study(page: Page, site: Site) -> None:
+    """A PA, a lateral the model does not read, then a late more urgent PA: one row, three images."""
+    store = LocalImageStore(site.settings.image_store_dir)
+    sizes = {"pa-1": 200, "lat-1": 240, "pa-2": 280}
+    uris = {
+        i: store.put(png_bytes(seed=n + 7, size=side), suffix=".png")
+        for n, (i, side) in enumerate(sizes.items())
+    }
+    worklist = RedisWorklist(site.redis, site.keys, policy=SlaPolicy())
+    views = {"lat-1": "LATERAL"}
+    worklist.write([study_entry("multi-image", {"pa-1": 0.3, "lat-1": None}, views=views, uris=uris)])
+    late = {"pa-1": 0.3, "lat-1": None, "pa-2": 0.5}
+    worklist.write([study_entry("multi-image", late, views=views, uris=uris, corners={"pa-2": 1})])
+
+    page.goto(site.url)
+    page.fill("#token", site.tokens["rad"])
+    page.click("#signin")
+    expect(page.locator('#worklist tr[data-study="multi-image"]')).to_have_count(1)
+    page.locator('#worklist tr[data-study="multi-image"]').click()
+    buttons = page.locator("#image-strip button")
+    expect(buttons).to_have_text(["1. PA · 0.30", "2. LATERAL · not read", "3. PA · 0.50"])
+    selected = page.locator('#image-strip button[aria-selected="true"]')
+
+    def shown_width() -> int:
+        page.wait_for_function("document.querySelector('#study-image').complete")
+        return int(page.evaluate("document.querySelector('#study-image').naturalWidth"))
+
+    expect(selected).to_have_text("3. PA · 0.50")  # the study opens on its most urgent image
+    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 280")
+    expect(page.locator("#heatmap-toggle")).to_be_enabled()
+
+    page.keyboard.press("i")
+    expect(selected).to_have_text("1. PA · 0.30")
+    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 200")
+    page.keyboard.press("i")
+    expect(selected).to_have_text("2. LATERAL · not read")
+    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 240")
+    expect(page.locator("#heatmap-toggle")).to_be_disabled()
+    expect(page.locator("#image-note")).to_contain_text("not read by the model")
+
+    buttons.nth(2).click()
+    expect(selected).to_have_text("3. PA · 0.50")
+    page.keyboard.press("h")  # this image's own map over it
+    expect(page.locator("#heatmap-toggle")).to_be_checked()
+    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 280")
+    assert shown_width() == 280
