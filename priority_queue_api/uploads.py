@@ -19,7 +19,7 @@ from PIL import Image
 
 from cxr_triage.events import StudyEventV1
 from cxr_triage.image_store import ImageStore
-from cxr_triage.imaging import ImageRejected, sniff_content_type
+from cxr_triage.imaging import ImageRejected, read_dicom, sniff_content_type
 from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
 from cxr_triage.ingest.service import publish_images, reject
@@ -95,14 +95,11 @@ def declared_dimensions(data: bytes) -> tuple[int, int]:
     """Width and height from the file's header, without decoding pixels; ``ImageRejected`` if unreadable."""
     kind = sniff_content_type(data)
     if kind == "application/dicom":
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-
+        ds = read_dicom(data, pixels=False)
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
             return int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0)
-        except (InvalidDicomError, OSError, ValueError, KeyError, TypeError) as exc:
-            raise ImageRejected(f"unreadable DICOM: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ImageRejected(f"unreadable DICOM image size: {exc}") from exc
     try:
         with warnings.catch_warnings():
             # The header alone is read here; the pixel cap below is the bomb guard, not PIL's warning.

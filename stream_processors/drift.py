@@ -44,11 +44,11 @@ class InputSample(BaseModel):
     dark_fraction: float = Field(ge=0.0, le=1.0)
     width: int = Field(ge=1)
     height: int = Field(ge=1)
-    view: str = "unknown"
+    view: str = "UNKNOWN"
     source: str = "unknown"
 
 
-def input_sample(pixels: np.ndarray, *, view: str = "unknown", source: str = "unknown") -> InputSample:
+def input_sample(pixels: np.ndarray, *, view: str = "UNKNOWN", source: str = "unknown") -> InputSample:
     """Summarise a 2-D uint8 greyscale image (as ``cxr_triage.imaging.decode_grayscale`` returns it)."""
     if pixels.ndim != 2 or pixels.size == 0:
         raise ValueError(f"expected a non-empty 2-D greyscale image, got shape {pixels.shape}")

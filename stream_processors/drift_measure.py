@@ -33,6 +33,13 @@ class LabelledImage:
     source: str
 
 
+def _view(row: dict[str, str]) -> str:
+    """The events' view vocabulary (``cxr_triage.events.View``) from CheXpert's two columns."""
+    if (row.get("Frontal/Lateral") or "").lower() == "lateral":
+        return "LATERAL"
+    return (row.get("AP/PA") or "").upper() if row.get("AP/PA") in ("AP", "PA") else "UNKNOWN"
+
+
 def load_folder(root: Path) -> list[LabelledImage]:
     labels = root / "labels.csv"
     if not labels.is_file():
@@ -42,7 +49,7 @@ def load_folder(root: Path) -> list[LabelledImage]:
     return [
         LabelledImage(
             pixels=decode_grayscale((root / row["Path"]).read_bytes()),
-            view=row.get("AP/PA") or "unknown",
+            view=_view(row),
             source=row.get("source") or "unknown",
         )
         for row in rows

@@ -11,13 +11,10 @@ live only in this state document, never in a log line, a metric or a drift repor
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-
-from cxr_triage.events import ContentType
 
 
 class DriftWindows(BaseModel):
@@ -80,17 +77,3 @@ def add_sample(
 
 def reported(windows: DriftWindows) -> DriftWindows:
     return windows.model_copy(update={"added_since_report": 0})
-
-
-def view_of(data: bytes, content_type: ContentType) -> str:
-    """The DICOM ViewPosition (PA, AP, LL...) of a DICOM image; "unknown" for PNG/JPEG or when absent."""
-    if content_type != "application/dicom":
-        return "unknown"
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError):
-        return "unknown"
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    return view or "unknown"

@@ -36,7 +36,7 @@ from cxr_triage.imaging import ImageRejected, decode_grayscale
 from stream_processors import rollout_policy
 from stream_processors.config import ProcessorSettings
 from stream_processors.drift import DriftThresholds, InputSample, drift_report, input_sample
-from stream_processors.drift_windows import DriftWindows, add_sample, reported, view_of
+from stream_processors.drift_windows import DriftWindows, add_sample, reported
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.online_metrics import compute_metrics
 from stream_processors.paired_metrics import ArmMetrics, PairedMetrics, arm_metrics, paired_metrics
@@ -432,7 +432,8 @@ class Monitors:
         except (ImageStoreError, ImageRejected) as exc:
             logger.warning("input not summarised for drift", extra={"error_type": type(exc).__name__})
             return None
-        return input_sample(pixels, view=view_of(data, study.content_type), source=study.source)
+        # The view was read from the header at ingest (PA, AP, LATERAL, UNKNOWN for PNG / JPEG).
+        return input_sample(pixels, view=study.primary_image.view, source=study.source)
 
     def add_drift_sample(self, sample: InputSample, prediction: PredictionEventV1) -> None:
         with self._drift_lock:

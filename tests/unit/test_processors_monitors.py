@@ -3,19 +3,22 @@ drift windows across a replay."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr_triage.events import StudyEventV1, StudyImageV1
 from cxr_triage.feedback.store import FeedbackStore, StoredExample
+from cxr_triage.image_store import LocalImageStore
 from stream_processors.config import ProcessorSettings
 from stream_processors.drift import input_sample
 from stream_processors.metrics import ProcessorMetrics
 from stream_processors.monitors import Monitors
-from tests.factories import feedback_event
-from tests.processors_factories import T0, prediction
+from tests.factories import feedback_event, png_bytes
+from tests.processors_factories import T0, prediction, study
 
 
 class CountingStore(FeedbackStore):
@@ -120,3 +123,32 @@ def test_a_replayed_study_adds_no_second_drift_sample_and_its_id_stays_out_of_th
     monitors.add_drift_sample(samples[1], prediction("study-1"))  # replayed after a kill -9
     assert monitors._drift.reference_ids == ("study-0", "study-1", "study-2")
     assert len(monitors._drift.reference) == len(monitors._drift.reference_priorities) == 3
+
+
+def test_a_drift_sample_takes_the_view_the_gateway_read_from_the_header(tmp_path: Path) -> None:
+    images = LocalImageStore(tmp_path / "images")
+    config = ProcessorSettings(home=tmp_path)
+    monitors = Monitors(
+        config, store=FeedbackStore(config.feedback_db_path), metrics=ProcessorMetrics(), images=images
+    )
+
+    def image(view: str, seed: int) -> StudyImageV1:
+        data = png_bytes(seed=seed, size=64)
+        return StudyImageV1(
+            image_id=f"i-{view.lower()}",
+            image_uri=images.put(data, suffix=".png"),
+            sha256=hashlib.sha256(data).hexdigest(),
+            content_type="image/png",
+            size_bytes=len(data),
+            view=view,  # type: ignore[arg-type]
+        )
+
+    # A lateral first: the drift sample is of the study's primary (first frontal) image, an AP.
+    studied = StudyEventV1.of_images(
+        [image("LATERAL", 3), image("AP", 4)], study_id="s-drift", received_at=T0, source="ward-3"
+    )
+    sample = monitors.summarise_input(studied)
+    assert sample is not None and (sample.view, sample.source) == ("AP", "ward-3")
+    data = png_bytes(seed=5, size=64)
+    unstated = monitors.summarise_input(study("s-png", image_uri=images.put(data, suffix=".png"), data=data))
+    assert unstated is not None and unstated.view == "UNKNOWN"
