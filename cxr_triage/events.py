@@ -62,7 +62,23 @@ class StudyImageV1(BaseModel):
         return self.view != "LATERAL"
 
 
-class StudyEventV1(Event):
+class StudyPseudonyms(BaseModel):
+    """A study's patient and study identifiers, as keyed pseudonyms made at ingest (never the values).
+
+    The same patient gets the same ``patient`` on every study, so training can split by patient and a
+    reader's history can be joined without the identifier itself crossing the gateway.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    accession: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    patient: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    patient_name: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    birth_date: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+    institution: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
+
+
+class StudyEventV1(Event, StudyPseudonyms):
     """A study that arrived and waits to be scored (topic ``cxr.studies.v1``, key = study id).
 
     ``images`` lists every image of the study received so far; a study with a late image is published again
@@ -82,9 +98,6 @@ class StudyEventV1(Event):
     received_at: datetime
     source: str = Field(default="unknown", max_length=128)
     images: tuple[StudyImageV1, ...] = ()
-    accession: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
-    patient: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
-    institution: str | None = Field(default=None, pattern=STUDY_ID_PATTERN)
 
     @property
     def all_images(self) -> tuple[StudyImageV1, ...]:
@@ -110,7 +123,9 @@ class StudyEventV1(Event):
         )
 
     @classmethod
-    def of_images(cls, images: Sequence[StudyImageV1], **fields: Any) -> StudyEventV1:
+    def of_images(
+        cls, images: Sequence[StudyImageV1], *, pseudonyms: StudyPseudonyms | None = None, **fields: Any
+    ) -> StudyEventV1:
         """A study event whose top-level image is the first frontal one (else the first)."""
         if not images:
             raise ValueError("a study needs at least one image")
@@ -121,6 +136,7 @@ class StudyEventV1(Event):
             content_type=primary.content_type,
             size_bytes=primary.size_bytes,
             images=tuple(images),
+            **(pseudonyms or StudyPseudonyms()).model_dump(),
             **fields,
         )
 

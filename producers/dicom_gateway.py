@@ -28,7 +28,7 @@ from cxr_triage.ingest.dicom_header import check_sop_class
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.validate import MAX_FILE_BYTES, SUFFIX_FOR, prepare_bytes, sha256_of
-from producers.study_buffer import StudyBuffer, StudyFields, publish_complete
+from producers.study_buffer import StudyBuffer, publish_complete
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +111,7 @@ class DicomGateway:
             return self._refuse(exc, sha256_of(data))
         try:
             uri = self.store.put(prepared.data, suffix=SUFFIX_FOR[prepared.content_type])
-            fields = StudyFields(prepared.accession, prepared.patient, prepared.institution)
-            added = self.buffer.add(prepared.study_id, prepared.image(uri), fields)
+            added = self.buffer.add(prepared.study_id, prepared.image(uri), prepared.pseudonyms)
         except OSError as exc:  # a full disk: the sender keeps the instance and retries later
             logger.error("instance not stored", extra={"error": type(exc).__name__})
             self.metrics.instances.labels("failed").inc()

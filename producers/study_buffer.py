@@ -9,7 +9,6 @@ while, so that a late image republishes its study whole, with the images publish
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -19,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cxr_triage import topics
-from cxr_triage.events import StudyEventV1, StudyImageV1, utcnow
+from cxr_triage.events import StudyEventV1, StudyImageV1, StudyPseudonyms, utcnow
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
 
 logger = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
     study_id TEXT PRIMARY KEY,
-    fields TEXT NOT NULL,            -- accession, patient, institution pseudonyms (JSON)
+    fields TEXT NOT NULL,            -- the study's pseudonyms (StudyPseudonyms as JSON)
     first_received TEXT NOT NULL,    -- ISO time of the study's first image: its age on the worklist
     last_received TEXT NOT NULL,
     closed INTEGER NOT NULL DEFAULT 0
@@ -49,13 +48,6 @@ class DueStudy:
     new_image_ids: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class StudyFields:
-    accession: str | None = None
-    patient: str | None = None
-    institution: str | None = None
-
-
 class StudyBuffer:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +58,7 @@ class StudyBuffer:
         self._lock = threading.Lock()
 
     def add(
-        self, study_id: str, image: StudyImageV1, fields: StudyFields, at: datetime | None = None
+        self, study_id: str, image: StudyImageV1, pseudonyms: StudyPseudonyms, at: datetime | None = None
     ) -> bool:
         """Keep ``image`` for ``study_id``; False if the study already has it (a resend: nothing changes)."""
         now = (at or utcnow()).isoformat()
@@ -88,7 +80,7 @@ class StudyBuffer:
                         "INSERT INTO studies (study_id, fields, first_received, last_received) "
                         "VALUES (?, ?, ?, ?) ON CONFLICT (study_id) DO UPDATE "
                         "SET last_received = excluded.last_received, closed = 0",
-                        (study_id, _fields_json(fields), now, now),
+                        (study_id, pseudonyms.model_dump_json(), now, now),
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -125,7 +117,7 @@ class StudyBuffer:
                     study_id=study_id,
                     received_at=datetime.fromisoformat(first_received),
                     source=source,
-                    **StudyFields(**_loads(fields)).__dict__,
+                    pseudonyms=StudyPseudonyms.model_validate_json(fields),
                 )
                 new = tuple(
                     image.image_id
@@ -175,15 +167,6 @@ class StudyBuffer:
     def close_db(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def _fields_json(fields: StudyFields) -> str:
-    return json.dumps(fields.__dict__, sort_keys=True)
-
-
-def _loads(text: str) -> dict[str, str | None]:
-    loaded: dict[str, str | None] = json.loads(text)
-    return loaded
 
 
 def publish_complete(

@@ -25,7 +25,7 @@ from cxr_triage.imaging import ImageRejected
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.validate import IMAGE_SUFFIXES, SUFFIX_FOR, prepare_bytes, sha256_of
-from producers.study_buffer import StudyBuffer, StudyFields, publish_complete
+from producers.study_buffer import StudyBuffer, publish_complete
 from producers.traffic import TokenBucket
 
 logger = logging.getLogger(__name__)
@@ -140,8 +140,7 @@ class FolderWatcher:
             self.ledger.add(key, size, mtime_ns, "rejected")
             return True
         uri = self.store.put(prepared.data, suffix=SUFFIX_FOR[prepared.content_type])
-        fields = StudyFields(prepared.accession, prepared.patient, prepared.institution)
-        self.buffer.add(prepared.study_id, prepared.image(uri), fields)
+        self.buffer.add(prepared.study_id, prepared.image(uri), prepared.pseudonyms)
         if prepared.content_type != "application/dicom":
             self.buffer.close([prepared.study_id])  # a PNG or JPEG is a study of its own
         self.ledger.add(key, size, mtime_ns, "stored")

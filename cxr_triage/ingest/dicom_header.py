@@ -1,6 +1,6 @@
 """What ingest reads from a DICOM instance's header: its SOP class, view, body part and identifiers.
 
-The identifiers are read only to be pseudonymised here (``pseudonymised``): the real values stay in the
+The identifiers are read only to be pseudonymised here (``study_pseudonyms``): the real values stay in the
 instance, which stays in the image store.
 """
 
@@ -12,9 +12,9 @@ from typing import Final
 
 from pydicom.uid import UID
 
-from cxr_triage.events import View
+from cxr_triage.events import StudyPseudonyms, View
 from cxr_triage.imaging import ImageRejected, check_dicom_image, read_dicom
-from cxr_triage.ingest.pseudonym import Pseudonymiser
+from cxr_triage.ingest.pseudonym import IdentifierKind, Pseudonymiser
 
 CR_IMAGE: Final = "1.2.840.10008.5.1.4.1.1.1"
 DX_FOR_PRESENTATION: Final = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -36,9 +36,7 @@ class PseudonymisedInstance:
     study_id: str
     instance_id: str
     series_id: str | None
-    patient: str | None
-    accession: str | None
-    institution: str | None
+    pseudonyms: StudyPseudonyms
     sop_class: str
     modality: str
     view: View
@@ -87,6 +85,27 @@ def _text(ds, keyword: str) -> str | None:  # type: ignore[no-untyped-def]
     return value or None
 
 
+# Each patient and study identifier the header may carry, and the kind its pseudonym is keyed under.
+_IDENTIFIERS: Final[dict[str, tuple[str, IdentifierKind]]] = {
+    "accession": ("AccessionNumber", "accession"),
+    "patient": ("PatientID", "patient_id"),
+    "patient_name": ("PatientName", "patient_name"),
+    "birth_date": ("PatientBirthDate", "birth_date"),
+    "institution": ("InstitutionName", "institution"),
+}
+
+
+def study_pseudonyms(ds, pseudonyms: Pseudonymiser) -> StudyPseudonyms:  # type: ignore[no-untyped-def]
+    """The header's patient and study identifiers as keyed pseudonyms; an empty tag stays empty."""
+    found = {field: _text(ds, keyword) for field, (keyword, _) in _IDENTIFIERS.items()}
+    return StudyPseudonyms(
+        **{
+            field: pseudonyms.token(_IDENTIFIERS[field][1], value) if value else None
+            for field, value in found.items()
+        }
+    )
+
+
 def read_instance(data: bytes, pseudonyms: Pseudonymiser) -> PseudonymisedInstance:
     """Check one DICOM instance's header and return it pseudonymised, or raise ``ImageRejected``."""
     ds = read_dicom(data, pixels=False)
@@ -97,16 +116,11 @@ def read_instance(data: bytes, pseudonyms: Pseudonymiser) -> PseudonymisedInstan
     if study_uid is None or instance_uid is None:
         raise ImageRejected("DICOM has no StudyInstanceUID or SOPInstanceUID", "mismatch")
     series_uid = _text(ds, "SeriesInstanceUID")
-    patient_id = _text(ds, "PatientID")
-    accession = _text(ds, "AccessionNumber")
-    institution = _text(ds, "InstitutionName")
     return PseudonymisedInstance(
         study_id=pseudonyms.uid(study_uid),
         instance_id=pseudonyms.uid(instance_uid),
         series_id=pseudonyms.uid(series_uid) if series_uid else None,
-        patient=pseudonyms.token("patient_id", patient_id) if patient_id else None,
-        accession=pseudonyms.token("accession", accession) if accession else None,
-        institution=pseudonyms.token("institution", institution) if institution else None,
+        pseudonyms=study_pseudonyms(ds, pseudonyms),
         sop_class=sop_class,
         modality=str(ds.get("Modality", "")),
         view=view_of(ds),

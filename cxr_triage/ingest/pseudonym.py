@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 IdentifierKind = Literal[
     "patient_name", "patient_id", "birth_date", "accession", "institution", "uid", "other"
 ]
+# Each kind's own prefix: a pseudonym says what it stands for, and two kinds never share one.
+_PREFIX: Final[dict[IdentifierKind, str]] = {
+    "patient_name": "n",
+    "patient_id": "p",
+    "birth_date": "b",
+    "accession": "a",
+    "institution": "i",
+    "uid": "u",
+    "other": "o",
+}
 # A DICOM UID made from a 128-bit number (PS3.5 B.2): a pseudonymised UID still works as a UID downstream.
 UID_ROOT: Final = "2.25."
 _MIN_KEY_BYTES: Final = 32
@@ -49,7 +59,7 @@ class Pseudonymiser:
 
     def token(self, kind: IdentifierKind, value: str) -> str:
         """Any other identifier -> 24 hex characters, prefixed by its kind's letter (``p-``, ``a-``...)."""
-        return f"{kind[0]}-{self._digest(kind, value)[:12].hex()}"
+        return f"{_PREFIX[kind]}-{self._digest(kind, value)[:12].hex()}"
 
 
 def load_key(settings: Settings) -> SecretStr:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxr_triage import topics
-from cxr_triage.events import DeadLetterEventV1, StudyEventV1, StudyImageV1, utcnow
+from cxr_triage.events import DeadLetterEventV1, StudyEventV1, StudyImageV1, StudyPseudonyms, utcnow
 from cxr_triage.image_store import ImageStore
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
@@ -44,14 +44,12 @@ class StoredImage:
 
     study_id: str
     image: StudyImageV1
-    accession: str | None = None
-    patient: str | None = None
-    institution: str | None = None
+    pseudonyms: StudyPseudonyms = field(default_factory=StudyPseudonyms)
 
 
 def store_image(image: PreparedImage, store: ImageStore) -> StoredImage:
     uri = store.put(image.data, suffix=SUFFIX_FOR[image.content_type])
-    return StoredImage(image.study_id, image.image(uri), image.accession, image.patient, image.institution)
+    return StoredImage(image.study_id, image.image(uri), image.pseudonyms)
 
 
 def publish_stored(
@@ -77,9 +75,7 @@ def publish_stored(
             study_id=study_id,
             received_at=utcnow(),
             source=source,
-            accession=first.accession,
-            patient=first.patient,
-            institution=first.institution,
+            pseudonyms=first.pseudonyms,
         )
         publisher.publish(topics.STUDIES, study_id, event)
         events.append(event)

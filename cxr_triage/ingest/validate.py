@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_triage.events import ContentType, StudyImageV1, View
+from cxr_triage.events import ContentType, StudyImageV1, StudyPseudonyms, View
 from cxr_triage.imaging import ImageRejected, decode_grayscale, sniff_content_type
 from cxr_triage.ingest.dicom_header import read_instance
 from cxr_triage.ingest.pseudonym import Pseudonymiser
@@ -73,9 +73,7 @@ class PreparedImage:
     image_id: str
     view: View = "UNKNOWN"
     flags: tuple[str, ...] = ()
-    accession: str | None = None
-    patient: str | None = None
-    institution: str | None = None
+    pseudonyms: StudyPseudonyms = field(default_factory=StudyPseudonyms)
 
     def image(self, uri: str) -> StudyImageV1:
         """The image as events carry it, once the store keeps it at ``uri``."""
@@ -109,7 +107,5 @@ def prepare_bytes(data: bytes, pseudonyms: Pseudonymiser) -> PreparedImage:
         image_id=instance.instance_id,
         view=instance.view,
         flags=instance.flags,
-        accession=instance.accession,
-        patient=instance.patient,
-        institution=instance.institution,
+        pseudonyms=instance.pseudonyms,
     )

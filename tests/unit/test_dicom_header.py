@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from cxr_triage.events import StudyPseudonyms
 from cxr_triage.imaging import ImageRejected
 from cxr_triage.ingest.dicom_header import read_instance
 from cxr_triage.ingest.pseudonym import Pseudonymiser
@@ -35,8 +36,15 @@ def test_identifiers_are_pseudonymised_and_nothing_planted_survives() -> None:
     instance = read_instance(to_bytes(ds), PSEUDONYMS)
     assert instance.study_id == PSEUDONYMS.uid(ds.StudyInstanceUID)
     assert instance.instance_id == PSEUDONYMS.uid(ds.SOPInstanceUID)
-    assert instance.patient == PSEUDONYMS.token("patient_id", PLANTED["PatientID"])
-    assert instance.accession == PSEUDONYMS.token("accession", PLANTED["AccessionNumber"])
+    assert instance.pseudonyms == StudyPseudonyms(
+        accession=PSEUDONYMS.token("accession", PLANTED["AccessionNumber"]),
+        patient=PSEUDONYMS.token("patient_id", PLANTED["PatientID"]),
+        patient_name=PSEUDONYMS.token("patient_name", PLANTED["PatientName"]),
+        birth_date=PSEUDONYMS.token("birth_date", PLANTED["PatientBirthDate"]),
+        institution=PSEUDONYMS.token("institution", PLANTED["InstitutionName"]),
+    )
+    made = instance.pseudonyms.model_dump().values()
+    assert all(made) and len({p.split("-")[0] for p in made}) == 5, "each kind has its own prefix"
     text = repr(instance)
     for value in (*PLANTED.values(), ds.StudyInstanceUID, ds.SOPInstanceUID, ds.SeriesInstanceUID):
         assert value not in text

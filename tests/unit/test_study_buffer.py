@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cxr_triage.events import StudyImageV1
-from producers.study_buffer import StudyBuffer, StudyFields
+from cxr_triage.events import StudyImageV1, StudyPseudonyms
+from producers.study_buffer import StudyBuffer
 
 T0 = datetime(2026, 12, 2, 8, tzinfo=UTC)
 
@@ -20,9 +20,9 @@ def _image(n: int, view: str = "PA") -> StudyImageV1:
 
 def test_a_study_is_due_after_its_quiet_time_with_all_its_images(tmp_path: Path) -> None:
     buffer = StudyBuffer(tmp_path / "b.sqlite3")
-    assert buffer.add("2.25.9", _image(1, "LATERAL"), StudyFields(patient="p-1"), at=T0)
-    assert buffer.add("2.25.9", _image(2), StudyFields(patient="p-1"), at=T0 + timedelta(seconds=5))
-    assert not buffer.add("2.25.9", _image(2), StudyFields(), at=T0 + timedelta(seconds=6)), "a resend"
+    assert buffer.add("2.25.9", _image(1, "LATERAL"), StudyPseudonyms(patient="p-1"), at=T0)
+    assert buffer.add("2.25.9", _image(2), StudyPseudonyms(patient="p-1"), at=T0 + timedelta(seconds=5))
+    assert not buffer.add("2.25.9", _image(2), StudyPseudonyms(), at=T0 + timedelta(seconds=6)), "a resend"
     assert buffer.due(quiet_s=10, source="t", now=T0 + timedelta(seconds=12)) == []
     (due,) = buffer.due(quiet_s=10, source="t", now=T0 + timedelta(seconds=16))
     assert [i.image_id for i in due.event.images] == ["2.25.1", "2.25.2"]
@@ -35,11 +35,11 @@ def test_a_study_is_due_after_its_quiet_time_with_all_its_images(tmp_path: Path)
 
 def test_a_closed_study_is_due_at_once_and_a_late_image_republishes_it_whole(tmp_path: Path) -> None:
     buffer = StudyBuffer(tmp_path / "b.sqlite3")
-    buffer.add("2.25.9", _image(1), StudyFields(), at=T0)
+    buffer.add("2.25.9", _image(1), StudyPseudonyms(), at=T0)
     buffer.close(["2.25.9"])
     (due,) = buffer.due(quiet_s=600, source="t", now=T0)
     buffer.mark_published("2.25.9", due.new_image_ids)
-    buffer.add("2.25.9", _image(2), StudyFields(), at=T0 + timedelta(minutes=5))
+    buffer.add("2.25.9", _image(2), StudyPseudonyms(), at=T0 + timedelta(minutes=5))
     (late,) = buffer.due(quiet_s=10, source="t", now=T0 + timedelta(minutes=6))
     assert [i.image_id for i in late.event.images] == ["2.25.1", "2.25.2"] and late.new_image_ids == (
         "2.25.2",
@@ -49,8 +49,8 @@ def test_a_closed_study_is_due_at_once_and_a_late_image_republishes_it_whole(tmp
 def test_pending_images_survive_a_restart_and_old_published_studies_are_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "b.sqlite3"
     first = StudyBuffer(path)
-    first.add("2.25.8", _image(1), StudyFields(), at=T0)
-    first.add("2.25.9", _image(2), StudyFields(), at=T0)
+    first.add("2.25.8", _image(1), StudyPseudonyms(), at=T0)
+    first.add("2.25.9", _image(2), StudyPseudonyms(), at=T0)
     first.close_db()
     again = StudyBuffer(path)
     assert again.pending() == 2
