@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydicom.dataset import Dataset
@@ -46,6 +46,8 @@ STATUS_FOR_KIND: Final = {
     "too_large": OUT_OF_RESOURCES,
 }
 REMEMBER_PUBLISHED: Final = timedelta(hours=24)
+# How an association ended: the metric label ``ending``.
+Ending = Literal["released", "aborted", "timed_out"]
 
 
 class GatewayMetrics:
@@ -67,6 +69,15 @@ class GatewayMetrics:
         self.pending = Gauge(
             "cxr_gateway_pending_studies", "Studies with images not yet published", registry=r
         )
+
+
+def _transfer_in_flight(assoc: Any) -> bool:
+    """A DIMSE message (a C-STORE's command or data set) was partly received when the association ended.
+
+    pynetdicom gathers P-DATA fragments in ``dimse.message`` and clears it once a message is whole; it has no
+    public way to ask, and this is the one place that reads it.
+    """
+    return getattr(getattr(assoc, "dimse", None), "message", None) is not None
 
 
 def _status(code: int, reason: str) -> Dataset:
@@ -132,13 +143,35 @@ class DicomGateway:
         )
         return _status(STATUS_FOR_KIND[exc.kind] if status is None else status, exc.reason)
 
-    def association_ended(self, event: Any, ending: str) -> None:
-        """The sender released (or lost) the association: its studies are complete as far as it is concerned."""
+    def association_ended(self, event: Any, ending: Ending) -> None:
+        """The sender released (or lost) the association: its studies are complete as far as it is concerned.
+
+        What it acknowledged is kept and published. An instance it was still sending when the association
+        was aborted or timed out was never acknowledged, so the sender still holds it: a dead letter says so.
+        """
+        assoc = event.assoc
+        if ending == "aborted" and assoc.dul.idle_timer_expired():
+            ending = "timed_out"  # the gateway cut off a silent sender (dicom_network_timeout_s)
         with self._lock:
-            studies = self._studies_by_association.pop(id(event.assoc), set())
+            studies = self._studies_by_association.pop(id(assoc), set())
         self.buffer.close(studies)
         self.metrics.associations.labels(ending).inc()
         logger.info("association ended", extra={"ending": ending, "studies": len(studies)})
+        if ending != "released" and _transfer_in_flight(assoc):
+            self._lost_in_flight(ending)
+
+    def _lost_in_flight(self, ending: str) -> None:
+        reason = (
+            f"association {ending.replace('_', ' ')} mid-transfer: the instance being sent was not received "
+            "whole, was not stored or acknowledged; the sender must send it again"
+        )
+        self.metrics.instances.labels("incomplete").inc()
+        logger.warning("instance lost mid-transfer", extra={"ending": ending})
+        self.publisher.dead_letter(
+            DeadLetterEventV1(
+                stage="producer", reason=reason, error_type="IncompleteTransfer", sha256=None, source=SOURCE
+            )
+        )
 
     def publish_due(self) -> int:
         """Publish every complete study; forget published ones after a day (a later image starts anew)."""

@@ -8,11 +8,16 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_triage import topics
@@ -121,6 +126,28 @@ def store_status(assoc: Any, ds: Dataset) -> tuple[int, str]:
     status = assoc.send_c_store(ds)
     assert status is not None and "Status" in status, "no C-STORE response"
     return int(status.Status), str(status.get("ErrorComment", ""))
+
+
+def send_part_of(assoc: Any, ds: Dataset, *, fraction: float = 0.5) -> int:
+    """Start a C-STORE of ``ds`` and stop after ``fraction`` of its P-DATA fragments: a transfer cut short.
+
+    Returns the number of fragments the whole instance takes (at least 2, or the cut would not be mid-way).
+    """
+    context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID)
+    syntax = UID(context.transfer_syntax[0])
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = ds.SOPClassUID
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(ds, syntax.is_implicit_VR, syntax.is_little_endian))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    fragments = list(message.encode_msg(context.context_id, assoc.acceptor.maximum_length))
+    assert len(fragments) >= 2, "the instance fits one fragment: it cannot be cut mid-transfer"
+    for fragment in fragments[: max(1, int(len(fragments) * fraction))]:
+        assoc.dul.send_pdu(fragment)
+    return len(fragments)
 
 
 def wait_until(check: Any, timeout_s: float, what: str) -> Any:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -29,7 +30,15 @@ from tests.dicom_files import (
     radiograph,
     to_bytes,
 )
-from tests.integration.gateway_support import AE_TITLE, Gateway, gateway_env, scu, store_status, wait_until
+from tests.integration.gateway_support import (
+    AE_TITLE,
+    Gateway,
+    gateway_env,
+    scu,
+    send_part_of,
+    store_status,
+    wait_until,
+)
 from tests.integration.kafka_support import KafkaBroker
 from tests.integration.orthanc_support import run_orthanc
 
@@ -190,15 +199,50 @@ def test_an_aborted_association_keeps_what_was_acknowledged(gateway: Gateway) ->
     echo.release()
 
 
+def _metric(gateway: Gateway, sample: str) -> float:
+    """One sample of the gateway's /metrics, by its name and labels as exposed; 0 when not exposed yet."""
+    text = httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).text
+    return next((float(line.split()[-1]) for line in text.splitlines() if line.startswith(sample + " ")), 0.0)
+
+
 def test_a_sender_that_never_releases_is_cut_off_and_its_study_published(gateway: Gateway) -> None:
     uid = generate_uid()
     idle = scu(gateway.port)
     assert store_status(idle, radiograph(study_uid=uid))[0] == 0
+    stored_at = time.monotonic()
     other = scu(gateway.port)  # another sender is served meanwhile
     assert other.send_c_echo().Status == 0
     other.release()
     wait_until(lambda: not idle.is_established, 30, "the gateway to end the silent association (4 s timeout)")
-    gateway.study(uid)
+    # Published because the gateway ended the association, not after the 30 s quiet time.
+    gateway.study(uid, timeout_s=max(1.0, 25.0 - (time.monotonic() - stored_at)))
+    assert _metric(gateway, 'cxr_gateway_associations_total{ending="timed_out"}') >= 1
+
+
+@pytest.mark.parametrize("how", ["aborted", "timed out"])
+def test_an_instance_cut_off_mid_transfer_is_dead_lettered_and_nothing_else_is_lost(
+    gateway: Gateway, how: str
+) -> None:
+    uid = generate_uid()
+    whole, cut = radiograph(chest_pixels(0), study_uid=uid), radiograph(chest_pixels(1), study_uid=uid)
+    letters_before = len(gateway.dead_letters(lambda _: False, timeout_s=3))
+    sender = scu(gateway.port)
+    assert store_status(sender, whole)[0] == 0
+    assert send_part_of(sender, cut) >= 2
+    if how == "aborted":
+        sender.abort()
+    else:  # the sender goes silent mid-instance: the gateway's network timeout (4 s) ends it
+        wait_until(lambda: not sender.is_established, 30, "the gateway to cut off the stalled sender")
+    reason = f"association {how} mid-transfer"
+    letters = gateway.dead_letters(lambda found: sum(reason in m["reason"] for m in found) >= 1)
+    [letter] = [m for m in letters[letters_before:] if reason in m["reason"]]
+    assert letter["error_type"] == "IncompleteTransfer" and "send it again" in letter["reason"]
+    assert len(gateway.study(uid)["images"]) == 1, "what was acknowledged is published, the cut one is not"
+
+    again = scu(gateway.port)  # the sender sends the cut instance again: it joins its study
+    assert store_status(again, cut)[0] == 0
+    again.release()
+    assert len(gateway.study(uid, images=2)["images"]) == 2
 
 
 def test_a_killed_gateway_publishes_what_it_acknowledged_when_it_starts_again(gateway: Gateway) -> None:
