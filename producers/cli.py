@@ -13,9 +13,10 @@ import click
 from cxr_triage.image_store import open_image_store
 from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
-from cxr_triage.ingest.service import produce_paths
 from cxr_triage.settings import Settings, load_settings
+from producers.files import produce_paths
 from producers.stopping import stop_on_signals
+from producers.study_buffer import StudyBuffer
 from producers.traffic import RateParam, TokenBucket
 
 EPILOG = """\b
@@ -68,7 +69,8 @@ Examples:
     "--quiet-s",
     type=click.FloatRange(min=0.0, min_open=True),
     default=None,
-    help="--watch: a DICOM study is published once no image of it came for this long (default CXR_DICOM_QUIET_S).",
+    help="A DICOM study is published once no image of it came for this long (default CXR_DICOM_QUIET_S); "
+    "without --watch, for studies an interrupted run left behind.",
 )
 def produce(
     paths: tuple[Path, ...],
@@ -98,15 +100,21 @@ def produce(
             quiet = quiet_s or settings.dicom_quiet_s
             _watch(settings, watch_dir, bucket, settle_s=settle_s, give_up_s=give_up_s, quiet_s=quiet)
             return
-        with EventPublisher(settings, client_id="cxr-producer") as publisher:
-            summary = produce_paths(
-                paths=paths,
-                store=open_image_store(settings),
-                publisher=publisher,
-                pseudonyms=pseudonymiser(settings),
-                source=source,
-                before_each=bucket.take,
-            )
+        buffer = StudyBuffer(settings.home / "producer" / "studies.sqlite3")
+        try:
+            with EventPublisher(settings, client_id="cxr-producer") as publisher:
+                summary = produce_paths(
+                    paths=paths,
+                    store=open_image_store(settings),
+                    publisher=publisher,
+                    pseudonyms=pseudonymiser(settings),
+                    buffer=buffer,
+                    source=source,
+                    quiet_s=quiet_s or settings.dicom_quiet_s,
+                    before_each=bucket.take,
+                )
+        finally:
+            buffer.close_db()
     except DeliveryFailed as exc:
         raise click.ClickException(
             f"Kafka at {settings.kafka_bootstrap_servers} did not confirm delivery: {exc}"
@@ -133,7 +141,6 @@ def _watch(
     give_up_s: float,
     quiet_s: float,
 ) -> None:
-    from producers.study_buffer import StudyBuffer
     from producers.watch import FolderWatcher, Ledger, state_path
 
     stop = stop_on_signals()

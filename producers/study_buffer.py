@@ -1,8 +1,8 @@
 """Images received but not yet published, kept on disk until their study is complete and Kafka has it.
 
-The DICOM gateway and the folder watcher acknowledge an image only once it is in the image store and in
-this buffer (SQLite, synchronous commits), so a crash between the acknowledgement and the publication loses
-nothing: the next start publishes what is pending. A study is due when no image of it arrived for the quiet
+The DICOM gateway, the folder watcher and ``produce`` take an image as received only once it is in the
+image store and in this buffer (SQLite, synchronous commits), so a crash between the acknowledgement and the
+publication loses nothing: the next start publishes what is pending. A study is due when no image of it arrived for the quiet
 time, or when its sender said it is done (the association ended). Published studies are remembered for a
 while, so that a late image republishes its study whole, with the images published before.
 """
@@ -58,9 +58,19 @@ class StudyBuffer:
         self._lock = threading.Lock()
 
     def add(
-        self, study_id: str, image: StudyImageV1, pseudonyms: StudyPseudonyms, at: datetime | None = None
+        self,
+        study_id: str,
+        image: StudyImageV1,
+        pseudonyms: StudyPseudonyms,
+        at: datetime | None = None,
+        *,
+        again: bool = False,
     ) -> bool:
-        """Keep ``image`` for ``study_id``; False if the study already has it (a resend: nothing changes)."""
+        """Keep ``image`` for ``study_id``; False if the study already has it (a resend: nothing changes).
+
+        ``again``: a known image is published again with its study (``produce`` of a file given twice: the
+        user asked for it; a DICOM sender's resend is only acknowledged).
+        """
         now = (at or utcnow()).isoformat()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -81,6 +91,14 @@ class StudyBuffer:
                         "VALUES (?, ?, ?, ?) ON CONFLICT (study_id) DO UPDATE "
                         "SET last_received = excluded.last_received, closed = 0",
                         (study_id, pseudonyms.model_dump_json(), now, now),
+                    )
+                elif again:
+                    self._db.execute(
+                        "UPDATE images SET published = 0 WHERE study_id = ? AND image_id = ?",
+                        (study_id, image.image_id),
+                    )
+                    self._db.execute(
+                        "UPDATE studies SET last_received = ?, closed = 0 WHERE study_id = ?", (now, study_id)
                     )
                 self._db.execute("COMMIT")
             except BaseException:

@@ -1,41 +1,25 @@
-"""The producer's flow: images -> image store -> one event per study on ``cxr.studies.v1`` (refusals -> DLQ).
+"""Ingest's last steps, shared by every way in: image store -> one event per study on ``cxr.studies.v1``,
+refusals -> DLQ.
 
-The images of one DICOM study given together (a study folder) become one study event with all of them; a
-PNG or JPEG is a study of its own. Output and logs name files by content hash only: file names of exported
-studies often carry the patient's name.
+``publish_images`` publishes the images it is given as their studies at once (an API upload, a benchmark);
+the DICOM gateway, the folder watcher and ``cxr-triage produce`` keep images in a study buffer
+(``producers.study_buffer``) so that a late image republishes its study whole. Logs name files by content
+hash only: file names of exported studies often carry the patient's name.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from cxr_triage import topics
 from cxr_triage.events import DeadLetterEventV1, StudyEventV1, StudyImageV1, StudyPseudonyms, utcnow
 from cxr_triage.image_store import ImageStore
-from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
-from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedImage, Rejection, iter_candidate_files, prepare
+from cxr_triage.ingest.validate import SUFFIX_FOR, PreparedImage, Rejection
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ProduceSummary:
-    published: list[dict[str, str]] = field(default_factory=list)  # one entry per image
-    rejected: list[dict[str, str | None]] = field(default_factory=list)
-    studies: int = 0
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "n_studies": self.studies,
-            "n_published": len(self.published),
-            "n_rejected": len(self.rejected),
-            "published": self.published,
-            "rejected": self.rejected,
-        }
 
 
 @dataclass(frozen=True)
@@ -101,42 +85,3 @@ def reject(*, rejection: Rejection, publisher: EventPublisher, source: str) -> N
         )
     )
     log.warning("study rejected", extra={"sha256": rejection.sha256, "reason": rejection.reason})
-
-
-def produce_paths(
-    *,
-    paths: Iterable[Path],
-    store: ImageStore,
-    publisher: EventPublisher,
-    pseudonyms: Pseudonymiser,
-    source: str,
-    before_each: Callable[[], None] | None = None,
-) -> ProduceSummary:
-    summary = ProduceSummary()
-    stored: list[StoredImage] = []
-    for path in iter_candidate_files(paths):
-        outcome = prepare(path, pseudonyms)
-        if isinstance(outcome, Rejection):
-            reject(rejection=outcome, publisher=publisher, source=source)
-            summary.rejected.append({"sha256": outcome.sha256, "reason": outcome.reason})
-            continue
-        stored.append(store_image(outcome, store))  # at once: a folder of DICOM files is never all in memory
-        summary.published.append(
-            {
-                "sha256": outcome.sha256,
-                "study_id": outcome.study_id,
-                "image_id": outcome.image_id,
-                "view": outcome.view,
-            }
-        )
-    summary.studies = len(publish_stored(stored, publisher=publisher, source=source, before_each=before_each))
-    publisher.flush()
-    log.info(
-        "produce finished",
-        extra={
-            "studies": summary.studies,
-            "images": len(summary.published),
-            "rejected": len(summary.rejected),
-        },
-    )
-    return summary

@@ -65,9 +65,17 @@ class KafkaBroker:
 
 
 def read_topic(
-    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], *, timeout_s: float = 20.0
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout_s: float = 20.0,
+    timestamps: bool = False,
 ) -> list[dict[str, Any]]:
     """Messages of ``topic`` from its start, read until ``until(messages)`` holds or time runs out.
+
+    Each message is its JSON value with ``_key``, and with ``timestamps`` its Kafka timestamp in seconds as
+    ``_ts`` (when the producer sent it).
 
     Every partition is assigned from its beginning rather than subscribed: a group rebalance on a loaded
     machine would hand the partitions back from the start (nothing is committed) and deliver records twice.
@@ -87,7 +95,10 @@ def read_topic(
             msg = consumer.poll(0.5)
             if msg is not None and msg.error() is None and (value := msg.value()) is not None:
                 key = msg.key()
-                found.append(json.loads(value) | {"_key": key.decode() if key else None})
+                extra: dict[str, Any] = {"_key": key.decode() if key else None}
+                if timestamps:
+                    extra["_ts"] = msg.timestamp()[1] / 1000
+                found.append(json.loads(value) | extra)
     finally:
         consumer.close()
     return found

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +81,34 @@ def test_a_study_folder_becomes_one_study_and_files_are_named_by_hash(
     (study,) = _studies(kafka, {study_id}, images=2)
     assert sorted(image["view"] for image in study["images"]) == ["LATERAL", "PA"]
     assert PLANTED["PatientID"] not in json.dumps(study)
+
+
+def test_a_late_file_republishes_its_study_whole_and_a_file_given_again_goes_again(
+    env: dict[str, str], kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    uid = generate_uid()
+    study_id = _pseudonym(env, uid)
+    first, late = tmp_path / "IM1", tmp_path / "IM2"
+    first.write_bytes(to_bytes(radiograph(chest_pixels(0), study_uid=uid)))
+    late.write_bytes(to_bytes(radiograph(chest_pixels(1), study_uid=uid, view="LL")))
+    assert cxr(["produce", str(first)], env).returncode == 0
+    second_run = cxr(["produce", "--json", str(late)], env)
+    assert second_run.returncode == 0, second_run.stderr
+    assert json.loads(second_run.stdout)["n_studies"] == 1
+
+    def versions(n: int) -> list[dict[str, Any]]:
+        found = read_topic(
+            kafka.bootstrap,
+            topics.STUDIES,
+            lambda got: sum(m["study_id"] == study_id for m in got) >= n,
+            timeout_s=30,
+        )
+        return [m for m in found if m["study_id"] == study_id]
+
+    # The late image's run publishes the study with the image of the run before, in the order they came.
+    assert [[i["view"] for i in v["images"]] for v in versions(2)] == [["PA"], ["PA", "LATERAL"]]
+    assert cxr(["produce", str(first)], env).returncode == 0  # asked again: published again, whole
+    assert [len(v["images"]) for v in versions(3)] == [1, 2, 2]
 
 
 def _start_watch(env: dict[str, str], folder: Path, *args: str) -> subprocess.Popen[bytes]:
@@ -160,8 +187,15 @@ def test_rate_and_burst_shape_publication(env: dict[str, str], kafka: KafkaBroke
     done = cxr(["produce", "--json", "--rate", "4/s", "--burst", "2", *map(str, files)], env)
     assert done.returncode == 0, done.stderr
     ids = {entry["study_id"] for entry in json.loads(done.stdout)["published"]}
-    events = sorted(_studies(kafka, ids), key=lambda m: m["received_at"])
-    times = [datetime.fromisoformat(m["received_at"]).timestamp() for m in events]
+    # When each study was sent (its Kafka timestamp): the files were all read first, then paced out.
+    events = read_topic(
+        kafka.bootstrap,
+        topics.STUDIES,
+        lambda got: {m["study_id"] for m in got} >= ids,
+        timeout_s=30,
+        timestamps=True,
+    )
+    times = sorted(m["_ts"] for m in events if m["study_id"] in ids)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # Two at once, then one every 0.25 s at least: four paced gaps, the whole run at least 1 s.
     assert sum(gap >= 0.2 for gap in gaps) >= 4 and times[-1] - times[0] >= 0.9

@@ -1,4 +1,4 @@
-"""The gateway's study buffer: complete after a quiet time or a closed association, late images, resends."""
+"""The study buffer: complete after a quiet time or a closed association, late images, resends."""
 
 from __future__ import annotations
 
@@ -58,3 +58,18 @@ def test_pending_images_survive_a_restart_and_old_published_studies_are_forgotte
     again.mark_published("2.25.8", due8.new_image_ids)
     assert again.forget_before(T0 + timedelta(days=2)) == 1, "only the published study is forgotten"
     assert again.pending() == 1
+
+
+def test_an_image_given_again_is_published_again_only_when_asked(tmp_path: Path) -> None:
+    buffer = StudyBuffer(tmp_path / "b.sqlite3")
+    buffer.add("2.25.9", _image(1), StudyPseudonyms(), at=T0)
+    buffer.add("2.25.9", _image(2), StudyPseudonyms(), at=T0)
+    buffer.close(["2.25.9"])
+    (due,) = buffer.due(quiet_s=600, source="t", now=T0)
+    buffer.mark_published("2.25.9", due.new_image_ids)
+    assert not buffer.add("2.25.9", _image(1), StudyPseudonyms(), at=T0 + timedelta(minutes=1))
+    assert buffer.due(quiet_s=10, source="t", now=T0 + timedelta(minutes=2)) == [], "a sender's resend"
+    assert not buffer.add("2.25.9", _image(1), StudyPseudonyms(), at=T0 + timedelta(minutes=3), again=True)
+    (again,) = buffer.due(quiet_s=10, source="t", now=T0 + timedelta(minutes=4))
+    assert [i.image_id for i in again.event.images] == ["2.25.1", "2.25.2"]
+    assert again.new_image_ids == ("2.25.1",) and again.event.received_at == T0
