@@ -17,7 +17,9 @@ RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 POLICY = SlaPolicy()
 
 
-def image(image_id: str, view: str = "PA", uri: str | None = None) -> StudyImageV1:
+def image(
+    image_id: str, view: str = "PA", uri: str | None = None, flags: tuple[str, ...] = ()
+) -> StudyImageV1:
     sha = hashlib.sha256(image_id.encode()).hexdigest()
     return StudyImageV1.model_validate(
         {
@@ -27,6 +29,7 @@ def image(image_id: str, view: str = "PA", uri: str | None = None) -> StudyImage
             "content_type": "application/dicom",
             "size_bytes": 10,
             "view": view,
+            "flags": flags,
         }
     )
 
@@ -47,11 +50,14 @@ def study_entry(
     version: str = "1",
     uris: dict[str, str] | None = None,
     corners: dict[str, int] | None = None,
+    flags: dict[str, tuple[str, ...]] | None = None,
     received_at: datetime = RECEIVED,
 ) -> WorklistEntry:
     """A study event with these images, read as the worker reads them (``None``: a view the model does not
     read); the study's values are its most urgent image's, each read image has its own maps."""
-    images = [image(i, (views or {}).get(i, "PA"), (uris or {}).get(i)) for i in readings]
+    images = [
+        image(i, (views or {}).get(i, "PA"), (uris or {}).get(i), (flags or {}).get(i, ())) for i in readings
+    ]
     study = StudyEventV1.of_images(images, study_id=study_id, received_at=received_at)
     scored_at = received_at + timedelta(seconds=len(readings))
     read = {i: p for i, p in readings.items() if p is not None}

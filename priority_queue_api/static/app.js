@@ -222,7 +222,8 @@ function fillImageStrip(s) {
     b.type = "button";
     b.setAttribute("role", "tab");
     b.dataset.image = image.image_id;
-    b.textContent = `${n + 1}. ${image.view}` + (image.scored ? ` · ${image.priority.toFixed(2)}` : " · not read");
+    b.textContent = `${n + 1}. ${image.view}` + (image.scored ? ` · ${image.priority.toFixed(2)}` : " · not read")
+      + (image.flags.length ? " ⚑" : "");
     b.title = (image.scored ? `Priority ${image.priority.toFixed(3)} (model v${image.model_version})`
       : "The model does not read this view") + (image.flags.length ? ` · ${image.flags.join(", ")}` : "");
     b.addEventListener("click", () => selectImage(image));
@@ -237,9 +238,17 @@ async function selectImage(image) {
   const maps = image ? image.heatmap_available : s.heatmap_available;
   $("#heatmap-toggle").disabled = !maps;
   if (!maps) $("#heatmap-toggle").checked = false;
-  $("#image-note").textContent = maps ? "" : image && !image.scored
+  const read = maps ? "" : image && !image.scored
     ? `${image.view}: shown, not read by the model.` : "No activation maps for this image.";
+  // What the header says and the model cannot judge (e.g. a body part other than the chest).
+  const flags = image?.flags.length ? `Flagged: ${image.flags.map(flagText).join(", ")}.` : "";
+  $("#image-note").textContent = [read, flags].filter(Boolean).join(" ");
   await loadImage();
+}
+
+function flagText(flag) {
+  const [kind, value] = flag.split(":");
+  return kind === "body_part" ? `body part ${value}, not chest` : flag;
 }
 
 function nextImage() {

@@ -268,7 +268,10 @@ def test_a_radiologist_flips_between_the_images_of_a_study(page: Page, site: Sit
     views = {"lat-1": "LATERAL"}
     worklist.write([study_entry("multi-image", {"pa-1": 0.3, "lat-1": None}, views=views, uris=uris)])
     late = {"pa-1": 0.3, "lat-1": None, "pa-2": 0.5}
-    worklist.write([study_entry("multi-image", late, views=views, uris=uris, corners={"pa-2": 1})])
+    flagged = {"pa-2": ("body_part:ABDOMEN",)}  # its header says another body part: shown, flagged
+    worklist.write(
+        [study_entry("multi-image", late, views=views, uris=uris, corners={"pa-2": 1}, flags=flagged)]
+    )
 
     page.goto(site.url)
     page.fill("#token", site.tokens["rad"])
@@ -276,20 +279,22 @@ def test_a_radiologist_flips_between_the_images_of_a_study(page: Page, site: Sit
     expect(page.locator('#worklist tr[data-study="multi-image"]')).to_have_count(1)
     page.locator('#worklist tr[data-study="multi-image"]').click()
     buttons = page.locator("#image-strip button")
-    expect(buttons).to_have_text(["1. PA · 0.30", "2. LATERAL · not read", "3. PA · 0.50"])
+    expect(buttons).to_have_text(["1. PA · 0.30", "2. LATERAL · not read", "3. PA · 0.50 ⚑"])
     selected = page.locator('#image-strip button[aria-selected="true"]')
 
     def shown_width() -> int:
         page.wait_for_function("document.querySelector('#study-image').complete")
         return int(page.evaluate("document.querySelector('#study-image').naturalWidth"))
 
-    expect(selected).to_have_text("3. PA · 0.50")  # the study opens on its most urgent image
+    expect(selected).to_have_text("3. PA · 0.50 ⚑")  # the study opens on its most urgent image
     page.wait_for_function("document.querySelector('#study-image').naturalWidth === 280")
+    expect(page.locator("#image-note")).to_have_text("Flagged: body part ABDOMEN, not chest.")
     expect(page.locator("#heatmap-toggle")).to_be_enabled()
 
     page.keyboard.press("i")
     expect(selected).to_have_text("1. PA · 0.30")
     page.wait_for_function("document.querySelector('#study-image').naturalWidth === 200")
+    expect(page.locator("#image-note")).to_have_text("")
     page.keyboard.press("i")
     expect(selected).to_have_text("2. LATERAL · not read")
     page.wait_for_function("document.querySelector('#study-image').naturalWidth === 240")
@@ -297,7 +302,7 @@ def test_a_radiologist_flips_between_the_images_of_a_study(page: Page, site: Sit
     expect(page.locator("#image-note")).to_contain_text("not read by the model")
 
     buttons.nth(2).click()
-    expect(selected).to_have_text("3. PA · 0.50")
+    expect(selected).to_have_text("3. PA · 0.50 ⚑")
     page.keyboard.press("h")  # this image's own map over it
     expect(page.locator("#heatmap-toggle")).to_be_checked()
     page.wait_for_function("document.querySelector('#study-image').naturalWidth === 280")

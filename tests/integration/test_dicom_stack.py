@@ -99,7 +99,10 @@ def test_a_dicom_study_with_a_late_image_is_one_study_read_image_by_image_and_le
     pa = first["images"][0]
     assert first["image_id"] == pa["image_id"] and first["priority"] == pa["priority"]
 
-    late = radiograph(chest_pixels(2), study_uid=uid, view="PA", identifiers=dict(PLANTED))
+    # Its header names another body part: read like any frontal image, and flagged for the reader.
+    late = radiograph(
+        chest_pixels(2), study_uid=uid, view="PA", identifiers=dict(PLANTED), body_part="ABDOMEN"
+    )
     assoc = scu(port)
     assert store_status(assoc, late)[0] == 0
     assoc.release()
@@ -109,6 +112,10 @@ def test_a_dicom_study_with_a_late_image_is_one_study_read_image_by_image_and_le
     assert worklist()["total"] == 1, "a late image updates its study, never a second entry"
     images = {i["image_id"]: i for i in study["images"]}
     assert images[pa["image_id"]]["priority"] == pa["priority"], "the first image is never read again"
+    [late_image] = [
+        i for i in study["images"] if i["image_id"] not in {j["image_id"] for j in first["images"]}
+    ]
+    assert late_image["flags"] == ["body_part:ABDOMEN"] and not any(i["flags"] for i in first["images"])
     read = [i for i in study["images"] if i["scored"]]
     assert [i["view"] for i in read] == ["PA", "PA"]
     most_urgent = max(read, key=lambda i: i["priority"])
