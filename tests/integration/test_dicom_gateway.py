@@ -271,6 +271,7 @@ def test_no_identifier_reaches_kafka_the_logs_or_the_dead_letters(gateway: Gatew
         ("studies topic", str(gateway.studies(lambda _: False, timeout_s=5))),
         ("dead letters", str(gateway.dead_letters(lambda _: False, timeout_s=5))),
         ("gateway log", gateway.log.read_text(errors="replace")),
+        ("gateway metrics", httpx.get(f"http://127.0.0.1:{gateway.metrics_port}/metrics", timeout=10).text),
     ):
         leaked = [value for value in planted if value in text]
         assert not leaked, f"{leaked} in the {where}"

@@ -4,7 +4,7 @@ One study arrives as a PA and a lateral in one association, then a late second P
 holds it once; each frontal image is read once (the lateral is shown, not read: the untrained model reads
 frontal views); the study is as urgent as its most urgent image. Every patient and study tag carries a
 planted identifier (``tests.dicom_files.PLANTED``), and none of them, nor any UID, is found on any topic, in
-any log of the stack or in the CLI's output.
+any log of the stack, in any service's metrics or in the CLI's output.
 """
 
 from __future__ import annotations
@@ -147,11 +147,18 @@ def test_a_dicom_study_with_a_late_image_is_one_study_read_image_by_image_and_le
     logs = "\n".join(
         p.read_text(errors="replace") for p in sorted((stack.home / "logs").rglob("*")) if p.is_file()
     )
+    scraped = [
+        httpx.get(f"http://127.0.0.1:{stack.env[f'CXR_{port}']}/metrics", timeout=10)
+        for port in ("API_PORT", "WORKER_METRICS_PORT", "PROCESSORS_PORT", "GATEWAY_METRICS_PORT")
+    ]
+    assert all(r.status_code == 200 and "cxr_" in r.text for r in scraped), "a service's metrics not read"
+    metrics = "\n".join(r.text for r in scraped)
     planted = [*PLANTED.values(), "Zzplanted", "19230817", uid, PYDICOM_UID_ROOT]
     for where, text in (
         ("Kafka", _all_topics(stack.env["CXR_KAFKA_BOOTSTRAP_SERVERS"])),
         ("the stack's logs", logs),
         ("the CLI", cli_output),
+        ("the services' metrics", metrics),
     ):
         assert text, f"nothing read from {where}"
         leaked = [value for value in planted if value in text]
