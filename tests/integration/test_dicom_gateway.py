@@ -7,17 +7,19 @@ identifier planted in each patient and study tag (``tests.dicom_files.PLANTED``)
 from __future__ import annotations
 
 import io
+import itertools
 import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import JPEGLSLossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless, RLELossless, generate_uid
 
 from cxr_triage.image_store import LocalImageStore
 from tests.dicom_files import (
@@ -59,12 +61,52 @@ def gateway(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Ite
         started.stop()
 
 
+# storescu proposes one compressed transfer syntax at a time on its command line; a profile proposes them all,
+# as a modality that sends what it has does.
+_STORESCU_PROFILE = (
+    """
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LittleEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+[JPEGBaseline]
+TransferSyntax1 = JPEGBaseline
+[JPEGLS]
+TransferSyntax1 = JPEGLSLossless
+[JPEG2000]
+TransferSyntax1 = JPEG2000LosslessOnly
+[RLE]
+TransferSyntax1 = RLELossless
+
+[[PresentationContexts]]
+[Radiographs]
+"""
+    + "\n".join(
+        f"PresentationContext{n} = {sop}\\{syntax}"
+        for n, (sop, syntax) in enumerate(
+            itertools.product(
+                ("DigitalXRayImageStorageForPresentation", "ComputedRadiographyImageStorage"),
+                ("Uncompressed", "JPEGBaseline", "JPEGLS", "JPEG2000", "RLE"),
+            ),
+            start=1,
+        )
+    )
+    + """
+
+[[Profiles]]
+[Radiographs]
+PresentationContexts = Radiographs
+"""
+)
+
+
 def _storescu(gateway: Gateway, *paths: Path, folder: bool = False) -> subprocess.CompletedProcess[str]:
     args = ["storescu", "-v", "-aet", "DCMTK_SENDER", "-aec", AE_TITLE]
     if folder:
-        # One association for the folder; JPEG-LS proposed beside the uncompressed syntaxes, so that the
-        # compressed instance travels as it is stored.
-        args += ["+sd", "+r", "-xt"]
+        # One association for the folder, each instance in the transfer syntax it is stored in.
+        profile = paths[0].parent / "storescu.cfg"
+        profile.write_text(_STORESCU_PROFILE)
+        args += ["+sd", "+r", "-xf", str(profile), "Radiographs"]
     return subprocess.run(
         [*args, "127.0.0.1", str(gateway.port), *map(str, paths)],
         capture_output=True, text=True, timeout=60, check=False,
@@ -86,25 +128,33 @@ def test_storescu_sends_a_whole_study_folder_in_one_association(gateway: Gateway
     folder.mkdir()
     (folder / "1.dcm").write_bytes(to_bytes(radiograph(chest_pixels(0), study_uid=uid, view="PA")))
     (folder / "2.dcm").write_bytes(to_bytes(radiograph(chest_pixels(1), study_uid=uid, view="LL")))
-    (folder / "3.dcm").write_bytes(
-        encoded(radiograph(chest_pixels(2), study_uid=uid, view="AP"), JPEGLSLossless)
-    )
+    # Repeats of the frontal view, in each compressed transfer syntax a modality may send.
+    syntaxes = (JPEGLSLossless, RLELossless, JPEG2000Lossless, JPEGBaseline8Bit)
+    for n, syntax in enumerate(syntaxes, start=3):
+        view = "AP" if syntax == JPEGLSLossless else "PA"
+        (folder / f"{n}.dcm").write_bytes(
+            encoded(radiograph(chest_pixels(n), study_uid=uid, view=view), syntax)
+        )
     started = time.monotonic()
     sent = _storescu(gateway, folder, folder=True)
     assert sent.returncode == 0, sent.stderr
-    study = gateway.study(uid, images=3)
+    study = gateway.study(uid, images=6)
     assert time.monotonic() - started < 25, "published when the association ended, before the 30 s quiet time"
     assert len(gateway.versions(uid)) == 1, "one association, one study event"
     assert study["study_id"].startswith("2.25.") and study["study_id"] != uid
-    assert sorted(image["view"] for image in study["images"]) == ["AP", "LATERAL", "PA"]  # in arrival order
+    assert sorted(image["view"] for image in study["images"]) == ["AP", "LATERAL", "PA", "PA", "PA", "PA"]
     frontal = next(image for image in study["images"] if image["view"] != "LATERAL")
     assert study["image_uri"] == frontal["image_uri"], "the study's image is its first frontal one"
-    assert study["patient"].startswith("p-") and study["accession"].startswith("a-")
-    assert len({image["image_id"] for image in study["images"]}) == 3
+    pseudonyms = ("patient", "patient_name", "birth_date", "accession", "institution")
+    assert [study[field][:2] for field in pseudonyms] == ["p-", "n-", "b-", "a-", "i-"]
+    assert len({image["image_id"] for image in study["images"]}) == 6
     store = LocalImageStore(gateway.home / "images")
+    received = set()
     for image in study["images"]:  # the original instances stay in the image store, identifiers and all
         original = dcmread(io.BytesIO(store.get(image["image_uri"])), stop_before_pixels=True)
         assert original.StudyInstanceUID == uid and str(original.PatientName) == PLANTED["PatientName"]
+        received.add(original.file_meta.TransferSyntaxUID)
+    assert received >= set(syntaxes), "each instance was taken in the transfer syntax it was sent in"
 
 
 def test_storescu_single_file_and_a_ct_refused_with_a_status_and_a_dead_letter(
@@ -225,7 +275,12 @@ def test_an_instance_cut_off_mid_transfer_is_dead_lettered_and_nothing_else_is_l
 ) -> None:
     uid = generate_uid()
     whole, cut = radiograph(chest_pixels(0), study_uid=uid), radiograph(chest_pixels(1), study_uid=uid)
-    letters_before = len(gateway.dead_letters(lambda _: False, timeout_s=3))
+    reason = f"association {how} mid-transfer"
+
+    def cut_off(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [m for m in found if reason in m["reason"]]
+
+    before = len(cut_off(gateway.dead_letters(lambda _: False, timeout_s=5)))
     sender = scu(gateway.port)
     assert store_status(sender, whole)[0] == 0
     assert send_part_of(sender, cut) >= 2
@@ -233,10 +288,9 @@ def test_an_instance_cut_off_mid_transfer_is_dead_lettered_and_nothing_else_is_l
         sender.abort()
     else:  # the sender goes silent mid-instance: the gateway's network timeout (4 s) ends it
         wait_until(lambda: not sender.is_established, 30, "the gateway to cut off the stalled sender")
-    reason = f"association {how} mid-transfer"
-    letters = gateway.dead_letters(lambda found: sum(reason in m["reason"] for m in found) >= 1)
-    [letter] = [m for m in letters[letters_before:] if reason in m["reason"]]
-    assert letter["error_type"] == "IncompleteTransfer" and "send it again" in letter["reason"]
+    letters = cut_off(gateway.dead_letters(lambda found: len(cut_off(found)) > before))
+    assert len(letters) == before + 1, "one dead letter for the one instance cut off"
+    assert all(m["error_type"] == "IncompleteTransfer" and "send it again" in m["reason"] for m in letters)
     assert len(gateway.study(uid)["images"]) == 1, "what was acknowledged is published, the cut one is not"
 
     again = scu(gateway.port)  # the sender sends the cut instance again: it joins its study
