@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import asyncio
 
-from pydicom.dataset import Dataset
 from redis.asyncio import Redis
 
 from cxr_triage.image_store import ImageNotFound, ImageStore, ImageStoreError
 from cxr_triage.imaging import ImageRejected, read_dicom
+from cxr_triage.ingest.dicom_header import tag_text
 from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.errors import NotFound, StudyNotFound
 from priority_queue_api.models import PatientDetails
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = str(ds.get(keyword, "") or "").strip()
-    return value or None
 
 
 async def patient_details(
@@ -39,10 +34,10 @@ async def patient_details(
     except (ImageNotFound, ImageStoreError, ImageRejected) as exc:
         raise NotFound(f"the original of study {study_id!r} cannot be read from the image store") from exc
     return PatientDetails(
-        patient_name=_text(ds, "PatientName"),
-        patient_id=_text(ds, "PatientID"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        sex=_text(ds, "PatientSex"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_date=_text(ds, "StudyDate"),
+        patient_name=tag_text(ds, "PatientName"),
+        patient_id=tag_text(ds, "PatientID"),
+        birth_date=tag_text(ds, "PatientBirthDate"),
+        sex=tag_text(ds, "PatientSex"),
+        accession_number=tag_text(ds, "AccessionNumber"),
+        study_date=tag_text(ds, "StudyDate"),
     )

@@ -27,6 +27,7 @@ from cxr_triage.imaging import ImageRejected
 from cxr_triage.ingest.dicom_header import check_sop_class
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
+from cxr_triage.ingest.service import refused
 from cxr_triage.ingest.validate import MAX_FILE_BYTES, SUFFIX_FOR, prepare_bytes, sha256_of
 from producers.study_buffer import StudyBuffer, publish_complete
 
@@ -135,12 +136,7 @@ class DicomGateway:
     def _refuse(self, exc: ImageRejected, sha256: str | None, *, status: int | None = None) -> Dataset:
         self.metrics.instances.labels("rejected").inc()
         self.metrics.rejected.labels(exc.kind).inc()
-        logger.warning("instance refused", extra={"kind": exc.kind, "reason": exc.reason, "sha256": sha256})
-        self.publisher.dead_letter(
-            DeadLetterEventV1(
-                stage="producer", reason=exc.reason, error_type="ImageRejected", sha256=sha256, source=SOURCE
-            )
-        )
+        refused(exc.reason, sha256=sha256, publisher=self.publisher, source=SOURCE, kind=exc.kind)
         return _status(STATUS_FOR_KIND[exc.kind] if status is None else status, exc.reason)
 
     def association_ended(self, event: Any, ending: Ending) -> None:

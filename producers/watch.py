@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from cxr_triage.events import DeadLetterEventV1
 from cxr_triage.image_store import ImageStore
 from cxr_triage.imaging import ImageRejected
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
+from cxr_triage.ingest.service import refused
 from cxr_triage.ingest.validate import IMAGE_SUFFIXES, SUFFIX_FOR, prepare_bytes, sha256_of
 from producers.study_buffer import StudyBuffer, publish_complete
 from producers.traffic import TokenBucket
@@ -147,12 +147,7 @@ class FolderWatcher:
         return True
 
     def _refuse(self, exc: ImageRejected, sha256: str | None) -> None:
-        logger.warning("file refused", extra={"kind": exc.kind, "reason": exc.reason, "sha256": sha256})
-        self.publisher.dead_letter(
-            DeadLetterEventV1(
-                stage="producer", reason=exc.reason, error_type="ImageRejected", sha256=sha256, source=SOURCE
-            )
-        )
+        refused(exc.reason, sha256=sha256, publisher=self.publisher, source=SOURCE, kind=exc.kind)
 
     def publish_due(self) -> int:
         return len(publish_complete(self.buffer, self.publisher, quiet_s=self.quiet_s, source=SOURCE,

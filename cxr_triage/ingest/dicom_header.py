@@ -80,7 +80,8 @@ def flags_of(ds) -> tuple[str, ...]:  # type: ignore[no-untyped-def]
     return tuple(flags)
 
 
-def _text(ds, keyword: str) -> str | None:  # type: ignore[no-untyped-def]
+def tag_text(ds, keyword: str) -> str | None:  # type: ignore[no-untyped-def]
+    """A tag's value as stripped text; None when absent or empty."""
     value = str(ds.get(keyword, "") or "").strip()
     return value or None
 
@@ -97,7 +98,7 @@ _IDENTIFIERS: Final[dict[str, tuple[str, IdentifierKind]]] = {
 
 def study_pseudonyms(ds, pseudonyms: Pseudonymiser) -> StudyPseudonyms:  # type: ignore[no-untyped-def]
     """The header's patient and study identifiers as keyed pseudonyms; an empty tag stays empty."""
-    found = {field: _text(ds, keyword) for field, (keyword, _) in _IDENTIFIERS.items()}
+    found = {field: tag_text(ds, keyword) for field, (keyword, _) in _IDENTIFIERS.items()}
     return StudyPseudonyms(
         **{
             field: pseudonyms.token(_IDENTIFIERS[field][1], value) if value else None
@@ -109,13 +110,13 @@ def study_pseudonyms(ds, pseudonyms: Pseudonymiser) -> StudyPseudonyms:  # type:
 def read_instance(data: bytes, pseudonyms: Pseudonymiser) -> PseudonymisedInstance:
     """Check one DICOM instance's header and return it pseudonymised, or raise ``ImageRejected``."""
     ds = read_dicom(data, pixels=False)
-    sop_class = _text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+    sop_class = tag_text(ds, "SOPClassUID") or str(ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
     check_sop_class(sop_class)
     check_dicom_image(ds)
-    study_uid, instance_uid = _text(ds, "StudyInstanceUID"), _text(ds, "SOPInstanceUID")
+    study_uid, instance_uid = tag_text(ds, "StudyInstanceUID"), tag_text(ds, "SOPInstanceUID")
     if study_uid is None or instance_uid is None:
         raise ImageRejected("DICOM has no StudyInstanceUID or SOPInstanceUID", "mismatch")
-    series_uid = _text(ds, "SeriesInstanceUID")
+    series_uid = tag_text(ds, "SeriesInstanceUID")
     return PseudonymisedInstance(
         study_id=pseudonyms.uid(study_uid),
         instance_id=pseudonyms.uid(instance_uid),

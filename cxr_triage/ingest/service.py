@@ -75,13 +75,16 @@ def publish_images(
 
 
 def reject(*, rejection: Rejection, publisher: EventPublisher, source: str) -> None:
+    refused(rejection.reason, sha256=rejection.sha256, publisher=publisher, source=source)
+
+
+def refused(
+    reason: str, *, sha256: str | None, publisher: EventPublisher, source: str, kind: str | None = None
+) -> None:
+    """An image refused at ingest: logged and dead-lettered with its reason and content hash, nothing else."""
+    log.warning("image refused", extra={"kind": kind, "reason": reason, "sha256": sha256, "source": source})
     publisher.dead_letter(
         DeadLetterEventV1(
-            stage="producer",
-            reason=rejection.reason,
-            error_type="ImageRejected",
-            sha256=rejection.sha256,
-            source=source,
+            stage="producer", reason=reason, error_type="ImageRejected", sha256=sha256, source=source
         )
     )
-    log.warning("study rejected", extra={"sha256": rejection.sha256, "reason": rejection.reason})
