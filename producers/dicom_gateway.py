@@ -28,7 +28,7 @@ from cxr_triage.ingest.dicom_header import check_sop_class
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.service import refused
-from cxr_triage.ingest.validate import MAX_FILE_BYTES, SUFFIX_FOR, prepare_bytes, sha256_of
+from cxr_triage.ingest.validate import SUFFIX_FOR, prepare_bytes, read_capped, sha256_of
 from producers.study_buffer import StudyBuffer, publish_complete
 
 logger = logging.getLogger(__name__)
@@ -108,13 +108,7 @@ class DicomGateway:
         except ImageRejected as exc:
             return self._refuse(exc, None, status=SOP_CLASS_NOT_SUPPORTED)
         try:
-            path = Path(event.dataset_path)
-            size = path.stat().st_size
-            if size > MAX_FILE_BYTES:
-                raise ImageRejected(
-                    f"instance is {size} bytes, over the {MAX_FILE_BYTES}-byte limit", "too_large"
-                )
-            data = path.read_bytes()
+            data = read_capped(Path(event.dataset_path))
         except ImageRejected as exc:
             return self._refuse(exc, None)
         try:

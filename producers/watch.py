@@ -24,14 +24,13 @@ from cxr_triage.imaging import ImageRejected
 from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.service import refused
-from cxr_triage.ingest.validate import IMAGE_SUFFIXES, SUFFIX_FOR, prepare_bytes, sha256_of
+from cxr_triage.ingest.validate import SUFFIX_FOR, images_in, prepare_bytes, sha256_of
 from producers.study_buffer import StudyBuffer, publish_complete
 from producers.traffic import TokenBucket
 
 logger = logging.getLogger(__name__)
 
 SOURCE: Final = "watch"
-PARTIAL_SUFFIXES: Final = frozenset({".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp"})
 
 
 def state_path(home: Path, folder: Path) -> Path:
@@ -93,12 +92,8 @@ class FolderWatcher:
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
     def candidates(self) -> Iterator[Path]:
-        for path in sorted(self.folder.rglob("*")):
-            name = path.name
-            if name.startswith(".") or path.suffix.lower() in PARTIAL_SUFFIXES or not path.is_file():
-                continue
-            if path.suffix.lower() in IMAGE_SUFFIXES or path.suffix == "":
-                yield path
+        # Image names only: a copy in progress under a temporary name (x.dcm.part, .tmp, ...) is not one.
+        return images_in(self.folder)
 
     def scan(self, now: float) -> int:
         """Take every file that has been stable for ``settle_s``; return how many were taken."""

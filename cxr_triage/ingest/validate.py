@@ -29,27 +29,38 @@ class Rejection:
 
 
 def iter_candidate_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """Files named explicitly are all tried; inside folders only image-like names (or no suffix, as DICOM)."""
+    """Files named explicitly are all tried; inside folders only image-like names (``images_in``)."""
     for path in paths:
         if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and not child.name.startswith(".") and _looks_like_image(child):
-                    yield child
+            yield from images_in(path)
         else:
             yield path
 
 
-def _looks_like_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES or path.suffix == ""
+def images_in(folder: Path) -> Iterator[Path]:
+    """The files under ``folder`` named like images (or with no suffix, as DICOM exports are), in name order;
+    hidden files are skipped."""
+    for path in sorted(folder.rglob("*")):
+        if path.name.startswith(".") or path.suffix.lower() not in (*IMAGE_SUFFIXES, ""):
+            continue
+        if path.is_file():
+            yield path
+
+
+def read_capped(path: Path) -> bytes:
+    """The file's bytes; ``ImageRejected`` (too large) before reading one over ``MAX_FILE_BYTES``."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ImageRejected(f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit", "too_large")
+    return path.read_bytes()
 
 
 def prepare(path: Path, pseudonyms: Pseudonymiser) -> PreparedImage | Rejection:
     """One file, checked and named (``prepare_bytes``), or the reason it is refused."""
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return Rejection(path, f"file is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")
-        data = path.read_bytes()
+        data = read_capped(path)
+    except ImageRejected as exc:
+        return Rejection(path, exc.reason)
     except OSError as exc:
         return Rejection(path, f"cannot read file: {exc.strerror or type(exc).__name__}")
     try:
