@@ -82,6 +82,10 @@ lint: $(STAMP)
 test: setup lint
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25 tests
 
+# The gateway as storescu's arguments: called AE title, host, port (from the settings, as the stack uses them).
+DICOM_PEER = $$($(BIN)/python -c "from cxr_triage.settings import load_settings as l; s = l(); \
+  print('-aec', s.dicom_ae_title, '127.0.0.1', s.dicom_port)")
+
 # The public sample set when present, else synthetic images (made by demo-data).
 DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample)
 
@@ -92,7 +96,13 @@ demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
 	  --recipe $(DEMO_RECIPE))
 	$(BIN)/cxr-triage produce --json $(DEMO_IMAGES) \
 	  || echo "some files were rejected (reasons above); the rest were published"
+	$(BIN)/python -m producers.sample_dicom $(DEMO_IMAGES) $(CXR_HOME)/demo-dicom --studies 3
+	@echo "sending 3 DICOM studies (PA + lateral, one association each) to the gateway with dcmtk's storescu"
+	@for study in $(CXR_HOME)/demo-dicom/first/*/; do storescu +sd +r $(DICOM_PEER) "$$study" || exit 1; done
 	@echo "waiting $(DEMO_WAIT) s for the worker to score the studies..."; sleep $(DEMO_WAIT)
+	@echo "sending each DICOM study's late repeat PA: it joins its study on the worklist (no second entry)"
+	@for study in $(CXR_HOME)/demo-dicom/late/*/; do storescu +sd +r $(DICOM_PEER) "$$study" || exit 1; done
+	@sleep 5
 	@token=$$($(BIN)/cxr-triage users add demo --role radiologist --json 2>/dev/null \
 	    || $(BIN)/cxr-triage users add demo --role radiologist --rotate --json); \
 	  token=$$(echo "$$token" | $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['token'])"); \
