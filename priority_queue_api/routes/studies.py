@@ -56,6 +56,17 @@ async def get_study(
         return await fetch_study(redis=redis, keys=keys, sla=sla, study_id=study_id)
 
 
+Finding = Annotated[
+    str, Query(description="One of the 14 findings", json_schema_extra={"enum": list(LABELS)})
+]
+ImageId = Annotated[
+    str,
+    Path(
+        pattern=STUDY_ID_PATTERN, description="Image id (a pseudonymised SOPInstanceUID, or a content sha256)"
+    ),
+]
+
+
 @router.get(
     "/studies/{study_id}/image",
     response_class=Response,
@@ -71,12 +82,8 @@ async def get_image(
     study_id: StudyId,
     max_side: MaxSide = None,
 ) -> Response:
-    """The study's radiograph as a greyscale PNG."""
-    with auditor.recording(user, "view", "image", study_id):
-        png = await image_png(
-            redis=redis, keys=keys, store=store, study_id=study_id, max_side=max_side or policy.image_max_side
-        )
-    return Response(png, media_type="image/png", headers=_NO_STORE)
+    """The study's radiograph (its most urgent image) as a greyscale PNG."""
+    return await _image(redis, keys, store, policy, auditor, user, study_id, None, max_side)
 
 
 @router.get(
@@ -93,33 +100,13 @@ async def get_heatmap(
     policy: PolicyDep,
     auditor: AuditorDep,
     study_id: StudyId,
-    finding: Annotated[
-        str, Query(description="One of the 14 findings", json_schema_extra={"enum": list(LABELS)})
-    ],
+    finding: Finding,
     max_side: MaxSide = None,
 ) -> Response:
     """The radiograph with the model's class-activation map for ``finding`` blended over it (PNG)."""
-    with auditor.recording(user, "view", "heatmap", study_id):
-        if finding not in LABELS:
-            raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
-        png = await heatmap_png(
-            redis=redis,
-            redis_bytes=redis_bytes,
-            keys=keys,
-            store=store,
-            study_id=study_id,
-            finding=finding,
-            max_side=max_side or policy.image_max_side,
-        )
-    return Response(png, media_type="image/png", headers=_NO_STORE)
-
-
-ImageId = Annotated[
-    str,
-    Path(
-        pattern=STUDY_ID_PATTERN, description="Image id (a pseudonymised SOPInstanceUID, or a content sha256)"
-    ),
-]
+    return await _heatmap(
+        redis, redis_bytes, keys, store, policy, auditor, user, study_id, None, finding, max_side
+    )
 
 
 @router.get(
@@ -139,16 +126,7 @@ async def get_study_image(
     max_side: MaxSide = None,
 ) -> Response:
     """One image of the study (``images[]`` of ``GET /studies/{id}``) as a greyscale PNG."""
-    with auditor.recording(user, "view", "image", study_id):
-        png = await image_png(
-            redis=redis,
-            keys=keys,
-            store=store,
-            study_id=study_id,
-            image_id=image_id,
-            max_side=max_side or policy.image_max_side,
-        )
-    return Response(png, media_type="image/png", headers=_NO_STORE)
+    return await _image(redis, keys, store, policy, auditor, user, study_id, image_id, max_side)
 
 
 @router.get(
@@ -166,12 +144,51 @@ async def get_study_image_heatmap(
     auditor: AuditorDep,
     study_id: StudyId,
     image_id: ImageId,
-    finding: Annotated[
-        str, Query(description="One of the 14 findings", json_schema_extra={"enum": list(LABELS)})
-    ],
+    finding: Finding,
     max_side: MaxSide = None,
 ) -> Response:
     """One image of the study with its own class-activation map for ``finding`` blended over it (PNG)."""
+    return await _heatmap(
+        redis, redis_bytes, keys, store, policy, auditor, user, study_id, image_id, finding, max_side
+    )
+
+
+async def _image(  # the routes' dependencies, passed on
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    user: Viewer,
+    study_id: str,
+    image_id: str | None,
+    max_side: int | None,
+) -> Response:
+    with auditor.recording(user, "view", "image", study_id):
+        png = await image_png(
+            redis=redis,
+            keys=keys,
+            store=store,
+            study_id=study_id,
+            image_id=image_id,
+            max_side=max_side or policy.image_max_side,
+        )
+    return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
+async def _heatmap(  # the routes' dependencies, passed on
+    redis: RedisDep,
+    redis_bytes: RedisBytesDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    policy: PolicyDep,
+    auditor: AuditorDep,
+    user: Viewer,
+    study_id: str,
+    image_id: str | None,
+    finding: str,
+    max_side: int | None,
+) -> Response:
     with auditor.recording(user, "view", "heatmap", study_id):
         if finding not in LABELS:
             raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")

@@ -21,6 +21,7 @@ from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy, Tier
 from cxr_triage.worklist.index import index_scored_study
 from cxr_triage.worklist.keys import WorklistKeys
+from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.users import Role, add_user, users_file
 from tests.integration.conftest import REDIS_PASSWORD, free_port, wait_for_port
@@ -105,6 +106,16 @@ def make_users(home: Path, suffix: str = "") -> dict[str, str]:
 
 
 FAST = ApiPolicy(verdict_timeout_s=1.0, upload_timeout_s=1.0, shutdown_flush_s=0.2)
+
+
+@contextlib.contextmanager
+def api_on(redis_url: str, redis_port: int, home: Path) -> Iterator[Api]:
+    """The API app in-process (TestClient) on this Redis, with the usual users, keys and FAST policy."""
+    settings = api_settings(home, redis_port, KEYS.prefix)
+    tokens = make_users(home)
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    with TestClient(create_app(settings, policy=FAST)) as client:
+        yield Api(client, tokens, r, settings)
 
 
 @contextlib.contextmanager

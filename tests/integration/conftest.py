@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,6 +129,15 @@ class Stack:
             )
         return result
 
+    @contextmanager
+    def running(self, *, down_timeout_s: float = 180.0) -> Iterator[Stack]:
+        """``cxr-triage up --detach`` for the block, ``down`` after it whatever happened."""
+        try:
+            self.cli("up", "--detach", timeout_s=600)
+            yield self
+        finally:
+            self.cli("down", check=False, timeout_s=down_timeout_s)
+
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.env['CXR_API_PORT']}"
@@ -144,12 +154,8 @@ def e2e_env(home: Path) -> dict[str, str]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole local stack (Kafka, Redis, Triton, worker, API) started by the real ``cxr-triage up``."""
     home = tmp_path_factory.mktemp("stack")
-    started = Stack(home=home, env=e2e_env(home))
-    try:
-        started.cli("up", "--detach", timeout_s=600)
+    with Stack(home=home, env=e2e_env(home)).running(down_timeout_s=120) as started:
         yield started
-    finally:
-        started.cli("down", check=False, timeout_s=120)
 
 
 @pytest.fixture(scope="session")

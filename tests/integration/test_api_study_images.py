@@ -14,16 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.sla import SlaPolicy
 from inference_worker.worklist import RedisWorklist
-from priority_queue_api.app import create_app
 from tests.factories import png_bytes
-from tests.integration.api_support import FAST, KEYS, Api, api_settings, make_users
+from tests.integration.api_support import KEYS, Api, api_on
 from tests.integration.conftest import RedisServer
 from tests.study_images import study_entry
 
@@ -32,11 +29,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture()
 def api(redis_server: RedisServer, tmp_path: Path) -> Iterator[Api]:
-    settings = api_settings(tmp_path, redis_server.port, KEYS.prefix)
-    tokens = make_users(tmp_path)
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    with TestClient(create_app(settings, policy=FAST)) as client:
-        yield Api(client, tokens, r, settings)
+    with api_on(redis_server.url, redis_server.port, tmp_path) as api:
+        yield api
 
 
 def _red_corner(png: bytes) -> str:

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 import redis
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxr_triage.image_store import LocalImageStore
@@ -28,17 +27,14 @@ from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.users import Role, add_user, users_file
 from tests.factories import png_bytes
-from tests.integration.api_support import FAST, KEYS, Api, api_settings, make_users, put_study, serve
+from tests.integration.api_support import FAST, KEYS, Api, api_on, api_settings, put_study, serve
 from tests.integration.conftest import RedisServer
 
 
 @pytest.fixture()
 def api(redis_server: RedisServer, tmp_path: Path) -> Iterator[Api]:
-    settings = api_settings(tmp_path, redis_server.port, KEYS.prefix)
-    tokens = make_users(tmp_path)
-    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    with TestClient(create_app(settings, policy=FAST)) as client:
-        yield Api(client, tokens, r, settings)
+    with api_on(redis_server.url, redis_server.port, tmp_path) as api:
+        yield api
 
 
 def test_every_data_endpoint_needs_a_valid_token_and_the_right_role(api: Api) -> None:

@@ -43,12 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     env["CXR_RETRAIN_WORKER_ENABLED"] = "false"  # the processors' join is what this test follows
     env["CXR_ROLLOUT_WORKER_ENABLED"] = "false"
     env["CXR_DICOM_AE_TITLE"] = AE_TITLE
-    started = Stack(home=home, env=env)
-    try:
-        started.cli("up", "--detach", timeout_s=600)
+    with Stack(home=home, env=env).running() as started:
         yield started
-    finally:
-        started.cli("down", check=False, timeout_s=180)
 
 
 def _all_topics(bootstrap: str) -> str:

@@ -55,12 +55,8 @@ def loop_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "CXR_RETRAIN_MIN_HELDOUT_PER_CLASS": "1",
         }
     )
-    stack = Stack(home=home, env=env)
-    try:
-        stack.cli("up", "--detach", timeout_s=600)
+    with Stack(home=home, env=env).running() as stack:
         yield stack
-    finally:
-        stack.cli("down", check=False, timeout_s=180)
 
 
 def _truth_rows() -> list[dict[str, str]]:

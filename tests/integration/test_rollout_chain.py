@@ -126,9 +126,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         }
     )
     models = fit_challengers(public_studies(), home / "challenger-onnx")
-    stack = Stack(home=home, env=env)
-    try:
-        stack.cli("up", "--detach", timeout_s=600)
+    with Stack(home=home, env=env).running() as stack:
         settings = Settings(**{k[4:].lower(): v for k, v in env.items() if k.startswith("CXR_")})
         client = MlflowClient(
             tracking_uri=settings.mlflow_tracking_uri, registry_uri=settings.mlflow_tracking_uri
@@ -138,8 +136,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
             stated = {"registered_model": REGISTERED, "registered_model_version": version}
             assert str(add_version(settings, onnx_file, metadata=stated)) == version
         yield Chain(stack=stack, settings=settings, challengers_auroc=models.in_sample_auroc)
-    finally:
-        stack.cli("down", check=False, timeout_s=180)
 
 
 def test_worse_waits_broken_canary_rolls_back_better_is_promoted(
