@@ -12,7 +12,7 @@ from cxr_triage import cli
 SERVICE_COMMANDS = {
     "up", "down", "status", "produce", "dicom-gateway", "model", "worker", "api", "worklist", "users",
     "train", "evaluate", "promote", "rollback", "bench", "retrain-worker", "processors", "feedback",
-    "rollout-worker",
+    "rollout-worker", "simulate",
 }  # fmt: skip
 
 

@@ -1,0 +1,70 @@
+"""``cxr-triage simulate report`` end to end on a small labelled folder: the served model scores it, both orders
+read the same shifts, and the JSON, the Markdown table and the plot are written."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bench.simulate.cli import simulate
+from cxr_triage.labels import LABELS
+from cxr_triage.model.repository import ensure_initial_model
+from cxr_triage.settings import load_settings
+from producers.sample_images import write_samples
+
+FIELDS = {
+    "fifo_mean_wait_abnormal_min", "triage_mean_wait_abnormal_min", "reduction_abnormal",
+    "fifo_mean_wait_normal_min", "triage_mean_wait_normal_min", "fifo_max_wait_min", "triage_max_wait_min",
+    "fifo_p95_wait_abnormal_min", "triage_p95_wait_abnormal_min", "ci95", "model_version", "auroc",
+}  # fmt: skip
+
+
+def _labelled_folder(root: Path, n: int) -> Path:
+    images = write_samples(root / "images", n=n)
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Path", *LABELS])
+        for i, path in enumerate(images):
+            abnormal = i % 2 == 0
+            values = {label: "0" for label in LABELS} | {"No Finding": "0" if abnormal else "1"}
+            if abnormal:
+                values["Pleural Effusion"] = "1"
+            writer.writerow([f"images/{path.name}", *(values[label] for label in LABELS)])
+    return root
+
+
+def test_report_reads_the_served_model_and_writes_json_markdown_and_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CXR_INITIAL_MODEL_INPUT_SIZE", "64")
+    ensure_initial_model(load_settings())
+    data = _labelled_folder(tmp_path / "data", 16)
+    out = tmp_path / "report"
+    args = ["report", "--data", str(data), "--runs", "4", "--studies", "60", "--prevalence", "0.3",
+            "--out", str(out), "--json"]  # fmt: skip
+    result = CliRunner().invoke(simulate, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{") :])
+    assert FIELDS <= set(report) and report["model_version"] == "1"
+    assert report["scenario"]["radiologists"] == 2 and report["scenario"]["utilisation"] == 0.85
+    low, high = report["ci95"]["fifo_abnormal"]["ci95_low"], report["ci95"]["fifo_abnormal"]["ci95_high"]
+    assert low <= report["fifo_mean_wait_abnormal_min"] <= high
+    assert json.loads((out / "report.json").read_text()) == report
+    assert "| mean wait, abnormal (min) |" in (out / "report.md").read_text()
+    with Image.open(out / "waits.png") as plot:
+        assert plot.size[0] > 600
+
+
+def test_without_a_served_model_the_report_says_what_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    data = _labelled_folder(tmp_path / "data", 4)
+    result = CliRunner().invoke(simulate, ["report", "--data", str(data)])
+    assert result.exit_code == 1 and "no model is served yet" in result.output
