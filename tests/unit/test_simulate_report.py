@@ -51,7 +51,7 @@ def test_report_reads_the_served_model_and_writes_json_markdown_and_plot(
     result = CliRunner().invoke(simulate, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{") :])
-    assert FIELDS <= set(report) and report["model_version"] == "1"
+    assert set(report) >= FIELDS and report["model_version"] == "1"
     assert report["scenario"]["radiologists"] == 2 and report["scenario"]["utilisation"] == 0.85
     low, high = report["ci95"]["fifo_abnormal"]["ci95_low"], report["ci95"]["fifo_abnormal"]["ci95_high"]
     assert low <= report["fifo_mean_wait_abnormal_min"] <= high
