@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -10,9 +12,19 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.simulate.queueing import Pool
-from bench.simulate.report import Scenario, auroc, run_shifts, summarise, write_markdown, write_plot
+from bench.simulate.report import (
+    Scenario,
+    auroc,
+    reduction_by_auroc,
+    run_shifts,
+    summarise,
+    verdict,
+    write_curve_plot,
+    write_markdown,
+    write_plot,
+)
 from cxr_triage.settings import load_settings
-from cxr_triage.sla import SlaPolicy
+from cxr_triage.sla import SlaPolicy, Tier
 
 
 @click.group()
@@ -20,7 +32,7 @@ def simulate() -> None:
     """Simulate reading shifts: triage against first-in-first-out, on the served model's scores."""
 
 
-def served_pool(data: Path, *, sla: SlaPolicy) -> tuple[Pool, str]:
+def served_pool(data: Path, *, sla: SlaPolicy) -> tuple[Pool, str, Callable[[float], Tier]]:
     """The served model's priority and tier for every image of ``data`` (CheXpert layout), and its version."""
     from cxr_triage.model.repository import ONNX_FILE, model_contract, model_dir, serving_version
     from cxr_triage.priority import priorities
@@ -45,7 +57,7 @@ def served_pool(data: Path, *, sla: SlaPolicy) -> tuple[Pool, str]:
         abnormal=np.asarray(manifest.abnormal(), dtype=bool),
         tier=tuple(tiers.tier_for(float(p)) for p in priority),
     )
-    return pool, str(version)
+    return pool, str(version), tiers.tier_for
 
 
 @simulate.command("report")
@@ -100,6 +112,12 @@ def served_pool(data: Path, *, sla: SlaPolicy) -> tuple[Pool, str]:
     show_default=True,
     help="Where the PNG, the Markdown table and the JSON go.",
 )
+@click.option(
+    "--curve/--no-curve",
+    default=True,
+    show_default=True,
+    help="Also the reduction against model AUROC, on simulated scores of known AUROC.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def report_command(  # one option each
     data: Path,
@@ -113,11 +131,12 @@ def report_command(  # one option each
     studies: int,
     seed: int,
     out: Path,
+    curve: bool,
     as_json: bool,
 ) -> None:
     """Read the same shifts FIFO and in the worklist's order; report waits by class, with 95% intervals."""
     sla = SlaPolicy()
-    pool, version = served_pool(data, sla=sla)
+    pool, version, tier_for = served_pool(data, sla=sla)
     scenario = Scenario(
         radiologists=radiologists,
         utilisation=utilization,
@@ -137,10 +156,19 @@ def report_command(  # one option each
         "auroc": auroc(pool),
         "scenario": {**scenario.__dict__, "rate_per_min": scenario.rate_per_min},
     }
+    if curve:
+        curve_scenario = replace(scenario, runs=max(2, runs // 4))
+        with tqdm(total=7, desc="AUROC curve", unit="model", disable=None) as bar:
+            result["reduction_by_auroc"] = reduction_by_auroc(
+                curve_scenario, sla, tier_for, progress=bar.update
+            )
+    result["target"] = verdict(result)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(result, indent=2))
     write_markdown(out / "report.md", result)
     write_plot(out / "waits.png", shifts)
+    if curve:
+        write_curve_plot(out / "reduction-by-auroc.png", result)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

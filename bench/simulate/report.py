@@ -10,6 +10,7 @@ worker's weights, the tiers of the model's own contract), so the report is about
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from bench.simulate.queueing import Arrivals, Fifo, Pool, Triage, poisson_shift, reading_times, waits
-from cxr_triage.sla import SlaPolicy
+from cxr_triage.sla import SlaPolicy, Tier
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,74 @@ def summarise(runs: Sequence[RunWaits]) -> dict[str, Any]:
     }
 
 
+def binormal_pool(
+    rng: np.random.Generator,
+    target_auroc: float,
+    *,
+    n: int,
+    prevalence: float,
+    tier_for: Callable[[float], Tier],
+) -> Pool:
+    """Scores of a known AUROC: latent N(d, 1) for abnormal, N(0, 1) for normal, AUROC = Phi(d / sqrt 2),
+    mapped into [0, 1] by the normal CDF around the midpoint (so that the tiers' thresholds cut both classes)."""
+    d = math.sqrt(2) * NormalDist().inv_cdf(target_auroc)
+    abnormal = rng.random(n) < prevalence
+    latent = rng.normal(0.0, 1.0, n) + np.where(abnormal, d, 0.0)
+    cdf = NormalDist().cdf
+    priority = np.array([cdf(x - d / 2) for x in latent])
+    return Pool(priority=priority, abnormal=abnormal, tier=tuple(tier_for(float(p)) for p in priority))
+
+
+def reduction_by_auroc(
+    scenario: Scenario,
+    sla: SlaPolicy,
+    tier_for: Callable[[float], Tier],
+    *,
+    aurocs: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+    progress: Callable[[], None] | None = None,
+) -> list[dict[str, Any]]:
+    """The reduction of the abnormal mean wait (and the price in maximum wait) a model of each AUROC buys in
+    this scenario: where the served model falls short of a target, how far."""
+    rng = np.random.default_rng(scenario.seed + 1)
+    curve = []
+    for target in aurocs:
+        pool = binormal_pool(rng, target, n=4000, prevalence=0.5, tier_for=tier_for)
+        result = summarise(run_shifts(pool, scenario, sla))
+        curve.append(
+            {
+                "auroc": target,
+                "measured_auroc": auroc(pool),
+                "reduction_abnormal": result["reduction_abnormal"],
+                "max_wait_increase": result["max_wait_increase"],
+            }
+        )
+        if progress is not None:
+            progress()
+    return curve
+
+
+def verdict(
+    result: dict[str, Any], *, reduction_min: float = 0.5, max_increase: float = 0.25
+) -> dict[str, Any]:
+    """Whether this scenario meets the target: abnormal mean wait down by ``reduction_min``, the maximum wait
+    up by at most ``max_increase``; when not, the smallest AUROC on the curve that would."""
+    met = (result["reduction_abnormal"] or 0) >= reduction_min and (
+        result["max_wait_increase"] or 0
+    ) <= max_increase
+    enough = [
+        point["auroc"]
+        for point in result.get("reduction_by_auroc", [])
+        if (point["reduction_abnormal"] or 0) >= reduction_min
+        and (point["max_wait_increase"] or 0) <= max_increase
+    ]
+    return {
+        "reduction_min": reduction_min,
+        "max_wait_increase_max": max_increase,
+        "met": met,
+        "auroc_needed": min(enough) if enough else None,
+    }
+
+
 def auroc(pool: Pool) -> float | None:
     if pool.abnormal.all() or not pool.abnormal.any():
         return None
@@ -160,6 +229,28 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"Abnormal mean wait reduced by {reduction:.1%}; maximum wait "
         f"{result['max_wait_increase']:+.1%} against FIFO.",
     ]
+    target = result.get("target")
+    if target is not None:
+        lines += [
+            "",
+            f"Target (abnormal mean wait -{target['reduction_min']:.0%}, maximum wait at most "
+            f"+{target['max_wait_increase_max']:.0%}): {'met' if target['met'] else 'not met'}"
+            + (
+                ""
+                if target["met"]
+                else f"; on simulated scores a model of AUROC {target['auroc_needed']} would meet it"
+                if target["auroc_needed"] is not None
+                else "; no AUROC on the curve meets it in this scenario"
+            )
+            + ".",
+            "",
+            "| model AUROC | abnormal mean wait reduced | maximum wait vs FIFO |",
+            "|---|---|---|",
+            *(
+                f"| {p['auroc']:.2f} | {(p['reduction_abnormal'] or 0):.1%} | {(p['max_wait_increase'] or 0):+.1%} |"
+                for p in result.get("reduction_by_auroc", [])
+            ),
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -180,6 +271,29 @@ def write_plot(path: Path, runs: Sequence[RunWaits]) -> None:
         ax.set_yscale("log")
         ax.legend()
     axes[0].set_ylabel("density")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_curve_plot(path: Path, result: dict[str, Any]) -> None:
+    """Reduction of the abnormal mean wait against model AUROC, the served model marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["reduction_by_auroc"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["auroc"] for p in curve], [100 * (p["reduction_abnormal"] or 0) for p in curve], "o-",
+            label="simulated scores of known AUROC")  # fmt: skip
+    if result["auroc"] is not None:
+        ax.plot([result["auroc"]], [100 * (result["reduction_abnormal"] or 0)], "r*", markersize=14,
+                label=f"served model v{result['model_version']}")  # fmt: skip
+    ax.axhline(100 * result["target"]["reduction_min"], color="grey", linestyle="--", label="target")
+    ax.set_xlabel("model AUROC (abnormal vs normal)")
+    ax.set_ylabel("abnormal mean wait reduced (%)")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,14 +7,17 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from bench.simulate.cli import simulate
+from bench.simulate.report import auroc, binormal_pool
 from cxr_triage.labels import LABELS
 from cxr_triage.model.repository import ensure_initial_model
 from cxr_triage.settings import load_settings
+from cxr_triage.sla import SlaPolicy
 from producers.sample_images import write_samples
 
 FIELDS = {
@@ -59,6 +62,19 @@ def test_report_reads_the_served_model_and_writes_json_markdown_and_plot(
     assert "| mean wait, abnormal (min) |" in (out / "report.md").read_text()
     with Image.open(out / "waits.png") as plot:
         assert plot.size[0] > 600
+    curve = report["reduction_by_auroc"]
+    assert [point["auroc"] for point in curve] == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert (out / "reduction-by-auroc.png").is_file() and set(report["target"]) >= {"met", "auroc_needed"}
+
+
+@pytest.mark.parametrize("target", [0.6, 0.8, 0.95])
+def test_simulated_scores_have_the_auroc_asked_for(target: float) -> None:
+    pool = binormal_pool(
+        np.random.default_rng(3), target, n=4000, prevalence=0.3, tier_for=SlaPolicy().tier_for
+    )
+    measured = auroc(pool)
+    assert measured is not None and abs(measured - target) < 0.02
+    assert 0.25 < pool.abnormal.mean() < 0.35 and ((pool.priority >= 0) & (pool.priority <= 1)).all()
 
 
 def test_without_a_served_model_the_report_says_what_to_run(
