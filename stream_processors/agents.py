@@ -43,6 +43,7 @@ from stream_processors import join
 from stream_processors.config import ProcessorSettings
 from stream_processors.drift import InputSample
 from stream_processors.join_index import JoinIndex
+from stream_processors.kafka_metadata import keep_tracked
 from stream_processors.monitors import Monitors
 
 logger = logging.getLogger(__name__)
@@ -98,20 +99,11 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
     # awaits Kafka's ack of what it publishes before the write, and the other must not write in between.
     join_lock = asyncio.Lock()
     index = JoinIndex()
-    changelog_known = asyncio.Event()
 
     async def know_changelog() -> None:
-        """Make the producer fetch the changelog topic's partitions before the first table write.
-
-        With ``use_partitioner`` Faust hashes a table key with the producer's metadata without waiting for it
-        (``key_partition``); a producer whose metadata predates the changelog topic's creation then fails every
-        write until something refreshes it (seen on a busy broker at start-up). Asking once waits for it.
-        """
-        if changelog_known.is_set():
-            return
-        producer = cast(Any, app.producer)._ensure_producer()  # the aiokafka producer under Faust's
-        await producer.partitions_for(table.changelog_topic.get_topic_name())
-        changelog_known.set()
+        await keep_tracked(
+            cast(Any, app.producer)._ensure_producer().client, table.changelog_topic.get_topic_name()
+        )
 
     metrics_due = {"dirty": True, "last": 0.0}
 
