@@ -66,9 +66,15 @@ def write_studies(images: Path, out: Path, *, studies: int) -> list[str]:
         first, late = out / "first" / f"study-{n:02d}", out / "late" / f"study-{n:02d}"
         first.mkdir(parents=True, exist_ok=True)
         late.mkdir(parents=True, exist_ok=True)
-        instance(frontal, study_uid=uid, view="PA", patient=n, number=1).save_as(first / "1.dcm")
-        instance(frontal, study_uid=uid, view="LL", patient=n, number=2).save_as(first / "2.dcm")
-        instance(repeat, study_uid=uid, view="PA", patient=n, number=3).save_as(late / "3.dcm")
+        instance(frontal, study_uid=uid, view="PA", patient=n, number=1).save_as(
+            first / "1.dcm", enforce_file_format=True
+        )
+        instance(frontal, study_uid=uid, view="LL", patient=n, number=2).save_as(
+            first / "2.dcm", enforce_file_format=True
+        )
+        instance(repeat, study_uid=uid, view="PA", patient=n, number=3).save_as(
+            late / "3.dcm", enforce_file_format=True
+        )
         uids.append(uid)
     return uids
 
