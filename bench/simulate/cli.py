@@ -11,7 +11,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from bench.simulate.queueing import Pool
+from bench.simulate.queueing import Pool, replayed_minutes
 from bench.simulate.report import (
     Scenario,
     auroc,
@@ -104,6 +104,13 @@ def served_pool(data: Path, *, sla: SlaPolicy) -> tuple[Pool, str, Callable[[flo
 @click.option(
     "--studies", type=click.IntRange(min=10), default=500, show_default=True, help="Studies per shift."
 )
+@click.option(
+    "--timestamps",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Replay these arrival times (one per line: epoch seconds or ISO 8601 with a zone) instead of "
+    "Poisson arrivals; the mean reading time then follows from --utilization.",
+)
 @click.option("--seed", type=int, default=20261203, show_default=True)
 @click.option(
     "--out",
@@ -129,6 +136,7 @@ def report_command(  # one option each
     sd_reading_min: float | None,
     runs: int,
     studies: int,
+    timestamps: Path | None,
     seed: int,
     out: Path,
     curve: bool,
@@ -136,6 +144,14 @@ def report_command(  # one option each
 ) -> None:
     """Read the same shifts FIFO and in the worklist's order; report waits by class, with 95% intervals."""
     sla = SlaPolicy()
+    replay = None
+    if timestamps is not None:
+        try:
+            replay = replayed_minutes(timestamps.read_text().splitlines())
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--timestamps") from exc
+        # The day's own arrival rate; the radiologists are busy --utilization of the time.
+        mean_reading_min = utilization * radiologists * float(replay[-1]) / (len(replay) - 1)
     pool, version, tier_for = served_pool(data, sla=sla)
     scenario = Scenario(
         radiologists=radiologists,
@@ -147,6 +163,7 @@ def report_command(  # one option each
         studies_per_run=studies,
         runs=runs,
         seed=seed,
+        replay_min=replay,
     )
     with tqdm(total=runs, desc="shifts", unit="shift", disable=None) as bar:
         shifts = run_shifts(pool, scenario, sla, progress=bar.update)
@@ -154,7 +171,11 @@ def report_command(  # one option each
         **summarise(shifts),
         "model_version": version,
         "auroc": auroc(pool),
-        "scenario": {**scenario.__dict__, "rate_per_min": scenario.rate_per_min},
+        "scenario": {
+            **{k: v for k, v in scenario.__dict__.items() if k != "replay_min"},
+            "arrivals": "poisson" if replay is None else f"replayed ({len(replay)} timestamps)",
+            "rate_per_min": scenario.rate_per_min,
+        },
     }
     if curve:
         curve_scenario = replace(scenario, runs=max(2, runs // 4))

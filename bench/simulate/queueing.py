@@ -183,6 +183,34 @@ class Pool:
     tier: tuple[Tier, ...]
 
 
+def replayed_minutes(lines: Sequence[str]) -> np.ndarray:
+    """Arrival times from a file, one per line (seconds since the epoch, or ISO 8601 with a zone), as
+    minutes after the first, sorted; blank lines and a header that is neither are skipped."""
+    from datetime import datetime
+
+    seconds = []
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            seconds.append(float(text))
+        except ValueError:
+            try:
+                stamp = datetime.fromisoformat(text)
+            except ValueError:
+                if seconds:
+                    raise ValueError(f"not a timestamp: {text!r}") from None
+                continue  # a header
+            if stamp.tzinfo is None:
+                raise ValueError(f"timestamp without a time zone: {text!r}") from None
+            seconds.append(stamp.timestamp())
+    if len(seconds) < 2:
+        raise ValueError("replayed arrivals need at least two timestamps")
+    at = np.sort(np.asarray(seconds))
+    return (at - at[0]) / 60.0
+
+
 def reading_times(
     rng: np.random.Generator, n: int, *, kind: str, mean_min: float, sd_min: float | None = None
 ) -> np.ndarray:
@@ -206,6 +234,16 @@ def poisson_shift(
     reading: np.ndarray,
 ) -> Arrivals:
     """``n`` Poisson arrivals, each an image of the pool: abnormal with probability ``prevalence``."""
+    at_min = np.cumsum(rng.exponential(1.0 / rate_per_min, n))
+    return shift_at(rng, pool, at_min=at_min, prevalence=prevalence, reading=reading)
+
+
+def shift_at(
+    rng: np.random.Generator, pool: Pool, *, at_min: np.ndarray, prevalence: float, reading: np.ndarray
+) -> Arrivals:
+    """Arrivals at ``at_min`` (nondecreasing; Poisson or replayed from a real day), each an image of the
+    pool: abnormal with probability ``prevalence``."""
+    n = len(at_min)
     abnormal_ids, normal_ids = np.flatnonzero(pool.abnormal), np.flatnonzero(~pool.abnormal)
     if not len(abnormal_ids) or not len(normal_ids):
         raise ValueError("the pool needs abnormal and normal images to draw a prevalence from")
@@ -216,7 +254,7 @@ def poisson_shift(
         rng.choice(normal_ids, n),
     )
     return Arrivals(
-        at_min=np.cumsum(rng.exponential(1.0 / rate_per_min, n)),
+        at_min=at_min,
         reading_min=reading,
         abnormal=is_abnormal,
         priority=pool.priority[drawn],

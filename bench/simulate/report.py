@@ -20,7 +20,16 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from bench.simulate.queueing import Arrivals, Fifo, Pool, Triage, poisson_shift, reading_times, waits
+from bench.simulate.queueing import (
+    Arrivals,
+    Fifo,
+    Pool,
+    Triage,
+    poisson_shift,
+    reading_times,
+    shift_at,
+    waits,
+)
 from cxr_triage.sla import SlaPolicy, Tier
 
 
@@ -35,9 +44,12 @@ class Scenario:
     studies_per_run: int
     runs: int
     seed: int
+    replay_min: np.ndarray | None = None  # replayed arrival times (minutes); None: Poisson
 
     @property
     def rate_per_min(self) -> float:
+        if self.replay_min is not None:
+            return (len(self.replay_min) - 1) / float(self.replay_min[-1])
         return self.utilisation * self.radiologists / self.mean_reading_min
 
 
@@ -56,20 +68,27 @@ def run_shifts(
     rng = np.random.default_rng(scenario.seed)
     found = []
     for _ in range(scenario.runs):
+        n = scenario.studies_per_run if scenario.replay_min is None else len(scenario.replay_min)
         reading = reading_times(
             rng,
-            scenario.studies_per_run,
+            n,
             kind=scenario.reading,
             mean_min=scenario.mean_reading_min,
             sd_min=scenario.sd_reading_min,
         )
-        shift: Arrivals = poisson_shift(
-            rng,
-            pool,
-            n=scenario.studies_per_run,
-            rate_per_min=scenario.rate_per_min,
-            prevalence=scenario.prevalence,
-            reading=reading,
+        shift: Arrivals = (
+            poisson_shift(
+                rng,
+                pool,
+                n=n,
+                rate_per_min=scenario.rate_per_min,
+                prevalence=scenario.prevalence,
+                reading=reading,
+            )
+            if scenario.replay_min is None
+            else shift_at(
+                rng, pool, at_min=scenario.replay_min, prevalence=scenario.prevalence, reading=reading
+            )
         )
         found.append(
             RunWaits(

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from bench.simulate.cli import simulate
+from bench.simulate.queueing import replayed_minutes
 from bench.simulate.report import auroc, binormal_pool
 from cxr_triage.labels import LABELS
 from cxr_triage.model.repository import ensure_initial_model
@@ -84,3 +85,35 @@ def test_without_a_served_model_the_report_says_what_to_run(
     data = _labelled_folder(tmp_path / "data", 4)
     result = CliRunner().invoke(simulate, ["report", "--data", str(data)])
     assert result.exit_code == 1 and "no model is served yet" in result.output
+
+
+def test_replayed_timestamps_are_read_as_minutes_after_the_first() -> None:
+    lines = ["arrived_at", "2026-12-03T08:10:00+00:00", "", "1796286600", "2026-12-03T08:00:00+00:00"]
+    # 1796286600 s is 2026-12-03T08:30:00Z.
+    assert replayed_minutes(lines).tolist() == [0.0, 10.0, 30.0]
+    with pytest.raises(ValueError, match="without a time zone"):
+        replayed_minutes(["2026-12-03T08:00:00", "2026-12-03T09:00:00"])
+    with pytest.raises(ValueError, match="not a timestamp: 'later'"):
+        replayed_minutes(["1796285400", "later"])
+    with pytest.raises(ValueError, match="at least two"):
+        replayed_minutes(["1796285400"])
+
+
+def test_a_replayed_day_sets_the_arrivals_and_the_reading_time_follows_from_utilisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CXR_INITIAL_MODEL_INPUT_SIZE", "64")
+    ensure_initial_model(load_settings())
+    data = _labelled_folder(tmp_path / "data", 8)
+    day = tmp_path / "arrivals.txt"
+    day.write_text("\n".join(str(1796284800 + 120 * i) for i in range(61)))  # one every 2 min for 2 h
+    args = ["report", "--data", str(data), "--runs", "3", "--timestamps", str(day), "--utilization", "0.5",
+            "--no-curve", "--out", str(tmp_path / "out"), "--json"]  # fmt: skip
+    result = CliRunner().invoke(simulate, args)
+    assert result.exit_code == 0, result.output
+    scenario = json.loads(result.output[result.output.index("{") :])["scenario"]
+    assert scenario["arrivals"] == "replayed (61 timestamps)" and scenario["rate_per_min"] == pytest.approx(
+        0.5
+    )
+    assert scenario["mean_reading_min"] == pytest.approx(2.0)  # 0.5 x 2 radiologists / 0.5 per minute
