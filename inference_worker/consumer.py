@@ -112,6 +112,7 @@ class InferenceWorker:
         self._publisher = publisher
         self._store = store
         self._metrics = metrics
+        self._held: set[tuple[str, int]] = set()
         self._model_name = model_name
         self._sla = sla
         self._max_batch = max_batch
@@ -462,14 +463,23 @@ class InferenceWorker:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions assigned", extra={"partitions": _describe(partitions)})
+        # Cooperative rebalancing hands over only what changes: the held set is kept here.
+        self._held.update((tp.topic, tp.partition) for tp in partitions)
+        self._metrics.assigned_partitions.set(len(self._held))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("partitions revoked", extra={"partitions": _describe(partitions)})
         _clear_pause(consumer, partitions)
+        self._let_go(partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.warning("partitions lost", extra={"partitions": _describe(partitions)})
         _clear_pause(consumer, partitions)
+        self._let_go(partitions)
+
+    def _let_go(self, partitions: list[TopicPartition]) -> None:
+        self._held.difference_update((tp.topic, tp.partition) for tp in partitions)
+        self._metrics.assigned_partitions.set(len(self._held))
 
 
 def _clear_pause(consumer: Consumer, partitions: list[TopicPartition]) -> None:

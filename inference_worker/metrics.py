@@ -64,6 +64,11 @@ class WorkerMetrics:
             "1 while the consumer is paused, waiting to retry a batch that a service failed",
             registry=r,
         )
+        self.assigned_partitions = Gauge(
+            "cxr_worker_assigned_partitions",
+            "Partitions of the studies topic this worker holds now (0 while it waits for a rebalance)",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "cxr_worker_consumer_lag",
             "Messages in an assigned partition after this worker's position (refreshed periodically)",

@@ -107,6 +107,13 @@ def kill_worker_1_mid_batch(target: StreamStack, *, holding: str, hold_s: float,
     worker-0 found already scored (replays of worker-1's uncommitted batch, mostly).
     """
     replays_before = target.worker_metric("cxr_worker_studies_unchanged_total", 0)
+    # Worker-1 back from an earlier test holds no partition until the group's rebalance gives it some (the
+    # killed member's session must time out first): a stream started before would all go to worker-0.
+    wait_for(
+        "worker-1 to hold partitions",
+        lambda: target.worker_metric("cxr_worker_assigned_partitions", 1) > 0,
+        timeout_s=90,
+    )
     stream = Stream(target, make_studies(target.folder, first=first, count=40), per_s=5).start()
     stream.wait_for(8)
     try:

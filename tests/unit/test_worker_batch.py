@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from cxr_triage import topics
 from cxr_triage.events import DeadLetterEventV1, PredictionEventV1
@@ -300,3 +300,17 @@ def test_declared_content_type_must_match_the_file(rig: Rig) -> None:
     rig.worker([message]).step()
     (letter,) = rig.publisher.of(topics.DLQ)
     assert letter.event.reason == "the file is image/png but the event says image/jpeg"  # type: ignore[attr-defined]
+
+
+def test_the_partitions_a_worker_holds_follow_cooperative_rebalances(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    worker = rig.worker([])
+    consumer = rig.consumer
+    held = "cxr_worker_assigned_partitions"
+    worker._on_assign(consumer, [TopicPartition(topics.STUDIES, p) for p in (0, 1)])  # type: ignore[arg-type]
+    worker._on_assign(consumer, [TopicPartition(topics.STUDIES, 3)])  # type: ignore[arg-type]  # incremental
+    assert rig.metric(held) == 3
+    worker._on_revoke(consumer, [TopicPartition(topics.STUDIES, 1)])  # type: ignore[arg-type]
+    assert rig.metric(held) == 2
+    worker._on_lost(consumer, [TopicPartition(topics.STUDIES, p) for p in (0, 3)])  # type: ignore[arg-type]
+    assert rig.metric(held) == 0
