@@ -168,11 +168,13 @@ class InferenceWorker:
             return None
         finally:
             self._metrics.in_flight.set(0)
+            self._metrics.stage.state("idle")
         self._backoff.reset()
         return report
 
     def process(self, records: list[Record]) -> BatchReport:
         """Score, write, publish, then commit one batch; ``StageUnavailable`` leaves it uncommitted."""
+        self._metrics.stage.state("scoring")
         contract = self._contract()
         rollout = self._rollout_state()
         batch = prepare_batch(
@@ -188,6 +190,7 @@ class InferenceWorker:
             _entry(item, challenged.get(record_key(item.prepared)), rollout)
             for item in study_readings(readings.scored)
         ]
+        self._metrics.stage.state("writing")
         outcomes = self._worklist.write(entries)
 
         written_at = self._clock()
@@ -222,12 +225,14 @@ class InferenceWorker:
             ]
             + [Outgoing(topics.DLQ, r.study_id, dead_letter(r)) for r in rejected]
         )
+        self._metrics.stage.state("publishing")
         self._publisher.publish(outgoing)
         # Between Kafka's ack and the commit: a commit lost to a rebalance or a broker restart then
         # redelivers a batch whose studies are known as published (with their shadows), and nothing is sent
         # twice.
         if predictions:
             self._worklist.mark_published([p.study_id for p in predictions])
+        self._metrics.stage.state("committing")
         self._commit(records)
 
         changed = sum(outcome.changed for outcome in outcomes)

@@ -6,13 +6,14 @@ import logging
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, start_http_server
 
 logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+STAGES = ("idle", "scoring", "writing", "publishing", "committing")
 
 
 class WorkerMetrics:
@@ -57,6 +58,14 @@ class WorkerMetrics:
         self.in_flight = Gauge(
             "cxr_worker_in_flight",
             "Messages taken from Kafka and not yet committed (at most one micro-batch)",
+            registry=r,
+        )
+        # Where the batch in hand is: an operator sees a worker stuck on one service; a fault test freezes a
+        # service and kills the worker exactly while its batch waits there.
+        self.stage = Enum(
+            "cxr_worker_stage",
+            "What the worker is doing with its micro-batch",
+            states=list(STAGES),
             registry=r,
         )
         self.paused = Gauge(

@@ -152,5 +152,10 @@ def processor_stack(tmp_path: Path, **settings: str) -> Iterator[tuple[KafkaBrok
         processor = Processor(env=env, home=home)
         try:
             yield broker, processor, Events(broker)
+        except BaseException:
+            # Shown with the failure: what the processor did is the first thing one asks.
+            if processor.log.exists():
+                print(*processor.log.read_text(errors="replace").splitlines()[-80:], sep="\n")
+            raise
         finally:
             processor.stop()

@@ -68,37 +68,35 @@ def test_redis_killed_mid_stream_and_restarted(stream_stack: StreamStack) -> Non
 
 
 def hold_a_batch_of_worker_1(
-    target: StreamStack, component: str, *, hold_s: float, attempts: int = 20, written: bool = False
+    target: StreamStack, component: str, *, stage: str, hold_s: float, attempts: int = 20
 ) -> None:
-    """Freeze ``component`` (SIGSTOP) while worker-1 is inside a batch, so that the batch stays there.
+    """Freeze ``component`` (SIGSTOP) while worker-1 is inside a batch, until that batch waits on it.
 
-    A batch is only seen from outside as ``cxr_worker_in_flight > 0``: freeze once it is, and keep the freeze
-    if the batch is still in flight ``hold_s`` later (it waits on the frozen component), else thaw and retry.
-    With ``written``, the batch must also have been written to the worklist after the freeze (worker-1's
-    end-to-end latency, observed at that write, counted once more): on a loaded machine a batch can still be
-    in Triton ``hold_s`` later, before its write.
+    Worker-1's ``cxr_worker_stage`` says where its batch is: freeze once a batch is in flight, and keep the
+    freeze once the batch has reached ``stage`` (the call to the frozen component) and is still there
+    ``hold_s`` later; else thaw and retry. Counting writes instead raced on a loaded machine: the write seen
+    could be the batch before, already published, while the one in hand was still in Triton.
     """
-    written_count = "cxr_worker_end_to_end_latency_seconds_count"
+
+    def at_stage() -> bool:
+        return target.worker_metric("cxr_worker_stage", 1, cxr_worker_stage=stage) > 0
+
     for _ in range(attempts):
         wait_for("worker-1 to take a batch", lambda: target.worker_metric("cxr_worker_in_flight", 1) > 0)
-        writes_before = target.worker_metric(written_count, 1)
         target.freeze(component, frozen=True)
+        deadline = time.monotonic() + 8.0
+        while not at_stage() and time.monotonic() < deadline:
+            time.sleep(0.1)
         time.sleep(hold_s)
-        deadline = time.monotonic() + (6.0 if written else 0.0)
-        while (
-            written
-            and target.worker_metric(written_count, 1) <= writes_before
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.2)
-        in_flight = target.worker_metric("cxr_worker_in_flight", 1) > 0
-        if in_flight and (not written or target.worker_metric(written_count, 1) > writes_before):
+        if at_stage():
             return
         target.freeze(component, frozen=False)
     raise AssertionError(f"worker-1 never held a batch on a frozen {component}")
 
 
-def kill_worker_1_mid_batch(target: StreamStack, *, holding: str, hold_s: float, first: int) -> float:
+def kill_worker_1_mid_batch(
+    target: StreamStack, *, holding: str, stage: str, hold_s: float, first: int
+) -> float:
     """SIGKILL worker-1 while its batch waits on ``holding`` (frozen with SIGSTOP), then thaw it.
 
     Freezing Triton stops a batch before its worklist write; freezing Kafka stops it after the write, while its
@@ -117,7 +115,7 @@ def kill_worker_1_mid_batch(target: StreamStack, *, holding: str, hold_s: float,
     stream = Stream(target, make_studies(target.folder, first=first, count=40), per_s=5).start()
     stream.wait_for(8)
     try:
-        hold_a_batch_of_worker_1(target, holding, hold_s=hold_s, written=holding == "kafka")
+        hold_a_batch_of_worker_1(target, holding, stage=stage, hold_s=hold_s)
         target.kill("worker-1")
     finally:
         target.freeze(holding, frozen=False)
@@ -130,12 +128,14 @@ def kill_worker_1_mid_batch(target: StreamStack, *, holding: str, hold_s: float,
 
 
 def test_a_worker_killed_while_its_batch_is_in_triton(stream_stack: StreamStack) -> None:
-    kill_worker_1_mid_batch(stream_stack, holding="triton", hold_s=1.0, first=2000)
+    kill_worker_1_mid_batch(stream_stack, holding="triton", stage="scoring", hold_s=1.0, first=2000)
 
 
 def test_a_worker_killed_after_its_worklist_write_before_its_commit(stream_stack: StreamStack) -> None:
-    # Kafka frozen: the batch passes Triton and its worklist write (waited for), then waits to publish.
-    replays = kill_worker_1_mid_batch(stream_stack, holding="kafka", hold_s=2.0, first=3000)
+    # Kafka frozen: the batch passes Triton and its worklist write, then waits to publish.
+    replays = kill_worker_1_mid_batch(
+        stream_stack, holding="kafka", stage="publishing", hold_s=2.0, first=3000
+    )
     assert replays >= 1  # worker-0 re-read the killed batch, found it on the worklist and left it unchanged
 
 

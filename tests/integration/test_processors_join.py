@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_verdicts_before_and_after_their_prediction_amendments_and_unknown_studies(tmp_path: Path) -> None:
-    with processor_stack(tmp_path, unmatched_verdict_wait_s="4") as (broker, processor, events):
+    with processor_stack(tmp_path, unmatched_verdict_wait_s="10") as (broker, processor, events):
         processor.start()
         # s-after: study and prediction first, then the verdict. s-before: the verdict first.
         for event_topic, event in (
@@ -44,7 +44,7 @@ def test_verdicts_before_and_after_their_prediction_amendments_and_unknown_studi
         assert (rows["s-before"].abnormal, rows["s-before"].priority) == (0, 0.2)
 
         # The unknown study's verdict goes to the DLQ after the configured wait, with its reason.
-        dead = broker.read(topics.DLQ, lambda found: len(found) >= 1, timeout_s=30)
+        dead = broker.read(topics.DLQ, lambda found: len(found) >= 1, timeout_s=60)
         [letter] = [DeadLetterEventV1.model_validate(d) for d in dead]
         assert letter.stage == "processor" and letter.study_id == "s-unknown"
         assert "unmatched" in letter.reason and letter.error_type == "UnmatchedVerdict"

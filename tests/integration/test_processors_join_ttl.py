@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 def test_a_settled_study_is_pruned_after_its_ttl_and_a_late_amendment_is_dead_lettered(
     tmp_path: Path,
 ) -> None:
-    with processor_stack(tmp_path, join_settled_ttl_s="2", unmatched_verdict_wait_s="2") as (
+    # A verdict may be read before its prediction (two topics, two agents): on a loaded machine the wait for
+    # the prediction must not be the 2 s of the TTL, or the verdict itself is dead-lettered as unmatched.
+    with processor_stack(tmp_path, join_settled_ttl_s="2", unmatched_verdict_wait_s="15") as (
         broker,
         processor,
         events,

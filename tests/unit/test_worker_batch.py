@@ -314,3 +314,29 @@ def test_the_partitions_a_worker_holds_follow_cooperative_rebalances(tmp_path: P
     assert rig.metric(held) == 2
     worker._on_lost(consumer, [TopicPartition(topics.STUDIES, p) for p in (0, 3)])  # type: ignore[arg-type]
     assert rig.metric(held) == 0
+
+
+def test_the_stage_metric_names_the_service_the_batch_waits_on(rig: Rig) -> None:
+    seen: list[str] = []
+
+    def stage_now() -> str:
+        states = ("idle", "scoring", "writing", "publishing", "committing")
+        return next(s for s in states if rig.metric("cxr_worker_stage", cxr_worker_stage=s) == 1)
+
+    def watching(call):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            seen.append(stage_now())
+            return call(*args, **kwargs)
+
+        return wrapped
+
+    worker = rig.worker([study_message(rig.store, "S-1", 0)])
+    assert rig.consumer is not None
+    rig.scorer.score = watching(rig.scorer.score)  # type: ignore[method-assign]
+    rig.worklist.write = watching(rig.worklist.write)  # type: ignore[method-assign]
+    rig.publisher.publish = watching(rig.publisher.publish)  # type: ignore[method-assign]
+    rig.consumer.commit = watching(rig.consumer.commit)  # type: ignore[method-assign]
+
+    assert worker.step() is not None
+    assert seen == ["scoring", "writing", "publishing", "committing"]
+    assert stage_now() == "idle"
