@@ -6,17 +6,22 @@ Every scored study gets a tier from its model priority, by the thresholds of the
 24 h by default).
 The worklist is read in order of the *effective priority*
 
-    e(t) = priority + waited(t) / T_tier        (waited = t - received_at)
+    e(t) = priority + waited(t) / A_tier        (waited = t - received_at)
 
-Why this keeps studies within their tier's maximum as long as radiologists keep claiming:
+where the aging time ``A_tier = min(T_tier, H)``: the tier's allowance, at most the aging horizon ``H``
+(30 min by default). Why:
 
-* ``priority`` is in [0, 1], so a study that has waited its whole allowance has ``e ≥ 1``: it ranks above
-  every study that has waited less than ``(1 - p')`` of its own allowance (in particular above every fresh
-  study), so a study near its deadline is never overtaken by new arrivals, however urgent they look.
-* ``e`` grows at ``1/T`` per second: a critical study (T = 30 min) climbs 48 times faster than a routine one
-  (T = 24 h), so lateness is measured relative to each tier's promise. In terms of its own deadline
-  ``D = received_at + T`` a study's rank is ``e = p + 1 + (t - D)/T``: the order is earliest-(relative)-
-  deadline-first, refined by the model priority.
+* ``priority`` is in [0, 1], so a study that has waited ``A_tier`` (at most its whole allowance) has
+  ``e ≥ 1``: it ranks above every study that has waited less than ``(1 - p')`` of its own aging time (in
+  particular above every fresh study), so a study near its deadline is never overtaken by new arrivals,
+  however urgent they look.
+* The horizon bounds what triage costs the studies it puts back: with every tier's allowance at least ``H``
+  (the defaults), all studies age at ``1/H``, and a study B overtakes an earlier study A only if
+  ``p_B - p_A > (B's arrival - A's arrival) / H``, so **no study is ever overtaken by one that arrived more
+  than H later**. Without it a routine study would age at 1/24 h and wait out every abnormal-looking arrival
+  of a busy shift: in the reading-shift simulation (``cxr-triage simulate report``, docs/business-case.md)
+  the longest wait rose by 150-350 % over FIFO with the tier allowances alone, by about 25 % with H = 30 min.
+* A tier whose allowance is below the horizon ages faster (``1/T``), so it keeps its own promise.
 * Nothing starves: every waiting study's ``e`` grows without bound, so it eventually outranks any study.
 
 The guarantee is conditional on capacity, as any schedule's is: when the studies waiting at a moment can be
@@ -57,13 +62,17 @@ class SlaPolicy(BaseSettings):
     The worker (which files studies into tiers) and the API (which reads them) must share these values.
     """
 
-    model_config = SettingsConfigDict(env_prefix="CXR_SLA_", env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CXR_SLA_", env_file=".env", extra="ignore", frozen=True, env_parse_none_str="none"
+    )
 
     critical_min_priority: float = Field(default=0.8, gt=0.0, le=1.0)
     urgent_min_priority: float = Field(default=0.5, gt=0.0, le=1.0)
     critical_max_wait_min: float = Field(default=30.0, gt=0.0, le=7 * 24 * 60)
     urgent_max_wait_min: float = Field(default=120.0, gt=0.0, le=7 * 24 * 60)
     routine_max_wait_min: float = Field(default=24 * 60.0, gt=0.0, le=7 * 24 * 60)
+    # None: each tier ages over its whole allowance (a routine study barely ages within a shift).
+    aging_horizon_min: float | None = Field(default=30.0, gt=0.0, le=7 * 24 * 60)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -90,13 +99,18 @@ class SlaPolicy(BaseSettings):
         }[tier]
         return minutes * 60.0
 
+    def aging_s(self, tier: Tier) -> float:
+        """Seconds for a study of ``tier`` to gain 1 of effective priority: its allowance, at most the horizon."""
+        allowance = self.max_wait_s(tier)
+        return allowance if self.aging_horizon_min is None else min(allowance, self.aging_horizon_min * 60.0)
+
     def index_score(self, *, priority: float, tier: Tier, received_ts: float) -> float:
         """The time-invariant sort key of a study inside its tier's sorted set (what the index script stores)."""
-        return priority - received_ts / self.max_wait_s(tier)
+        return priority - received_ts / self.aging_s(tier)
 
     def effective_priority(self, *, priority: float, tier: Tier, waited_s: float) -> float:
         """``effective`` of lua/prelude.lua (the definition), for a study no script reply covers."""
-        return priority + max(waited_s, 0.0) / self.max_wait_s(tier)
+        return priority + max(waited_s, 0.0) / self.aging_s(tier)
 
 
 def received_timestamp(received_at: datetime) -> float:

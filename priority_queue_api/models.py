@@ -47,7 +47,10 @@ class SlaPublic(BaseModel):
     time_left_s: float = Field(description="Until the tier's maximum wait; negative when overdue")
     due_at: datetime
     overdue: bool
-    effective_priority: float = Field(description="priority + waited_s / max_wait_s: the worklist order")
+    effective_priority: float = Field(
+        description="priority + waited_s / aging time (the tier's max wait, at most the aging horizon): the "
+        "worklist order"
+    )
 
 
 class StudyPublic(BaseModel):

@@ -60,5 +60,5 @@ def tier_names() -> list[str]:
 
 
 def tier_waits(policy: SlaPolicy, tiers: tuple[Tier, ...] = TIERS) -> list[str]:
-    """``(tier, max_wait_s)`` pairs, flattened, as ``tiers_from`` in prelude.lua reads them."""
-    return [value for tier in tiers for value in (tier.value, repr(policy.max_wait_s(tier)))]
+    """``(tier, aging_s)`` pairs, flattened, as ``tiers_from`` in prelude.lua reads them."""
+    return [value for tier in tiers for value in (tier.value, repr(policy.aging_s(tier)))]

@@ -23,6 +23,8 @@ from tests.integration.async_redis import AsyncRedis, async_redis
 from tests.integration.conftest import RedisServer
 
 POLICY = SlaPolicy()
+# Each tier aging over its own allowance (no horizon): where the tiers' different clocks are the point.
+TIERED = SlaPolicy(aging_horizon_min=None)
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 NOW = T0.timestamp()
 
@@ -45,12 +47,13 @@ def _index(
     priority: float,
     age: timedelta,
     tier: Tier | None = None,
+    policy: SlaPolicy = POLICY,
 ) -> str | None:
     """File a study as the worker does; its tier is the fallback thresholds' unless the test picks one."""
     return index_scored_study(
         r,
         keys=keys,
-        policy=POLICY,
+        policy=policy,
         study_id=study_id,
         priority=priority,
         tier=tier or POLICY.tier_for(priority),
@@ -66,14 +69,14 @@ def _effective(priority: float, age_s: float) -> float:
 
 def test_claims_follow_effective_priority_across_tiers(r: redis.Redis, aio: AsyncRedis) -> None:
     keys = WorklistKeys("order")
-    _index(r, keys, "fresh-critical", 0.9, timedelta(0))  # 0.9
-    _index(r, keys, "old-routine", 0.3, timedelta(hours=23, minutes=54))  # 0.3 + 0.996
-    _index(r, keys, "urgent-1h", 0.6, timedelta(hours=1))  # 0.6 + 0.5
-    _index(r, keys, "critical-20min", 0.85, timedelta(minutes=20))  # 0.85 + 0.667
+    _index(r, keys, "fresh-critical", 0.9, timedelta(0), policy=TIERED)  # 0.9
+    _index(r, keys, "old-routine", 0.3, timedelta(hours=23, minutes=54), policy=TIERED)  # 0.3 + 0.996
+    _index(r, keys, "urgent-1h", 0.6, timedelta(hours=1), policy=TIERED)  # 0.6 + 0.5
+    _index(r, keys, "critical-20min", 0.85, timedelta(minutes=20), policy=TIERED)  # 0.85 + 0.667
 
     order = []
     while (
-        claim := aio(claim_next, keys=keys, policy=POLICY, radiologist="ana", lease_s=600, now=NOW)
+        claim := aio(claim_next, keys=keys, policy=TIERED, radiologist="ana", lease_s=600, now=NOW)
     ) is not None:
         order.append(claim.study_id)
         if claim.study_id == "critical-20min":
@@ -81,6 +84,26 @@ def test_claims_follow_effective_priority_across_tiers(r: redis.Redis, aio: Asyn
             assert claim.effective_priority == pytest.approx(0.85 + 20 / 30)
             assert claim.expires_at == pytest.approx(NOW + 600)
     assert order == ["critical-20min", "old-routine", "urgent-1h", "fresh-critical"]
+
+
+def test_with_the_horizon_every_tier_ages_alike(r: redis.Redis, aio: AsyncRedis) -> None:
+    keys = WorklistKeys("horizon")
+    _index(r, keys, "routine-26min", 0.1, timedelta(minutes=26))  # 0.1 + 26/30 = 0.967
+    _index(r, keys, "critical-fresh", 0.92, timedelta(0))  # 0.92
+    _index(r, keys, "urgent-10min", 0.6, timedelta(minutes=10))  # 0.6 + 10/30 = 0.933
+    _index(r, keys, "routine-5min", 0.4, timedelta(minutes=5))  # 0.4 + 5/30 = 0.567
+    order = []
+    while (
+        claim := aio(claim_next, keys=keys, policy=POLICY, radiologist="ana", lease_s=600, now=NOW)
+    ) is not None:
+        order.append((claim.study_id, round(claim.effective_priority, 3)))
+    assert [study for study, _ in order] == [
+        "routine-26min",
+        "urgent-10min",
+        "critical-fresh",
+        "routine-5min",
+    ]
+    assert [e for _, e in order] == [0.967, 0.933, 0.92, 0.567]
 
 
 def test_claim_order_matches_brute_force_on_random_studies(r: redis.Redis, aio: AsyncRedis) -> None:
@@ -232,24 +255,24 @@ def test_the_tier_is_the_callers_and_min_priority_filters_every_tier(r: redis.Re
     # Models disagree on thresholds: a strict one filed a 0.3 as critical, a lax one a 0.9 as routine.
     for study_id, priority, tier in (("strict", 0.3, Tier.CRITICAL), ("lax", 0.9, Tier.ROUTINE)):
         r.hset(keys.study(study_id), mapping={"study_id": study_id, "priority": str(priority)})
-        _index(r, keys, study_id, priority, timedelta(minutes=20), tier=tier)
+        _index(r, keys, study_id, priority, timedelta(minutes=20), tier=tier, policy=TIERED)
     assert r.zrange(keys.unread(Tier.CRITICAL), 0, -1) == ["strict"]
     assert r.zrange(keys.unread(Tier.ROUTINE), 0, -1) == ["lax"]
 
-    page = aio(read_page, keys=keys, policy=POLICY, limit=10, now=NOW)
+    page = aio(read_page, keys=keys, policy=TIERED, limit=10, now=NOW)
     assert [(row.study_id, row.tier) for row in page.rows] == [
         ("strict", Tier.CRITICAL),
         ("lax", Tier.ROUTINE),
     ]
-    strict_effective = POLICY.effective_priority(priority=0.3, tier=Tier.CRITICAL, waited_s=1200)
+    strict_effective = TIERED.effective_priority(priority=0.3, tier=Tier.CRITICAL, waited_s=1200)
     assert page.rows[0].effective_priority == pytest.approx(strict_effective)
     for min_priority, expected in ((0.5, ["lax"]), (0.95, []), (0.3, ["strict", "lax"])):
-        filtered = aio(read_page, keys=keys, policy=POLICY, limit=10, min_priority=min_priority, now=NOW)
+        filtered = aio(read_page, keys=keys, policy=TIERED, limit=10, min_priority=min_priority, now=NOW)
         assert (filtered.total, [row.study_id for row in filtered.rows]) == (len(expected), expected)
 
-    claim = aio(claim_next, keys=keys, policy=POLICY, radiologist="ana", lease_s=60, now=NOW)
+    claim = aio(claim_next, keys=keys, policy=TIERED, radiologist="ana", lease_s=60, now=NOW)
     assert claim is not None and (claim.study_id, claim.tier) == ("strict", Tier.CRITICAL)
-    leased = aio(read_page, keys=keys, policy=POLICY, limit=10, min_priority=0.5, waiting=False, now=NOW)
+    leased = aio(read_page, keys=keys, policy=TIERED, limit=10, min_priority=0.5, waiting=False, now=NOW)
     assert leased.total == 0
 
 

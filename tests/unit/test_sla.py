@@ -40,9 +40,27 @@ def test_index_score_plus_now_over_t_is_the_effective_priority() -> None:
             tier = policy.tier_for(priority)
             score = policy.index_score(priority=priority, tier=tier, received_ts=received)
             effective = policy.effective_priority(priority=priority, tier=tier, waited_s=now_offset)
-            assert score + (received + now_offset) / policy.max_wait_s(tier) == pytest.approx(
+            assert score + (received + now_offset) / policy.aging_s(tier) == pytest.approx(
                 effective, abs=1e-9
             )
+
+
+def test_every_tier_ages_over_the_horizon_or_its_own_shorter_allowance() -> None:
+    assert [SlaPolicy().aging_s(t) for t in Tier] == [1800, 1800, 1800]
+    short = SlaPolicy(critical_max_wait_min=15, aging_horizon_min=45)
+    assert [short.aging_s(t) for t in Tier] == [900, 2700, 2700]
+    assert [SlaPolicy(aging_horizon_min=None).aging_s(t) for t in Tier] == [1800, 7200, 86400]
+
+
+def test_no_study_is_overtaken_by_one_that_arrived_more_than_the_horizon_later() -> None:
+    policy = SlaPolicy()  # every allowance is at least the 30-minute horizon
+    horizon_s = 30 * 60.0
+    for gap_s, overtakes in ((horizon_s * 0.99, True), (horizon_s * 1.01, False)):
+        # The earliest, least urgent study against the most urgent one that came ``gap_s`` later.
+        now = gap_s + 60.0
+        early = policy.effective_priority(priority=0.0, tier=Tier.ROUTINE, waited_s=now)
+        late = policy.effective_priority(priority=1.0, tier=Tier.CRITICAL, waited_s=now - gap_s)
+        assert (late > early) is overtakes
 
 
 def test_policy_from_environment_and_validation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,6 +75,12 @@ def test_policy_from_environment_and_validation(monkeypatch: pytest.MonkeyPatch)
         Tier.URGENT,
         Tier.CRITICAL,
     ]
+    monkeypatch.setenv("CXR_SLA_AGING_HORIZON_MIN", "none")  # each tier ages over its own allowance
+    assert SlaPolicy().aging_s(Tier.ROUTINE) == 86400
+    monkeypatch.setenv("CXR_SLA_AGING_HORIZON_MIN", "0")
+    with pytest.raises(ValidationError, match="greater than 0"):
+        SlaPolicy()
+    monkeypatch.delenv("CXR_SLA_AGING_HORIZON_MIN")
     with pytest.raises(ValidationError, match="must be below"):
         SlaPolicy(urgent_min_priority=0.9)
     with pytest.raises(ValidationError):

@@ -1,5 +1,5 @@
 -- Lease the waiting study of highest effective priority to a radiologist: the best of the tier heads.
--- ARGV: prefix, now, radiologist, lease_s, (tier, max_wait_s)...
+-- ARGV: prefix, now, radiologist, lease_s, (tier, aging_s)...
 -- Returns false when nothing waits, else {id, tier, effective priority, lease expiry}.
 local who, lease_s = ARGV[3], tonumber(ARGV[4])
 reap()

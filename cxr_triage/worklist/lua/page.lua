@@ -1,6 +1,6 @@
 -- One page of unread studies by effective priority, with each study's hash, in one round trip.
 -- ARGV: prefix, now, offset, limit, include_waiting, include_leased, min_priority,
---       (tier, max_wait_s)... of the selected tiers
+--       (tier, aging_s)... of the selected tiers
 -- Returns {total, {JSON of {id, tier, effective, holder, claimed_at, expires_at, study: {hash}}}...}
 local offset, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local want_waiting, want_leased, minp = ARGV[5] == '1', ARGV[6] == '1', tonumber(ARGV[7])

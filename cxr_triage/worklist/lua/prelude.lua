@@ -18,7 +18,7 @@ local function reap()
   return #expired
 end
 
--- (tier name, max wait in seconds) pairs from ARGV[first] on.
+-- (tier name, aging time in seconds: SlaPolicy.aging_s) pairs from ARGV[first] on.
 local function tiers_from(first)
   local tiers = {}
   for i = first, #ARGV, 2 do
@@ -28,8 +28,8 @@ local function tiers_from(first)
 end
 
 -- The effective priority: the definition of the worklist order (sla.py explains why it keeps the SLA).
--- ``score`` is the study's time-invariant index score, priority - received_at / tmax (SlaPolicy.index_score),
--- so this is priority + waited / tmax.
+-- ``score`` is the study's time-invariant index score, priority - received_at / tmax (SlaPolicy.index_score,
+-- tmax = SlaPolicy.aging_s), so this is priority + waited / tmax.
 local function effective(score, tmax)
   return tonumber(score) + now / tmax
 end
