@@ -217,6 +217,17 @@ def auroc(pool: Pool) -> float | None:
     return float(roc_auc_score(pool.abnormal, pool.priority))
 
 
+def _aging(sla: dict[str, Any] | None) -> str:
+    if not sla:
+        return "aging as configured"
+    allowances = (
+        f"tier allowances {sla['critical_max_wait_min']:g} / {sla['urgent_max_wait_min']:g} / "
+        f"{sla['routine_max_wait_min']:g} min"
+    )
+    horizon = sla.get("aging_horizon_min")
+    return f"{allowances}, aging horizon {'none' if horizon is None else f'{horizon:g} min'}"
+
+
 def write_markdown(path: Path, result: dict[str, Any]) -> None:
     ci = result["ci95"]
     rows = [
@@ -231,7 +242,7 @@ def write_markdown(path: Path, result: dict[str, Any]) -> None:
         f"{scenario['radiologists']} radiologists at {scenario['utilisation']:.0%} utilisation, prevalence "
         f"{scenario['prevalence']:.2f}, {scenario['reading']} reading times (mean "
         f"{scenario['mean_reading_min']} min), {scenario['runs']} runs of {scenario['studies_per_run']} "
-        "studies; mean over runs [95% CI].",
+        f"studies; {_aging(scenario.get('sla'))}; mean over runs [95% CI].",
         "",
         "| | FIFO | triage |",
         "|---|---|---|",

@@ -117,3 +117,24 @@ def test_a_replayed_day_sets_the_arrivals_and_the_reading_time_follows_from_util
         0.5
     )
     assert scenario["mean_reading_min"] == pytest.approx(2.0)  # 0.5 x 2 radiologists / 0.5 per minute
+
+
+def test_the_aging_horizon_is_the_reports_to_vary_and_is_stated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CXR_INITIAL_MODEL_INPUT_SIZE", "64")
+    ensure_initial_model(load_settings())
+    data = _labelled_folder(tmp_path / "data", 8)
+    base = ["report", "--data", str(data), "--runs", "2", "--studies", "40", "--no-curve"]
+    for value, horizon, said in (("none", None, "aging horizon none"), ("45", 45.0, "aging horizon 45 min")):
+        out = tmp_path / f"out-{value}"
+        result = CliRunner().invoke(
+            simulate, [*base, "--aging-horizon-min", value, "--out", str(out), "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output[result.output.index("{") :])
+        assert report["scenario"]["sla"]["aging_horizon_min"] == horizon
+        assert said in (out / "report.md").read_text()
+    refused = CliRunner().invoke(simulate, [*base, "--aging-horizon-min", "-3"])
+    assert refused.exit_code == 2 and "minutes above 0, or 'none'" in refused.output

@@ -21,6 +21,7 @@ from bench.simulate.queueing import (
     reading_times,
     waits,
 )
+from bench.simulate.report import Scenario, binormal_pool, run_shifts, summarise
 from cxr_triage.sla import SlaPolicy, Tier
 
 RADIOLOGISTS, MEAN_READING_MIN, UTILISATION, PREVALENCE = 2, 10.0, 0.8, 0.3
@@ -91,3 +92,19 @@ def test_aging_caps_what_strict_priority_makes_normal_studies_wait() -> None:
     fifo = waits(shift, Fifo(shift), RADIOLOGISTS)
     assert fifo.max() <= aged.max() < strict.max()  # FIFO minimises the maximum wait on every sample path
     assert aged[shift.abnormal].mean() < fifo[shift.abnormal].mean()
+
+
+def test_the_aging_horizon_keeps_the_longest_wait_near_fifos() -> None:
+    """Tier allowances alone let a routine study wait out a busy shift's abnormal-looking arrivals; the 30-minute
+    horizon (no study overtaken by one that came more than 30 min later) keeps the price small."""
+    pool = binormal_pool(np.random.default_rng(1), 0.9, n=4000, prevalence=0.5, tier_for=SlaPolicy().tier_for)
+    scenario = Scenario(radiologists=2, utilisation=0.85, prevalence=0.3, reading="lognormal",
+                        mean_reading_min=5.0, sd_reading_min=None, studies_per_run=500, runs=12, seed=7)  # fmt: skip
+    horizon = summarise(run_shifts(pool, scenario, SlaPolicy()))
+    tiers_only = summarise(run_shifts(pool, scenario, SlaPolicy(aging_horizon_min=None)))
+    assert horizon["fifo_max_wait_min"] == tiers_only["fifo_max_wait_min"]  # the same shifts
+    assert horizon["max_wait_increase"] < 0.4 < 1.0 < tiers_only["max_wait_increase"]
+    assert (
+        horizon["reduction_abnormal"] > 0.3
+        and tiers_only["reduction_abnormal"] > horizon["reduction_abnormal"]
+    )
