@@ -104,6 +104,26 @@ class Processor:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
         )
 
+    def where_it_is(self) -> list[str]:
+        """The log's last lines, then the stacks of the processor's own code among its asyncio tasks and threads
+        (mode's worker dumps every one of them into the log on SIGUSR1)."""
+        if not self.log.exists():
+            return ["(no processor log)"]
+        before = self.log.stat().st_size
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGUSR1)
+            time.sleep(3)
+        text = self.log.read_text(errors="replace")
+        lines = text[:before].splitlines()[-80:]
+        stacks = text[before:].split("\nStack for ")
+        ours = [block for block in stacks if "stream_processors" in block]
+        lines.append(f"--- {len(stacks) - 1} stacks dumped on SIGUSR1, {len(ours)} in stream_processors ---")
+        for block in ours:
+            lines += [
+                "Stack for " + line if i == 0 else line for i, line in enumerate(block.splitlines()[:60])
+            ]
+        return lines
+
     @property
     def store(self) -> FeedbackStore:
         return FeedbackStore(Settings(home=self.home).feedback_db_path)
@@ -153,9 +173,9 @@ def processor_stack(tmp_path: Path, **settings: str) -> Iterator[tuple[KafkaBrok
         try:
             yield broker, processor, Events(broker)
         except BaseException:
-            # Shown with the failure: what the processor did is the first thing one asks.
-            if processor.log.exists():
-                print(*processor.log.read_text(errors="replace").splitlines()[-80:], sep="\n")
+            # Shown with the failure: what the processor did, and where each of its threads and asyncio tasks
+            # is now (mode's worker writes them to the log on SIGUSR1), is the first thing one asks.
+            print(*processor.where_it_is(), sep="\n")
             raise
         finally:
             processor.stop()
