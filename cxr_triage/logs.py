@@ -25,6 +25,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+_REQUEST_LOGGERS = ("httpx", "httpcore", "urllib3")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send JSON lines to stderr; called once by the CLI, never at import."""
     handler = logging.StreamHandler(sys.stderr)
@@ -32,3 +35,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # HTTP clients log every request at INFO: a claim loop or a worklist call would print one line each.
+    quiet = logging.WARNING if logging.getLevelName(level) != logging.DEBUG else logging.DEBUG
+    for name in _REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

@@ -225,7 +225,8 @@ def report_command(  # one option each
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo((out / "report.md").read_text())
-        click.echo(f"written: {out / 'report.json'}, {out / 'report.md'}, {out / 'waits.png'}")
+        plots = ", ".join(str(out / name) for name in ("waits.png", "reduction-by-auroc.png")[: 1 + curve])
+        click.echo(f"written: {out / 'report.json'}, {out / 'report.md'}, {plots}")
 
 
 def reader_tokens(count: int) -> dict[str, str]:

@@ -88,22 +88,17 @@ def test_claims_follow_effective_priority_across_tiers(r: redis.Redis, aio: Asyn
 
 def test_with_the_horizon_every_tier_ages_alike(r: redis.Redis, aio: AsyncRedis) -> None:
     keys = WorklistKeys("horizon")
-    _index(r, keys, "routine-26min", 0.1, timedelta(minutes=26))  # 0.1 + 26/30 = 0.967
-    _index(r, keys, "critical-fresh", 0.92, timedelta(0))  # 0.92
-    _index(r, keys, "urgent-10min", 0.6, timedelta(minutes=10))  # 0.6 + 10/30 = 0.933
-    _index(r, keys, "routine-5min", 0.4, timedelta(minutes=5))  # 0.4 + 5/30 = 0.567
+    _index(r, keys, "routine-22min", 0.1, timedelta(minutes=22))  # 0.1 + 22/25 = 0.98
+    _index(r, keys, "critical-fresh", 0.95, timedelta(0))  # 0.95
+    _index(r, keys, "urgent-8min", 0.6, timedelta(minutes=8))  # 0.6 + 8/25 = 0.92
+    _index(r, keys, "routine-5min", 0.4, timedelta(minutes=5))  # 0.4 + 5/25 = 0.6
     order = []
     while (
         claim := aio(claim_next, keys=keys, policy=POLICY, radiologist="ana", lease_s=600, now=NOW)
     ) is not None:
         order.append((claim.study_id, round(claim.effective_priority, 3)))
-    assert [study for study, _ in order] == [
-        "routine-26min",
-        "urgent-10min",
-        "critical-fresh",
-        "routine-5min",
-    ]
-    assert [e for _, e in order] == [0.967, 0.933, 0.92, 0.567]
+    assert [study for study, _ in order] == ["routine-22min", "critical-fresh", "urgent-8min", "routine-5min"]
+    assert [e for _, e in order] == [0.98, 0.95, 0.92, 0.6]
 
 
 def test_claim_order_matches_brute_force_on_random_studies(r: redis.Redis, aio: AsyncRedis) -> None:

@@ -35,3 +35,21 @@ def test_a_command_whose_package_is_not_installed_is_not_offered(monkeypatch: py
     missing = runner.invoke(cli.main, ["bench", "--help"])
     assert missing.exit_code == 2 and "No such command 'bench'" in missing.output
     assert runner.invoke(cli.main, ["status", "--help"]).exit_code == 0
+
+
+def test_http_client_request_logs_are_quiet_unless_debugging() -> None:
+    import logging
+
+    from cxr_triage.logs import configure_logging
+
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    saved = (root.handlers[:], root.level, httpx_logger.level)
+    try:
+        configure_logging("INFO")
+        assert not httpx_logger.isEnabledFor(logging.INFO)
+        assert logging.getLogger("cxr_triage").isEnabledFor(logging.INFO)
+        configure_logging("DEBUG")
+        assert httpx_logger.isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        httpx_logger.setLevel(saved[2])

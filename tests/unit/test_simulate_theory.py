@@ -95,8 +95,8 @@ def test_aging_caps_what_strict_priority_makes_normal_studies_wait() -> None:
 
 
 def test_the_aging_horizon_keeps_the_longest_wait_near_fifos() -> None:
-    """Tier allowances alone let a routine study wait out a busy shift's abnormal-looking arrivals; the 30-minute
-    horizon (no study overtaken by one that came more than 30 min later) keeps the price small."""
+    """Tier allowances alone let a routine study wait out a busy shift's abnormal-looking arrivals; the 25-minute
+    horizon (no study overtaken by one that came more than 25 min later) keeps the price small."""
     pool = binormal_pool(np.random.default_rng(1), 0.9, n=4000, prevalence=0.5, tier_for=SlaPolicy().tier_for)
     scenario = Scenario(radiologists=2, utilisation=0.85, prevalence=0.3, reading="lognormal",
                         mean_reading_min=5.0, sd_reading_min=None, studies_per_run=500, runs=12, seed=7)  # fmt: skip

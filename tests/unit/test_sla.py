@@ -46,15 +46,15 @@ def test_index_score_plus_now_over_t_is_the_effective_priority() -> None:
 
 
 def test_every_tier_ages_over_the_horizon_or_its_own_shorter_allowance() -> None:
-    assert [SlaPolicy().aging_s(t) for t in Tier] == [1800, 1800, 1800]
+    assert [SlaPolicy().aging_s(t) for t in Tier] == [1500, 1500, 1500]
     short = SlaPolicy(critical_max_wait_min=15, aging_horizon_min=45)
     assert [short.aging_s(t) for t in Tier] == [900, 2700, 2700]
     assert [SlaPolicy(aging_horizon_min=None).aging_s(t) for t in Tier] == [1800, 7200, 86400]
 
 
 def test_no_study_is_overtaken_by_one_that_arrived_more_than_the_horizon_later() -> None:
-    policy = SlaPolicy()  # every allowance is at least the 30-minute horizon
-    horizon_s = 30 * 60.0
+    policy = SlaPolicy()  # every allowance is at least the 25-minute horizon
+    horizon_s = 25 * 60.0
     for gap_s, overtakes in ((horizon_s * 0.99, True), (horizon_s * 1.01, False)):
         # The earliest, least urgent study against the most urgent one that came ``gap_s`` later.
         now = gap_s + 60.0
