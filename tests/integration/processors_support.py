@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from cxr_triage import topics
@@ -115,6 +115,8 @@ class Processor:
             time.sleep(3)
         text = self.log.read_text(errors="replace")
         lines = text[:before].splitlines()[-80:]
+        lines += [line for line in (self.metrics_text() or "").splitlines() if line.startswith("cxr_processors_")]
+        lines += self._group_positions()
         stacks = text[before:].split("\nStack for ")
         ours = [block for block in stacks if "stream_processors" in block]
         lines.append(f"--- {len(stacks) - 1} stacks dumped on SIGUSR1, {len(ours)} in stream_processors ---")
@@ -123,6 +125,25 @@ class Processor:
                 "Stack for " + line if i == 0 else line for i, line in enumerate(block.splitlines()[:60])
             ]
         return lines
+
+    def _group_positions(self) -> list[str]:
+        """Per topic: what the processors' group committed against what the topic holds."""
+        group = self.env["CXR_PROCESSORS_APP_ID"]
+        consumer = Consumer({"bootstrap.servers": self.env["CXR_KAFKA_BOOTSTRAP_SERVERS"], "group.id": group})
+        try:
+            found = []
+            for topic, meta in sorted(consumer.list_topics(timeout=10).topics.items()):
+                if topic.startswith("__"):
+                    continue
+                tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+                committed = consumer.committed(tps, timeout=10)
+                ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+                found.append(f"{topic}: committed {[c.offset for c in committed]} of {ends}")
+            return found
+        except Exception as exc:  # a diagnostic: never the reason a test fails
+            return [f"group offsets unavailable: {exc!r}"]
+        finally:
+            consumer.close()
 
     @property
     def store(self) -> FeedbackStore:
