@@ -115,7 +115,9 @@ class Processor:
             time.sleep(3)
         text = self.log.read_text(errors="replace")
         lines = text[:before].splitlines()[-80:]
-        lines += [line for line in (self.metrics_text() or "").splitlines() if line.startswith("cxr_processors_")]
+        lines += [
+            line for line in (self.metrics_text() or "").splitlines() if line.startswith("cxr_processors_")
+        ]
         lines += self._group_positions()
         stacks = text[before:].split("\nStack for ")
         ours = [block for block in stacks if "stream_processors" in block]
