@@ -100,10 +100,20 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
     join_lock = asyncio.Lock()
     index = JoinIndex()
 
-    async def know_changelog() -> None:
-        await keep_tracked(
-            cast(Any, app.producer)._ensure_producer().client, table.changelog_topic.get_topic_name()
-        )
+    # Every topic this app writes to (the table's changelog included): see kafka_metadata.
+    outputs = [
+        table.changelog_topic.get_topic_name(),
+        *(t.get_topic_name() for t in (verdicts_by_study, shadows_by_study, feedback, dlq)),
+        *(t.get_topic_name() for t in (metrics_topic, drift_topic, requests)),
+    ]
+
+    async def know_outputs() -> None:
+        await keep_tracked(cast(Any, app.producer)._ensure_producer().client, outputs)
+
+    @app.task
+    async def track_outputs() -> None:
+        """From the start: a topic sent to before the first table write is tracked too."""
+        await know_outputs()
 
     metrics_due = {"dirty": True, "last": 0.0}
 
@@ -158,7 +168,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         for dead in step.dead_letters:
             await dead_letter(dead, "unmatched_verdict")
         if step.state != before:
-            await know_changelog()
+            await know_outputs()
             state = step.state.model_copy(update={"updated_at": time.time()})
             table[key.encode()] = state.model_dump(mode="json")
             index.update(key.encode(), state, now=time.time())
@@ -287,7 +297,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
             deliveries = [await dead_letter(letter, "unmatched_verdict") for _, letter in dead]
             for delivered in deliveries:
                 await delivered
-            await know_changelog()
+            await know_outputs()
             async with join_lock:
                 for key in {key for key, _ in dead}:
                     current = load(key.decode())
@@ -313,7 +323,7 @@ def wire(app: faust.App, settings: ProcessorSettings, monitors: Monitors) -> Non
         if not due:
             return 0
         pruned = 0
-        await know_changelog()
+        await know_outputs()
         async with join_lock:
             for key in due:
                 value = table.get(key)

@@ -1,6 +1,8 @@
-"""The fault behind a join agent that crash-looped in CI: the producer's metadata without the table's changelog
-topic (a new producer, or metadata that stopped tracking it). ``keep_tracked``, run before every table write,
-puts it back. Against the session's real broker; no message is sent."""
+"""The fault behind the processors' two CI failures: aiokafka refreshes metadata for the topics its client
+*tracks*, and each refresh replaces the partition map. A topic that drops out of it fails Faust's
+``key_partition`` (the join agent crash-looped) and leaves a batch already queued for it waiting for a leader
+for ever (``flush`` before every commit hung: the processors went silent). ``keep_tracked`` keeps every output
+topic tracked. Against the session's real broker."""
 
 from __future__ import annotations
 
@@ -15,38 +17,40 @@ from tests.integration.kafka_support import KafkaBroker
 
 pytestmark = pytest.mark.integration
 
-CHANGELOG, OTHER, LATER = topics.FEEDBACK, topics.METRICS, topics.DRIFT  # any three existing topics
+CHANGELOG, OUTPUT, OTHER = topics.FEEDBACK, topics.METRICS, topics.DRIFT  # any three existing topics
 
 
-async def _scenario(bootstrap: str) -> dict[str, bool]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+async def _scenario(bootstrap: str, *, outputs: list[str]) -> dict[str, bool]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
     await producer.start()
     try:
         client = producer.client
 
-        def known() -> bool:
-            return client.cluster.partitions_for_topic(CHANGELOG) is not None
+        def known(topic: str) -> bool:
+            return client.cluster.partitions_for_topic(topic) is not None
 
-        seen = {"known to a new producer": known()}  # as after a restart: Faust's key_partition would crash
-        await keep_tracked(client, CHANGELOG)
-        seen["known once tracked"] = known()
-        await client.add_topic(LATER)  # a later refresh
-        seen["known after the next refresh"] = known()
-        await client.set_topics([OTHER])  # metadata that no longer tracks it: the loss seen in CI
-        seen["known after it was dropped"] = known()
-        await keep_tracked(client, CHANGELOG)  # the next write's check brings it back
-        seen["known at the next write"] = known()
+        seen = {"changelog known to a new producer": known(CHANGELOG)}  # Faust's key_partition would crash
+        await keep_tracked(client, outputs)
+        seen["changelog known once tracked"] = known(CHANGELOG)
+        await producer.send_and_wait(OUTPUT, b"first")  # known now: ``send`` does not track it itself
+        await client.set_topics([OTHER])  # a refresh for other topics only: the loss seen in CI
+        seen["output known after the refresh"] = known(OUTPUT)
+        await keep_tracked(client, outputs)  # what the processors do before every table write
+        seen["output known at the next write"] = known(OUTPUT)
+        await client.set_topics([*client._topics, OTHER])  # later refreshes add topics, drop none
+        delivered = await asyncio.wait_for(await producer.send(OUTPUT, b"second"), timeout=20)
+        seen["a later batch delivered"] = delivered.topic == OUTPUT
         return seen
     finally:
         await producer.stop()
 
 
-def test_the_changelog_topic_is_in_the_producers_metadata_before_every_write(kafka: KafkaBroker) -> None:
-    seen = asyncio.run(_scenario(kafka.bootstrap))
+def test_every_output_topic_stays_in_the_producers_metadata(kafka: KafkaBroker) -> None:
+    seen = asyncio.run(_scenario(kafka.bootstrap, outputs=[CHANGELOG, OUTPUT]))
     assert seen == {
-        "known to a new producer": False,
-        "known once tracked": True,
-        "known after the next refresh": True,
-        "known after it was dropped": False,
-        "known at the next write": True,
+        "changelog known to a new producer": False,
+        "changelog known once tracked": True,
+        "output known after the refresh": False,
+        "output known at the next write": True,
+        "a later batch delivered": True,
     }
