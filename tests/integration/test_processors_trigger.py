@@ -37,11 +37,13 @@ def _requests(broker: KafkaBroker, n: int) -> list[TrainingRequestEventV1]:
 
 
 def _distinct(records: list[dict[str, Any]]) -> list[TrainingRequestEventV1]:
+    """One per request id, oldest first: requests are keyed by id, so they are spread over partitions and
+    read partition by partition, not in the order they were published."""
     by_id: dict[str, TrainingRequestEventV1] = {}
     for record in records:
         request = TrainingRequestEventV1.model_validate(record)
         by_id.setdefault(request.request_id, request)
-    return list(by_id.values())
+    return sorted(by_id.values(), key=lambda request: request.requested_at)
 
 
 def _distinct_published(broker: KafkaBroker) -> int:
