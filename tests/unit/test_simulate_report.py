@@ -42,12 +42,16 @@ def _labelled_folder(root: Path, n: int) -> Path:
     return root
 
 
-def test_report_reads_the_served_model_and_writes_json_markdown_and_plot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state home under ``tmp_path`` whose repository serves the untrained 64-px model."""
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("CXR_INITIAL_MODEL_INPUT_SIZE", "64")
     ensure_initial_model(load_settings())
+
+
+@pytest.mark.usefixtures("served")
+def test_report_reads_the_served_model_and_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     data = _labelled_folder(tmp_path / "data", 16)
     out = tmp_path / "report"
     args = ["report", "--data", str(data), "--runs", "4", "--studies", "60", "--prevalence", "0.3",
@@ -99,12 +103,10 @@ def test_replayed_timestamps_are_read_as_minutes_after_the_first() -> None:
         replayed_minutes(["1796285400"])
 
 
+@pytest.mark.usefixtures("served")
 def test_a_replayed_day_sets_the_arrivals_and_the_reading_time_follows_from_utilisation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CXR_INITIAL_MODEL_INPUT_SIZE", "64")
-    ensure_initial_model(load_settings())
     data = _labelled_folder(tmp_path / "data", 8)
     day = tmp_path / "arrivals.txt"
     day.write_text("\n".join(str(1796284800 + 120 * i) for i in range(61)))  # one every 2 min for 2 h
@@ -119,12 +121,8 @@ def test_a_replayed_day_sets_the_arrivals_and_the_reading_time_follows_from_util
     assert scenario["mean_reading_min"] == pytest.approx(2.0)  # 0.5 x 2 radiologists / 0.5 per minute
 
 
-def test_the_aging_horizon_is_the_reports_to_vary_and_is_stated(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("CXR_INITIAL_MODEL_INPUT_SIZE", "64")
-    ensure_initial_model(load_settings())
+@pytest.mark.usefixtures("served")
+def test_the_aging_horizon_is_the_reports_to_vary_and_is_stated(tmp_path: Path) -> None:
     data = _labelled_folder(tmp_path / "data", 8)
     base = ["report", "--data", str(data), "--runs", "2", "--studies", "40", "--no-curve"]
     for value, horizon, said in (("none", None, "aging horizon none"), ("45", 45.0, "aging horizon 45 min")):
