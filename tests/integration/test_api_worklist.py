@@ -68,16 +68,17 @@ def test_worklist_is_ordered_by_effective_priority_with_sla_times(api: Api) -> N
 
     body = api.get("/worklist", params={"limit": 3}).json()
     assert body["total"] == 4 and body["limit"] == 3
-    assert [item["study_id"] for item in body["items"]] == ["overdue-urgent", "old-routine", "fresh-critical"]
-    first = body["items"][0]
-    assert list(first["probabilities"]) == list(LABELS)
-    assert first["status"] == "unclaimed" and first["lease"] is None
-    sla = first["sla"]
-    assert sla["tier"] == "urgent" and sla["max_wait_s"] == 7200
+    # Every tier ages over the 25-minute horizon: 0.3 + 57.4, 0.6 + 6.0, 0.9, then 0.1.
+    assert [item["study_id"] for item in body["items"]] == ["old-routine", "overdue-urgent", "fresh-critical"]
+    urgent = body["items"][1]
+    assert list(urgent["probabilities"]) == list(LABELS)
+    assert urgent["status"] == "unclaimed" and urgent["lease"] is None
+    sla = urgent["sla"]
+    assert sla["tier"] == "urgent" and sla["max_wait_s"] == 7200  # the promise; the aging is the horizon's
     assert sla["waited_s"] == pytest.approx(9000, abs=30)
     assert sla["time_left_s"] == pytest.approx(-1800, abs=30) and sla["overdue"] is True
-    assert sla["effective_priority"] == pytest.approx(0.6 + 9000 / 7200, abs=0.01)
-    assert [f["label"] for f in first["top_findings"]] == list(LABELS[1:4])
+    assert sla["effective_priority"] == pytest.approx(0.6 + 9000 / 1500, abs=0.01)
+    assert [f["label"] for f in urgent["top_findings"]] == list(LABELS[1:4])
     assert body["items"][2]["sla"]["overdue"] is False
 
     rest = api.get("/worklist", params={"limit": 3, "offset": 3}).json()
@@ -101,7 +102,7 @@ def test_the_tier_shown_is_the_one_stored_with_the_study(api: Api) -> None:
     items = {item["study_id"]: item for item in api.get("/worklist").json()["items"]}
     strict = items["strict"]["sla"]
     assert strict["tier"] == "critical" and strict["max_wait_s"] == 1800
-    assert strict["effective_priority"] == pytest.approx(0.3 + 600 / 1800, abs=0.01)
+    assert strict["effective_priority"] == pytest.approx(0.3 + 600 / 1500, abs=0.01)  # the 25-min horizon
     assert api.get("/studies/strict").json()["sla"]["tier"] == "critical"
     assert api.get("/studies/old-hash").json()["sla"]["tier"] == "urgent"  # the fallback thresholds
     above = api.get("/worklist", params={"min_priority": 0.5}).json()
