@@ -119,7 +119,9 @@ def test_shadow_canary_stop_mid_stream(stack: StreamStack) -> None:
     before = Stream(stack, make_studies(stack.folder, first=0, count=4), per_s=2).start().join()
     stack.stack.cli("model", "shadow", "2")
     wait_for("Triton to load the challenger", lambda: _http_ok(ready), 120)
-    studies = make_studies(stack.folder, first=100, count=50)
+    # Long enough that the canary, switched on by a CLI that takes seconds on a loaded machine, still
+    # finds studies to order (with 50, CI once saw the stream end first).
+    studies = make_studies(stack.folder, first=100, count=100)
     stream = Stream(stack, studies, per_s=2).start()
     wait_for("the worker to score in shadow", lambda: shadows_seen(settings) > 0, 90)
     stream.wait_for(12, timeout_s=60)
