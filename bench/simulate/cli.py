@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import numpy as np
@@ -39,6 +39,36 @@ from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.validate import prepare_bytes
 from cxr_triage.settings import load_settings
 from cxr_triage.sla import SlaPolicy, Tier
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def reading_options(command: F) -> F:
+    """``--reading``, ``--mean-reading-min`` and ``--sd-reading-min``: one reading-time model for both commands."""
+    for option in reversed(
+        (
+            click.option(
+                "--reading",
+                type=click.Choice(["exponential", "lognormal"]),
+                default="lognormal",
+                show_default=True,
+            ),
+            click.option(
+                "--mean-reading-min",
+                type=click.FloatRange(min=0.0, min_open=True),
+                default=5.0,
+                show_default=True,
+            ),
+            click.option(
+                "--sd-reading-min",
+                type=click.FloatRange(min=0.0, min_open=True),
+                default=None,
+                help="lognormal only (default: half the mean).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
 
 
 @click.group()
@@ -96,18 +126,7 @@ def served_pool(data: Path, *, sla: SlaPolicy) -> tuple[Pool, str, Callable[[flo
     default=None,
     help="Fraction of abnormal arrivals (default: the folder's own mix).",
 )
-@click.option(
-    "--reading", type=click.Choice(["exponential", "lognormal"]), default="lognormal", show_default=True
-)
-@click.option(
-    "--mean-reading-min", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True
-)
-@click.option(
-    "--sd-reading-min",
-    type=click.FloatRange(min=0.0, min_open=True),
-    default=None,
-    help="lognormal only (default: half the mean).",
-)
+@reading_options
 @click.option(
     "--runs",
     type=click.IntRange(min=2),
@@ -229,11 +248,11 @@ def report_command(  # one option each
         click.echo(f"written: {out / 'report.json'}, {out / 'report.md'}, {plots}")
 
 
-def reader_tokens(count: int) -> dict[str, str]:
+def reader_tokens(home: Path, count: int) -> dict[str, str]:
     """A token for each simulated radiologist (``sim-reader-N``, role radiologist), new on every run."""
     from priority_queue_api.users import Role, UserExists, add_user, users_file
 
-    path = users_file(load_settings().home)
+    path = users_file(home)
     tokens = {}
     for n in range(1, count + 1):
         name = f"sim-reader-{n}"
@@ -285,13 +304,7 @@ def reader_tokens(count: int) -> dict[str, str]:
     help="Fraction of abnormal studies sent (default: the folder's own mix).",
 )
 @click.option("--radiologists", type=click.IntRange(min=1, max=16), default=2, show_default=True)
-@click.option(
-    "--reading", type=click.Choice(["exponential", "lognormal"]), default="lognormal", show_default=True
-)
-@click.option(
-    "--mean-reading-min", type=click.FloatRange(min=0.0, min_open=True), default=5.0, show_default=True
-)
-@click.option("--sd-reading-min", type=click.FloatRange(min=0.0, min_open=True), default=None)
+@reading_options
 @click.option(
     "--speed",
     type=click.FloatRange(min=1.0),
@@ -365,7 +378,7 @@ def live_command(  # one option each
             pattern, studies, rng, gap_s=gap_s, burst=burst, rate_per_s=rate_per_s, day_s=day_s
         ),
         reading=Reading(reading, mean_reading_min, sd_reading_min, speed),
-        tokens=reader_tokens(radiologists),
+        tokens=reader_tokens(settings.home, radiologists),
         seed=seed,
         timeout_s=timeout_s,
     )
