@@ -19,12 +19,12 @@ DEMO_WAIT ?= 20
 # The demo trains the `demo` recipe (trainer/recipes.py, chosen by the cross-validated study in
 # docs/experiments.md); its input size travels in the model, so the stack needs no setting for it.
 DEMO_RECIPE ?= demo
-APT_PACKAGES := openjdk-17-jre-headless maven redis-server chromium dcmtk orthanc
+APT_PACKAGES := openjdk-17-jre-headless maven redis-server chromium dcmtk orthanc prometheus docker-compose
 
 .PHONY: help setup system-deps kafka-jars up down status lint test demo demo-data bench
 
 help:
-	@echo "make setup   install what is missing: Java 17, Maven, redis-server, dcmtk, Orthanc (as root), .venv, Kafka jars"
+	@echo "make setup   install what is missing: Java 17, Maven, redis-server, dcmtk, Orthanc, Prometheus, docker-compose (as root), .venv, Kafka jars"
 	@echo "make up      start the local stack in the background (cxr-triage up --detach)"
 	@echo "make down    stop it (data stays in $(CXR_HOME))"
 	@echo "make status  state of each component"
@@ -46,6 +46,8 @@ system-deps:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
 	  echo "missing system packages:$$missing; run 'sudo apt-get install -y$$missing' or 'make setup' as root" >&2; \
