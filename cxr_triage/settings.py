@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     triton_grpc_url: str = "127.0.0.1:18001"
     triton_http_url: str = "http://127.0.0.1:18000"
     mlflow_tracking_uri: str = "http://127.0.0.1:15000"
+    # Prometheus: the API's system view queries it; `up --observability` starts one at this address's port.
+    prometheus_url: str = "http://127.0.0.1:19090"
 
     # Our own servers listen on bind_host (loopback unless set, e.g. 0.0.0.0 in a container).
     bind_host: str = "127.0.0.1"
@@ -141,6 +143,10 @@ class Settings(BaseSettings):
     retrain_worker_enabled: bool = True
     rollout_worker_enabled: bool = True
     gateway_enabled: bool = True
+    # Prometheus scraping every local service, with the alert rules of deploy/prometheus/rules
+    # (`cxr-triage up --observability`); the scrape interval is also the rules' evaluation interval.
+    observability_enabled: bool = False
+    prometheus_scrape_interval_s: float = Field(default=15.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -229,6 +235,10 @@ class Settings(BaseSettings):
     @property
     def triton_http_address(self) -> Address:
         return parse_url_address(self.triton_http_url)
+
+    @property
+    def prometheus_address(self) -> Address:
+        return parse_url_address(self.prometheus_url)
 
     @property
     def mlflow_address(self) -> Address:

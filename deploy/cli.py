@@ -38,9 +38,25 @@ def _summary(stack: Stack, results: list[StartResult]) -> None:
     help=f"Comma-separated components to start, in stack order ({','.join(KINDS)}); default all. "
     "Env: CXR_COMPONENTS.",
 )
-def up(detach: bool, only: str) -> None:
-    """Start the local stack; without --detach, supervise it until Ctrl-C, then stop it."""
-    stack = Stack.from_settings(load_settings())
+@click.option(
+    "--observability",
+    is_flag=True,
+    help="Also start Prometheus at CXR_PROMETHEUS_URL's port, scraping every service, with the alert rules "
+    "(CXR_OBSERVABILITY_ENABLED=true does the same).",
+)
+def up(detach: bool, only: str, observability: bool) -> None:
+    """Start the local stack; without --detach, supervise it until Ctrl-C, then stop it.
+
+    \b
+    Examples:
+      cxr-triage up --detach                   # everything, in the background
+      cxr-triage up --detach --observability   # and Prometheus with the alert rules
+      cxr-triage up --only kafka,redis         # just the peers
+    """
+    settings = load_settings()
+    if observability:
+        settings = settings.model_copy(update={"observability_enabled": True})
+    stack = Stack.from_settings(settings)
     try:
         components = select(stack.components, only)
     except UnknownComponentError as exc:

@@ -11,7 +11,7 @@ from functools import partial
 from pydantic import SecretStr
 
 from cxr_triage.settings import Address, Settings, connect_host
-from deploy import kafka_broker, mlflow_server, redis_server, triton_server
+from deploy import kafka_broker, mlflow_server, prometheus_server, redis_server, triton_server
 from deploy.probes import http_ok, kafka_ready, port_open, redis_ping
 from deploy.spec import Component, Launch
 
@@ -28,6 +28,7 @@ KINDS: tuple[str, ...] = (
     "retrain",
     "rollout",
     "gateway",
+    "prometheus",
 )
 SKIP_MODEL_INIT_ENV = "CXR_SKIP_MODEL_INIT"
 
@@ -173,7 +174,29 @@ def build_components(settings: Settings, env: Mapping[str, str]) -> list[Compone
                 },
             )
         )
+    if observability_on(settings):
+        prometheus = settings.prometheus_address
+        components.append(
+            Component(
+                name="prometheus",
+                port=prometheus.port,
+                ports=(prometheus.port,),
+                prepare=lambda: prometheus_server.prepare(settings),
+                probe=lambda: http_ok(f"http://{prometheus.netloc}/-/ready"),
+                start_timeout_s=60.0,
+                host=prometheus.host,
+            )
+        )
     return components
+
+
+def observability_on(settings: Settings) -> bool:
+    """Asked for (CXR_OBSERVABILITY_ENABLED, ``up --observability``), or started by an earlier ``up``.
+
+    The second keeps a running Prometheus in ``status`` and ``down`` without the flag, and in a later ``up``
+    of the same stack until ``down`` has stopped it.
+    """
+    return settings.observability_enabled or (settings.run_dir / "prometheus.pid").is_file()
 
 
 def select(components: Iterable[Component], only: str | None) -> list[Component]:

@@ -26,7 +26,13 @@ SUPERVISOR = "supervisor"
 POLL_S = 0.2
 LOG_TAIL_LINES = 25
 # Stop order by kind: clients of the services first, the broker last (it needs a few seconds to close).
-_STOP_PHASES: tuple[tuple[str, ...], ...] = (("api",), ("worker",), ("triton",), ("redis",), ("kafka",))
+_STOP_PHASES: tuple[tuple[str, ...], ...] = (
+    ("api", "prometheus"),
+    ("worker",),
+    ("triton",),
+    ("redis",),
+    ("kafka",),
+)
 
 
 class StackError(RuntimeError):

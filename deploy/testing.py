@@ -20,6 +20,7 @@ ADDRESS_SETTINGS: dict[str, str] = {
     "TRITON_GRPC_URL": "127.0.0.1:{}",
     "TRITON_METRICS_PORT": "{}",
     "MLFLOW_TRACKING_URI": "http://127.0.0.1:{}",
+    "PROMETHEUS_URL": "http://127.0.0.1:{}",
     "API_PORT": "{}",
     "WORKER_METRICS_PORT": "{}",
     "PROCESSORS_PORT": "{}",

@@ -203,6 +203,10 @@ class InferenceWorker:
                 self._metrics.end_to_end_latency.observe(
                     (written_at - entry.study.received_at).total_seconds()
                 )
+                self._metrics.priority.labels(entry.prediction.model_version).observe(
+                    entry.prediction.priority
+                )
+                self._metrics.tiers.labels(entry.tier.value).inc()
                 if entry.cams is not None:
                     self._metrics.cams_stored.inc()
                 predictions.append(outcome.applied_to(entry.prediction))
@@ -338,6 +342,7 @@ class InferenceWorker:
                 },
             )
             self._metrics.model.info({"model_name": self._model_name, "model_version": contract.version})
+            self._metrics.model_calibrated.set(1 if tiers.source == "model" else 0)
             self._model_version = contract.version
         return contract
 

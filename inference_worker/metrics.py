@@ -8,11 +8,14 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, start_http_server
 
+from cxr_triage.sla import TIERS
+
 logger = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_PRIORITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 STAGES = ("idle", "scoring", "writing", "publishing", "committing")
 
 
@@ -88,6 +91,25 @@ class WorkerMetrics:
             "cxr_worker_cams_stored", "Studies whose class activation maps were stored", registry=r
         )
         self.model = Info("cxr_worker_model", "Model that scored the latest batch", registry=r)
+        # An untrained model (the initial export) or an uncalibrated external one states no thresholds: its
+        # priorities order nothing clinically, which an operator must see (alert CxrUntrainedModelServed).
+        self.model_calibrated = Gauge(
+            "cxr_worker_model_calibrated",
+            "1 when the model that scored the latest batch carries thresholds chosen at training, else 0",
+            registry=r,
+        )
+        self.priority = Histogram(
+            "cxr_worker_priority",
+            "Worklist priority of each newly scored study, by the model version that scored it",
+            ["model_version"],
+            buckets=_PRIORITY_BUCKETS,
+            registry=r,
+        )
+        self.tiers = Counter(
+            "cxr_worker_studies_by_tier", "Newly scored studies, by the SLA tier filed", ["tier"], registry=r
+        )
+        for tier in TIERS:  # every series exists from the start, at 0
+            self.tiers.labels(tier.value)
         # Online evaluation (docs/serving.md): what a challenger adds, kept apart from the champion's numbers.
         self.challenger_latency = Histogram(
             "cxr_worker_challenger_latency_seconds",

@@ -20,9 +20,11 @@ from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.errors import install_error_handlers
 from priority_queue_api.events_out import Auditor, EventSink
+from priority_queue_api.kafka_lag import KafkaLagReader
 from priority_queue_api.metrics import ApiMetrics, MetricsMiddleware
-from priority_queue_api.routes import health, me, page, studies, uploads, worklist
+from priority_queue_api.routes import health, me, page, studies, system, uploads, worklist
 from priority_queue_api.routes.page import STATIC_DIR
+from priority_queue_api.system_monitor import SystemMonitor
 from priority_queue_api.uploads import UploadPublisher
 from priority_queue_api.users import UserDirectory, users_file
 from priority_queue_api.verdict_lookup import VerdictLookup
@@ -59,6 +61,15 @@ def create_app(
         app.state.uploads = UploadPublisher(
             settings, app.state.image_store, timeout_s=policy.upload_timeout_s
         )
+        monitor = SystemMonitor(
+            metrics=app.state.metrics,
+            redis_client=app.state.redis,
+            keys=app.state.wkeys,
+            sla=sla,
+            lag_reader=KafkaLagReader(settings),
+            interval_s=policy.monitor_interval_s,
+        )
+        monitoring = asyncio.create_task(monitor.run(), name="system-monitor")
         # ~100k long-lived objects (FastAPI, pydantic, clients) make a full collection take tens of ms: move
         # them out of the collector's way so a gen-2 pass during a request scans only request garbage.
         gc.collect()
@@ -66,6 +77,7 @@ def create_app(
         try:
             yield
         finally:
+            monitoring.cancel()
             await asyncio.to_thread(app.state.uploads.close, policy.shutdown_flush_s)
             await asyncio.to_thread(app.state.verdict_sink.close, policy.shutdown_flush_s)
             await asyncio.to_thread(audit_sink.close, policy.shutdown_flush_s)
@@ -87,7 +99,7 @@ def create_app(
     app.state.metrics = ApiMetrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
-    for module in (health, me, worklist, studies, uploads, page):
+    for module in (health, me, worklist, studies, uploads, page, system):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -29,6 +29,9 @@ class ApiPolicy(BaseSettings):
     )
     shutdown_flush_s: float = Field(default=5.0, ge=0.0, le=60.0, description="Flush of events at stop")
     image_max_side: int = Field(default=1024, ge=64, le=8192, description="Default side of served PNGs")
+    monitor_interval_s: float = Field(
+        default=10.0, gt=0.0, description="How often the worklist and Kafka lag gauges of /metrics refresh"
+    )
 
     @model_validator(mode="after")
     def _lease_bounds(self) -> Self:

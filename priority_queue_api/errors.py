@@ -52,6 +52,12 @@ class Unprocessable(ApiError):
     status_code = 422
 
 
+class MonitoringUnavailable(ApiError):
+    """Prometheus did not answer: the system view has nothing to show."""
+
+    status_code = 503
+
+
 class EventsUnavailable(ApiError):
     """Kafka did not acknowledge an event the request depends on; nothing was changed."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -25,6 +25,46 @@ class ApiMetrics:
         self.audit_undelivered = Counter(
             "cxr_api_audit_undelivered_total", "Audit events Kafka did not accept", registry=self.registry
         )
+        # The system's state, refreshed by SystemMonitor in the background: a scrape never waits on Redis or
+        # Kafka. Labels are tiers, groups, topics and partitions, never a study.
+        r = self.registry
+        self.unread = Gauge("cxr_worklist_unread", "Unread studies on the worklist", ["tier"], registry=r)
+        self.oldest_wait = Gauge(
+            "cxr_worklist_oldest_unread_seconds",
+            "How long the oldest unread study of the tier has waited since it was received (0: none)",
+            ["tier"],
+            registry=r,
+        )
+        self.sla = Gauge(
+            "cxr_worklist_sla_seconds",
+            "The tier's SLA: longest wait promised before a read",
+            ["tier"],
+            registry=r,
+        )
+        self.claimed = Gauge("cxr_worklist_claimed", "Studies claimed by a reader right now", registry=r)
+        self.consumer_lag = Gauge(
+            "cxr_kafka_consumer_lag",
+            "Messages after the consumer group's committed offset",
+            ["group", "topic", "partition"],
+            registry=r,
+        )
+        self.topic_end_offset = Gauge(
+            "cxr_kafka_topic_end_offset",
+            "Messages ever written to the topic (sum of its partitions' end offsets)",
+            ["topic"],
+            registry=r,
+        )
+        self.monitor_failures = Counter(
+            "cxr_api_monitor_failures", "Refreshes of the system gauges that failed", ["source"], registry=r
+        )
+        self.monitor_refreshed = Gauge(
+            "cxr_api_monitor_last_success_timestamp_seconds",
+            "When the system gauges last refreshed from the source",
+            ["source"],
+            registry=r,
+        )
+        for source in ("redis", "kafka"):
+            self.monitor_failures.labels(source)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.latency.labels(method, route).observe(seconds)

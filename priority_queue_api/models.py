@@ -203,3 +203,38 @@ class UploadPublic(BaseModel):
     size_bytes: int
     received_at: datetime
     status: Literal["queued"] = "queued"
+
+
+class SeriesPublic(BaseModel):
+    labels: dict[str, str]
+    value: float | None = Field(description="The latest value; null when Prometheus gives NaN")
+
+
+class PanelPublic(BaseModel):
+    title: str
+    unit: str
+    expr: str = Field(description="The PromQL the Grafana panel of the same title runs")
+    series: list[SeriesPublic]
+    error: str | None = None
+
+
+class DashboardPublic(BaseModel):
+    uid: str
+    title: str
+    panels: list[PanelPublic]
+
+
+class AlertPublic(BaseModel):
+    name: str
+    state: str = Field(description="pending or firing")
+    severity: str
+    summary: str
+    since: str | None = None
+
+
+class SystemPublic(BaseModel):
+    """The Grafana dashboards' figures and the firing alerts, evaluated now through Prometheus."""
+
+    evaluated_at: datetime
+    dashboards: list[DashboardPublic]
+    alerts: list[AlertPublic]

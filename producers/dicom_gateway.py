@@ -51,6 +51,9 @@ REMEMBER_PUBLISHED: Final = timedelta(hours=24)
 Ending = Literal["released", "aborted", "timed_out"]
 
 
+INSTANCE_OUTCOMES = ("stored", "duplicate", "rejected", "failed", "incomplete")
+
+
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -58,6 +61,8 @@ class GatewayMetrics:
         self.instances = Counter(
             "cxr_gateway_instances", "DICOM instances received, by outcome", ["outcome"], registry=r
         )
+        for outcome in INSTANCE_OUTCOMES:  # every series exists from the start, at 0
+            self.instances.labels(outcome)
         self.rejected = Counter(
             "cxr_gateway_rejected", "DICOM instances refused, by kind of reason", ["kind"], registry=r
         )
