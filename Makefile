@@ -25,7 +25,7 @@ APT_PACKAGES := openjdk-17-jre-headless maven redis-server chromium dcmtk orthan
 
 help:
 	@echo "make setup   install what is missing: Java 17, Maven, redis-server, dcmtk, Orthanc, Prometheus, docker-compose (as root), .venv, Kafka jars"
-	@echo "make up      start the local stack in the background (cxr-triage up --detach)"
+	@echo "make up      start the local stack in the background, with Prometheus (cxr-triage up --detach --observability)"
 	@echo "make down    stop it (data stays in $(CXR_HOME))"
 	@echo "make status  state of each component"
 	@echo "make lint    ruff check, ruff format --check, mypy"
@@ -67,7 +67,7 @@ kafka-jars: $(STAMP)
 	@$(BIN)/python -m deploy.kafka_jars
 
 up: setup
-	$(BIN)/cxr-triage up --detach
+	$(BIN)/cxr-triage up --detach --observability
 
 down:
 	$(BIN)/cxr-triage down
@@ -92,7 +92,7 @@ DICOM_PEER = $$($(BIN)/python -c "from cxr_triage.settings import load_settings 
 DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample)
 
 demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
-	$(BIN)/cxr-triage up --detach
+	$(BIN)/cxr-triage up --detach --observability
 	$(BIN)/cxr-triage model init
 	$(if $(wildcard $(DATA)/labels.csv),$(BIN)/cxr-triage train --data $(DATA) --if-no-champion --promote \
 	  --recipe $(DEMO_RECIPE))
