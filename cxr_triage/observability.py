@@ -31,12 +31,14 @@ class Dashboard:
     panels: tuple[Panel, ...]
 
 
-# Dead letters from every stage, by reason: the gateway's refusals carry their kind as the reason.
+# Dead letters from every stage, by reason: the refusals of the gateway and of `produce --watch` carry their kind
+# as the reason.
 _DEAD_LETTERS: Final = (
     'sum by (service, reason) (label_replace(rate(cxr_worker_studies_dead_lettered_total[5m]), "service", '
     '"worker", "", "") or label_replace(rate(cxr_processors_dead_lettered_total[5m]), "service", "processors", '
     '"", "") or label_replace(label_replace(rate(cxr_gateway_rejected_total[5m]), "reason", "$1", "kind", '
-    '"(.*)"), "service", "gateway", "", "")) * 60'
+    '"(.*)"), "service", "gateway", "", "") or label_replace(label_replace(rate(cxr_producer_rejected_total[5m]), '
+    '"reason", "$1", "kind", "(.*)"), "service", "watch", "", "")) * 60'
 )
 
 

@@ -54,6 +54,8 @@ def scrape_jobs(settings: Settings) -> dict[str, list[str]]:
         "cxr-rollout": [at(own, settings.rollout_metrics_port)] if settings.rollout_worker_enabled else [],
         "cxr-gateway": [at(own, settings.gateway_metrics_port)] if settings.gateway_enabled else [],
         "triton": [at(settings.triton_http_address.host, settings.triton_metrics_port)],
+        # `produce --watch` is started by its operator, not by `up`: scraped where its metrics port is set.
+        "cxr-producer": [at(own, settings.producer_metrics_port)] if settings.producer_metrics_port else [],
     }
     return {job: targets for job, targets in jobs.items() if targets}
 

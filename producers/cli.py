@@ -141,9 +141,13 @@ def _watch(
     give_up_s: float,
     quiet_s: float,
 ) -> None:
+    from producers.metrics import ProducerMetrics
     from producers.watch import FolderWatcher, Ledger, state_path
 
     stop = stop_on_signals()
+    metrics = ProducerMetrics()
+    if settings.producer_metrics_port:
+        metrics.serve(host=settings.bind_host, port=settings.producer_metrics_port)
     state = state_path(settings.home, folder)
     buffer, ledger = StudyBuffer(state), Ledger(state.with_suffix(".ledger.sqlite3"))
     with EventPublisher(settings, client_id="cxr-watch") as publisher:
@@ -158,6 +162,7 @@ def _watch(
             settle_s=settle_s,
             give_up_s=give_up_s,
             quiet_s=quiet_s,
+            metrics=metrics,
         )
         click.echo("watching the folder; Ctrl-C stops", err=True)
         try:

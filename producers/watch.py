@@ -25,6 +25,7 @@ from cxr_triage.ingest.pseudonym import Pseudonymiser
 from cxr_triage.ingest.publisher import EventPublisher
 from cxr_triage.ingest.service import refused
 from cxr_triage.ingest.validate import SUFFIX_FOR, images_in, prepare_bytes, sha256_of
+from producers.metrics import ProducerMetrics
 from producers.study_buffer import StudyBuffer, publish_complete
 from producers.traffic import TokenBucket
 
@@ -89,6 +90,7 @@ class FolderWatcher:
     settle_s: float = 2.0
     give_up_s: float = 60.0
     quiet_s: float = 10.0
+    metrics: ProducerMetrics = field(default_factory=ProducerMetrics)
     _seen: dict[str, _Seen] = field(default_factory=dict)
 
     def candidates(self) -> Iterator[Path]:
@@ -133,17 +135,22 @@ class FolderWatcher:
                 return False  # perhaps a writer that paused: wait until it has been still for give_up_s
             self._refuse(exc, sha256_of(data) if data else None)
             self.ledger.add(key, size, mtime_ns, "rejected")
+            self.metrics.files.labels("rejected").inc()
+            self.metrics.rejected.labels(exc.kind).inc()
             return True
         uri = self.store.put(prepared.data, suffix=SUFFIX_FOR[prepared.content_type])
         self.buffer.add(prepared.study_id, prepared.image(uri), prepared.pseudonyms)
         if prepared.content_type != "application/dicom":
             self.buffer.close([prepared.study_id])  # a PNG or JPEG is a study of its own
         self.ledger.add(key, size, mtime_ns, "stored")
+        self.metrics.files.labels("stored").inc()
         return True
 
     def _refuse(self, exc: ImageRejected, sha256: str | None) -> None:
         refused(exc.reason, sha256=sha256, publisher=self.publisher, source=SOURCE, kind=exc.kind)
 
     def publish_due(self) -> int:
-        return len(publish_complete(self.buffer, self.publisher, quiet_s=self.quiet_s, source=SOURCE,
-                                    before_each=self.bucket.take))  # fmt: skip
+        published = len(publish_complete(self.buffer, self.publisher, quiet_s=self.quiet_s, source=SOURCE,
+                                         before_each=self.bucket.take))  # fmt: skip
+        self.metrics.studies_published.inc(published)
+        return published

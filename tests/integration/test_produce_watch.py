@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom.uid import generate_uid
 
 from cxr_triage import topics
 from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.settings import Settings
-from deploy.testing import cxr, stack_env
+from deploy.testing import cxr, free_ports, stack_env
 from tests.dicom_files import PLANTED, chest_pixels, radiograph, to_bytes
 from tests.factories import jpeg_bytes, png_bytes
 from tests.integration.kafka_support import KafkaBroker, read_topic
@@ -158,7 +159,15 @@ def test_watch_takes_files_only_once_they_are_whole(
 def test_watch_dead_letters_a_file_that_stays_broken(
     env: dict[str, str], kafka: KafkaBroker, watch_dir: Path
 ) -> None:
-    process = _start_watch(env, watch_dir, "--settle-s", "0.5", "--give-up-s", "2")
+    metrics_port = free_ports(1)[0]
+    process = _start_watch(
+        env | {"CXR_PRODUCER_METRICS_PORT": str(metrics_port)},
+        watch_dir,
+        "--settle-s",
+        "0.5",
+        "--give-up-s",
+        "2",
+    )
     try:
         broken = jpeg_bytes(9)[:500]
         (watch_dir / "broken.jpg").write_bytes(broken)
@@ -171,6 +180,12 @@ def test_watch_dead_letters_a_file_that_stays_broken(
         )
         (letter,) = [m for m in found if m.get("sha256") == _sha(broken)]
         assert letter["source"] == "watch" and "truncated" in letter["reason"]
+        # ... and counted on its /metrics, by the reason's kind, without any file name.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'cxr_producer_rejected_total{kind="unreadable"} 1.0' in metrics  # given up on after 2 s
+        assert 'cxr_producer_files_total{outcome="rejected"} 1.0' in metrics
+        assert 'cxr_producer_files_total{outcome="stored"} 0.0' in metrics
+        assert "broken" not in metrics
     finally:
         os.kill(process.pid, signal.SIGTERM)
         _, err = process.communicate(timeout=30)
