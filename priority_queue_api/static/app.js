@@ -40,7 +40,7 @@ function fmtDuration(seconds) {
 }
 
 function show(view) {
-  for (const id of ["signin-view", "list-view", "study-view"]) $(`#${id}`).hidden = id !== view;
+  for (const id of ["signin-view", "list-view", "study-view", "system-view"]) $(`#${id}`).hidden = id !== view;
 }
 
 function applyRole() {
@@ -72,6 +72,7 @@ function signOut(message = "") {
   clearInterval(state.timer);
   $("#who").textContent = "";
   $("#signout").hidden = true;
+  $("#system").hidden = true;
   show("signin-view");
   say(message, Boolean(message));
   $("#token").focus();
@@ -361,6 +362,76 @@ async function upload(event) {
   }
 }
 
+// The system view: every dashboard panel as a small table (series -> latest value), and the alerts.
+function fmtValue(value, unit) {
+  if (value === null) return "n/a";
+  if (unit === "s") return value >= 60 ? fmtDuration(value) : `${value.toFixed(2)} s`;
+  if (unit === "percentunit") return `${(100 * value).toFixed(1)} %`;
+  return Number.isInteger(value) ? String(value) : value.toFixed(2);
+}
+
+function seriesName(labels) {
+  const shown = Object.entries(labels).filter(([k]) => k !== "__name__");
+  return shown.length ? shown.map(([k, v]) => `${k}=${v}`).join(", ") : "(all)";
+}
+
+function panelFor(panel) {
+  const table = document.createElement("table");
+  table.className = "panel";
+  const caption = table.createCaption();
+  caption.textContent = panel.title;
+  const body = table.createTBody();
+  const rows = panel.error ? [["query refused", panel.error]]
+    : panel.series.length ? panel.series.map((s) => [seriesName(s.labels), fmtValue(s.value, panel.unit)])
+    : [["no data yet", ""]];
+  for (const [name, value] of rows) {
+    const tr = body.insertRow();
+    tr.insertCell().textContent = name;
+    tr.insertCell().textContent = value;
+  }
+  return table;
+}
+
+async function refreshSystem() {
+  if ($("#system-view").hidden) return;
+  let body;
+  try {
+    body = await (await api("/system")).json();
+  } catch (error) {
+    if (error.message !== "unauthorized") say(`System figures unavailable: ${error.message}`, true);
+    return;
+  }
+  say("");
+  $("#system-time").textContent = `at ${new Date(body.evaluated_at).toLocaleTimeString()}`;
+  const alerts = body.alerts.map((a) => {
+    const li = document.createElement("li");
+    li.className = `alert-${a.severity}`;
+    li.textContent = `${a.name} (${a.severity}, ${a.state}): ${a.summary}`;
+    return li;
+  });
+  if (!alerts.length) alerts.push(Object.assign(document.createElement("li"), { textContent: "none pending or firing" }));
+  $("#system-alerts").replaceChildren(...alerts);
+  $("#system-dashboards").replaceChildren(...body.dashboards.map((d) => {
+    const section = document.createElement("section");
+    const heading = document.createElement("h3");
+    heading.textContent = d.title;
+    const grid = document.createElement("div");
+    grid.className = "panels";
+    grid.replaceChildren(...d.panels.map(panelFor));
+    section.replaceChildren(heading, grid);
+    return section;
+  }));
+}
+
+async function showSystem() {
+  state.study = null;
+  show("system-view");
+  $("#system-back").focus();
+  clearInterval(state.timer);
+  await refreshSystem();
+  state.timer = setInterval(refreshSystem, REFRESH_MS);
+}
+
 function onKey(event) {
   if (!state.me || event.altKey || event.ctrlKey || event.metaKey) return;
   const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName) && event.target.type !== "checkbox";
@@ -376,6 +447,7 @@ function onKey(event) {
     if (next) next.focus();
   }
   else if (inStudy && event.key === "Escape") { event.preventDefault(); showList(); }
+  else if (!$("#system-view").hidden && event.key === "Escape") { event.preventDefault(); showList(); }
   else if (inStudy && event.key === "a" && !$("#verdict-form").hidden) { event.preventDefault(); submitVerdict(true); }
   else if (inStudy && event.key === "r" && !$("#release").hidden) { event.preventDefault(); release(); }
   else if (inStudy && event.key === "p") showPatient();
@@ -393,6 +465,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#claim").addEventListener("click", claimNext);
   $("#tier-filter").addEventListener("change", refreshList);
   $("#back").addEventListener("click", showList);
+  $("#system").addEventListener("click", showSystem);
+  $("#system-back").addEventListener("click", showList);
   $("#release").addEventListener("click", release);
   $("#agree").addEventListener("click", () => submitVerdict(true));
   $("#verdict-form").addEventListener("submit", (e) => { e.preventDefault(); submitVerdict(false); });
