@@ -1,4 +1,5 @@
-"""PNG rendering of a study's image and of a class-activation-map overlay (pure functions, no I/O)."""
+"""PNG rendering of a study's image, of a class-activation-map overlay blended over it, and of the map alone
+as a transparent layer (pure functions, no I/O)."""
 
 from __future__ import annotations
 
@@ -50,12 +51,44 @@ def _jet(x: np.ndarray) -> np.ndarray:
     return np.stack(channels, axis=-1)
 
 
+def _normalised(cam: np.ndarray) -> np.ndarray:
+    lo, hi = float(cam.min()), float(cam.max())
+    return (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
+
+
+def _strength(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The map normalised to [0, 1] and upsampled (bilinear) to ``size`` (width, height)."""
+    heat = Image.fromarray(_normalised(cam).astype(np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR
+    )
+    return np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+
+
+def cam_layer(cam: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """``cam`` alone as an RGBA layer of ``size`` (width, height): coloured like ``overlay``, its alpha the map's
+    own strength, so the page can lay it over the image it shows and choose the opacity itself.
+
+    Coloured in bands of rows: a full-resolution radiograph is tens of millions of pixels, and a float copy per
+    channel of all of them at once would cost gigabytes."""
+    strength = _strength(cam, size)
+    rgba = np.empty((*strength.shape, 4), dtype=np.uint8)
+    for top in range(0, strength.shape[0], _BAND):
+        band = strength[top : top + _BAND]
+        rgba[top : top + _BAND, :, :3] = _to_uint8(_jet(band))
+        rgba[top : top + _BAND, :, 3] = _to_uint8(band)
+    return Image.fromarray(rgba, mode="RGBA")
+
+
+_BAND = 256
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return (x * 255.0 + 0.5).astype(np.uint8)
+
+
 def overlay(base: Image.Image, cam: np.ndarray, *, opacity: float = 0.5) -> Image.Image:
     """``base`` (greyscale) with ``cam`` upsampled onto it, coloured and blended by its own strength."""
-    lo, hi = float(cam.min()), float(cam.max())
-    norm = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
-    heat = Image.fromarray(norm.astype(np.float32), mode="F").resize(base.size, Image.Resampling.BILINEAR)
-    strength = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    strength = _strength(cam, base.size)
     grey = np.asarray(base.convert("L"), dtype=np.float32)[..., None] / 255.0
     alpha = (opacity * strength)[..., None]
     rgb = (1.0 - alpha) * grey + alpha * _jet(strength)

@@ -42,11 +42,15 @@ async def read_page(
     waiting: bool = True,
     leased: bool = True,
     min_priority: float = 0.0,
+    finding: str | None = None,
+    min_probability: float = 0.5,
     now: float | None = None,
 ) -> Page:
     """Unread studies of ``tiers`` by effective priority, with each study's hash.
 
-    ``waiting`` / ``leased`` select unclaimed and claimed studies; ``min_priority`` filters by model priority.
+    ``waiting`` / ``leased`` select unclaimed and claimed studies; ``min_priority`` filters by model priority;
+    ``finding`` (one of the 14 labels) keeps studies whose model probability of it is ``min_probability`` or
+    more.
     """
     args = [
         keys.prefix,
@@ -56,6 +60,8 @@ async def read_page(
         "1" if waiting else "0",
         "1" if leased else "0",
         repr(float(min_priority)),
+        finding or "",
+        repr(float(min_probability)),
         *tier_waits(policy, tiers),
     ]
     return _page_from(await async_script(client, "page")(args=args, client=client))

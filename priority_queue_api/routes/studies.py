@@ -15,6 +15,7 @@ from priority_queue_api.deps import (
     RedisBytesDep,
     RedisDep,
     Releaser,
+    SettingsDep,
     SlaDep,
     StoreDep,
     VerdictLookupDep,
@@ -23,7 +24,7 @@ from priority_queue_api.deps import (
     WorklistKeysDep,
 )
 from priority_queue_api.errors import Conflict, StudyNotFound, Unprocessable, error_responses
-from priority_queue_api.images import heatmap_png, image_png
+from priority_queue_api.images import DerivedCache, Rendered, cam_png, heatmap_png, image_png
 from priority_queue_api.models import PatientDetails, StudyDetail, VerdictCreate, VerdictPublic
 from priority_queue_api.patient import patient_details
 from priority_queue_api.service import fetch_study
@@ -43,8 +44,26 @@ MaxSide = Annotated[
     int | None, Query(ge=64, le=4096, description="Longest side of the PNG (default: the server's)")
 ]
 _PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "PNG"}
+_CACHED_PNG = _PNG | {
+    "headers": {
+        "X-Render-Cache": {
+            "description": "hit: read from the server's rendering cache; miss: decoded and rendered now",
+            "schema": {"type": "string", "enum": ["hit", "miss"]},
+        }
+    }
+}
 # Patient images must not linger in shared caches.
 _NO_STORE = {"Cache-Control": "private, no-store"}
+
+
+def _derived(settings: SettingsDep) -> DerivedCache:
+    return DerivedCache(settings.home / "derived")
+
+
+def _png_response(rendered: Rendered) -> Response:
+    return Response(
+        rendered.png, media_type="image/png", headers=_NO_STORE | {"X-Render-Cache": rendered.cache}
+    )
 
 
 @router.get("/studies/{study_id}", response_model=StudyDetail, responses=error_responses(401, 403, 404))
@@ -70,20 +89,62 @@ ImageId = Annotated[
 @router.get(
     "/studies/{study_id}/image",
     response_class=Response,
-    responses={200: _PNG, **error_responses(401, 403, 404)},
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
 async def get_image(
     user: Viewer,
     redis: RedisDep,
     keys: WorklistKeysDep,
     store: StoreDep,
+    settings: SettingsDep,
     policy: PolicyDep,
     auditor: AuditorDep,
     study_id: StudyId,
     max_side: MaxSide = None,
 ) -> Response:
     """The study's radiograph (its most urgent image) as a greyscale PNG."""
-    return await _image(redis, keys, store, policy, auditor, user, study_id, None, max_side)
+    size = max_side or policy.image_max_side
+    return await _image(redis, keys, store, settings, auditor, user, study_id, None, size)
+
+
+@router.get(
+    "/studies/{study_id}/full",
+    response_class=Response,
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
+)
+async def get_full_image(
+    user: Viewer,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+) -> Response:
+    """The study's radiograph at its full stored resolution, as a greyscale PNG (rendered once, then cached
+    on the server; never upscaled)."""
+    return await _image(redis, keys, store, settings, auditor, user, study_id, None, None)
+
+
+@router.get(
+    "/studies/{study_id}/cam",
+    response_class=Response,
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
+)
+async def get_cam(
+    user: Viewer,
+    redis: RedisDep,
+    redis_bytes: RedisBytesDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    finding: Finding,
+) -> Response:
+    """The model's class-activation map for ``finding`` alone: an RGBA PNG at the full size of the study's
+    image (colour = strength, alpha = strength), for the page to lay over the image at an opacity of its own."""
+    return await _cam_layer(redis, redis_bytes, keys, store, settings, auditor, user, study_id, None, finding)
 
 
 @router.get(
@@ -112,13 +173,14 @@ async def get_heatmap(
 @router.get(
     "/studies/{study_id}/images/{image_id}/image",
     response_class=Response,
-    responses={200: _PNG, **error_responses(401, 403, 404)},
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
 async def get_study_image(
     user: Viewer,
     redis: RedisDep,
     keys: WorklistKeysDep,
     store: StoreDep,
+    settings: SettingsDep,
     policy: PolicyDep,
     auditor: AuditorDep,
     study_id: StudyId,
@@ -126,7 +188,50 @@ async def get_study_image(
     max_side: MaxSide = None,
 ) -> Response:
     """One image of the study (``images[]`` of ``GET /studies/{id}``) as a greyscale PNG."""
-    return await _image(redis, keys, store, policy, auditor, user, study_id, image_id, max_side)
+    size = max_side or policy.image_max_side
+    return await _image(redis, keys, store, settings, auditor, user, study_id, image_id, size)
+
+
+@router.get(
+    "/studies/{study_id}/images/{image_id}/full",
+    response_class=Response,
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
+)
+async def get_study_image_full(
+    user: Viewer,
+    redis: RedisDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    image_id: ImageId,
+) -> Response:
+    """One image of the study at its full stored resolution, as a greyscale PNG (cached on the server)."""
+    return await _image(redis, keys, store, settings, auditor, user, study_id, image_id, None)
+
+
+@router.get(
+    "/studies/{study_id}/images/{image_id}/cam",
+    response_class=Response,
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
+)
+async def get_study_image_cam(
+    user: Viewer,
+    redis: RedisDep,
+    redis_bytes: RedisBytesDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    auditor: AuditorDep,
+    study_id: StudyId,
+    image_id: ImageId,
+    finding: Finding,
+) -> Response:
+    """One image's own class-activation map for ``finding`` alone, as an RGBA layer at the image's full size."""
+    return await _cam_layer(
+        redis, redis_bytes, keys, store, settings, auditor, user, study_id, image_id, finding
+    )
 
 
 @router.get(
@@ -157,23 +262,53 @@ async def _image(  # the routes' dependencies, passed on
     redis: RedisDep,
     keys: WorklistKeysDep,
     store: StoreDep,
-    policy: PolicyDep,
+    settings: SettingsDep,
     auditor: AuditorDep,
     user: Viewer,
     study_id: str,
     image_id: str | None,
     max_side: int | None,
 ) -> Response:
+    """``max_side`` None: the full stored resolution."""
     with auditor.recording(user, "view", "image", study_id):
-        png = await image_png(
+        rendered = await image_png(
             redis=redis,
             keys=keys,
             store=store,
+            cache=_derived(settings),
             study_id=study_id,
             image_id=image_id,
-            max_side=max_side or policy.image_max_side,
+            max_side=max_side,
         )
-    return Response(png, media_type="image/png", headers=_NO_STORE)
+    return _png_response(rendered)
+
+
+async def _cam_layer(  # the routes' dependencies, passed on
+    redis: RedisDep,
+    redis_bytes: RedisBytesDep,
+    keys: WorklistKeysDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    auditor: AuditorDep,
+    user: Viewer,
+    study_id: str,
+    image_id: str | None,
+    finding: str,
+) -> Response:
+    with auditor.recording(user, "view", "heatmap", study_id):
+        if finding not in LABELS:
+            raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
+        rendered = await cam_png(
+            redis=redis,
+            redis_bytes=redis_bytes,
+            keys=keys,
+            store=store,
+            cache=_derived(settings),
+            study_id=study_id,
+            image_id=image_id,
+            finding=finding,
+        )
+    return _png_response(rendered)
 
 
 async def _heatmap(  # the routes' dependencies, passed on
