@@ -5,8 +5,12 @@ const $ = (sel) => document.querySelector(sel);
 const REFRESH_MS = Number(new URLSearchParams(location.search).get("refresh_ms")) || 5000;
 const state = {
   token: sessionStorage.getItem("cxr-token"), me: null, study: null, image: null, timer: null, labels: [],
-  pendingVerdict: null,
+  pendingVerdict: null, listedAt: 0,
 };
+// The 14 findings in the order of cxr_triage.labels.LABELS (the browser tests check that they match).
+const FINDINGS = ["No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+  "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+  "Fracture", "Support Devices"];
 
 function say(text, isError = false) {
   const el = $("#status");
@@ -80,6 +84,7 @@ function signOut(message = "") {
 
 async function showList() {
   state.study = null;
+  if (document.fullscreenElement) document.exitFullscreen();
   show("list-view");
   await refreshList();
   clearInterval(state.timer);
@@ -88,26 +93,49 @@ async function showList() {
   if (first) first.focus();
 }
 
+function worklistQuery() {
+  const query = new URLSearchParams({ limit: "100" });
+  const tier = $("#tier-filter").value;
+  if (tier) query.append("tier", tier);
+  const finding = $("#finding-filter").value;
+  if (finding) {
+    query.append("finding", finding);
+    const min = Number($("#finding-min").value);
+    if (Number.isFinite(min) && min >= 0 && min <= 1) query.append("min_probability", String(min));
+  }
+  return query;
+}
+
 async function refreshList() {
   if (!state.token || state.study) return;
-  const tier = $("#tier-filter").value;
-  const query = new URLSearchParams({ limit: "100" });
-  if (tier) query.append("tier", tier);
   let body;
   try {
-    body = await (await api(`/worklist?${query}`)).json();
+    body = await (await api(`/worklist?${worklistQuery()}`)).json();
   } catch (error) {
     if (error.message !== "unauthorized") say(`Worklist unavailable: ${error.message}`, true);
     return;
   }
-  const focused = document.activeElement && document.activeElement.dataset.study;
-  const tbody = $("#worklist tbody");
-  tbody.replaceChildren(...body.items.map(rowFor));
+  if (state.study || $("#list-view").hidden) return; // a study was opened while the list was asked for
+  replaceRows(body.items);
   $("#total").textContent = `${body.total} unread`;
-  if (focused) {
-    const again = tbody.querySelector(`tr[data-study="${CSS.escape(focused)}"]`);
-    if (again) again.focus();
+}
+
+// A refresh must not move the reader: the focused row keeps the focus (or its place, if it left the list)
+// and the page keeps its scroll position.
+function replaceRows(items) {
+  const tbody = $("#worklist tbody");
+  const active = document.activeElement;
+  const focusedRow = active && active.closest && active.closest("#worklist tbody tr");
+  const focusedIndex = focusedRow ? [...tbody.children].indexOf(focusedRow) : -1;
+  const scroll = [window.scrollX, window.scrollY];
+  state.listedAt = performance.now();
+  tbody.replaceChildren(...items.map(rowFor));
+  if (focusedRow) {
+    const again = tbody.querySelector(`tr[data-study="${CSS.escape(focusedRow.dataset.study)}"]`)
+      || tbody.children[Math.min(focusedIndex, tbody.children.length - 1)];
+    if (again) again.focus({ preventScroll: true });
   }
+  window.scrollTo(...scroll);
 }
 
 function rowFor(item) {
@@ -115,10 +143,8 @@ function rowFor(item) {
   tr.dataset.study = item.study_id;
   tr.tabIndex = 0;
   tr.className = `tier-${item.sla.tier}` + (item.sla.overdue ? " overdue" : "");
-  const status = item.lease ? `claimed by ${item.lease.radiologist}` : "waiting";
   const cells = [
-    item.sla.tier, item.priority.toFixed(2), item.sla.effective_priority.toFixed(2),
-    fmtDuration(item.sla.waited_s), fmtDuration(item.sla.time_left_s), status,
+    item.sla.tier, item.priority.toFixed(2), item.sla.effective_priority.toFixed(2), "", "", "",
     item.top_findings.map((f) => `${f.label} ${f.probability.toFixed(2)}`).join(", "),
     item.study_id.slice(0, 16),
   ];
@@ -127,20 +153,53 @@ function rowFor(item) {
     td.textContent = text;
     tr.appendChild(td);
   }
+  // The clocks start from the server's figures and count on between refreshes (tickClocks).
+  const [waited, left, reader] = [tr.cells[3], tr.cells[4], tr.cells[5]];
+  waited.className = left.className = "num clock";
+  waited.dataset.base = String(item.sla.waited_s); waited.dataset.sign = "1";
+  left.dataset.base = String(item.sla.time_left_s); left.dataset.sign = "-1";
+  if (item.lease) {
+    reader.className = "clock";
+    reader.dataset.base = String(item.lease.expires_in_s); reader.dataset.sign = "-1";
+    reader.dataset.reader = item.lease.radiologist;
+  }
+  tickRow(tr, 0);
   tr.addEventListener("click", () => openStudy(item.study_id));
   return tr;
 }
 
-async function claimNext() {
-  say("Claiming…");
+function tickRow(tr, elapsed) {
+  for (const cell of tr.querySelectorAll(".clock")) {
+    const seconds = Number(cell.dataset.base) + Number(cell.dataset.sign) * elapsed;
+    cell.dataset.seconds = seconds.toFixed(1);
+    cell.textContent = cell.dataset.reader
+      ? `claimed by ${cell.dataset.reader} · ${fmtDuration(Math.max(seconds, 0))} left` : fmtDuration(seconds);
+  }
+  if (Number(tr.cells[4].dataset.seconds) < 0) tr.classList.add("overdue");
+}
+
+// Every second, between refreshes: the time waited grows, the SLA and lease countdowns run down.
+function tickClocks() {
+  if ($("#list-view").hidden) return;
+  const elapsed = (performance.now() - state.listedAt) / 1000;
+  for (const tr of $("#worklist tbody").children) tickRow(tr, elapsed);
+}
+
+// ``before``: what the page last said (a saved verdict), kept in front of the claim's own message.
+async function claimNext(before = "") {
+  say(`${before}Claiming…`);
   try {
     const response = await api("/worklist/claim", { method: "POST" });
-    if (response.status === 204) { say("No study is waiting."); return; }
+    if (response.status === 204) {
+      say(`${before}No study is waiting.`);
+      if ($("#list-view").hidden) await showList();
+      return;
+    }
     const study = await response.json();
-    say(`Claimed ${study.study_id.slice(0, 16)} until ${new Date(study.lease.expires_at).toLocaleTimeString()}.`);
+    say(`${before}Claimed ${study.study_id.slice(0, 16)} until ${new Date(study.lease.expires_at).toLocaleTimeString()}.`);
     await openStudy(study.study_id, study);
   } catch (error) {
-    if (error.message !== "unauthorized") say(`Claim failed: ${error.message}`, true);
+    if (error.message !== "unauthorized") say(`${before}Claim failed: ${error.message}`, true);
   }
 }
 
@@ -178,10 +237,12 @@ async function openStudy(studyId, known = null) {
   select.replaceChildren(...Object.keys(s.probabilities).map((label) => new Option(label, label)));
   select.value = s.top_findings.length ? s.top_findings[0].label : "No Finding";
   $("#heatmap-toggle").checked = false;
+  $("#heatmap-layer").hidden = true;
   fillImageStrip(s);
-  await selectImage(s.images.find((i) => i.primary) || s.images[0] || null);
+  viewer.sizeBox();
   const agree = $("#agree");
   if (!agree.closest("[hidden]")) agree.focus(); else $("#back").focus();
+  await selectImage(s.images.find((i) => i.primary) || s.images[0] || null);
 }
 
 function fillVerdictForm(s) {
@@ -194,6 +255,7 @@ function fillVerdictForm(s) {
       `<td><input type="checkbox" class="uncertain" id="uncertain-${i}"></td>`;
     tr.firstChild.textContent = label;
     tr.querySelector(".present").checked = p >= 0.5;
+    tr.querySelector(".present").dataset.model = String(p >= 0.5);
     tr.querySelector(".present").setAttribute("aria-label", `${label} present`);
     tr.querySelector(".uncertain").setAttribute("aria-label", `${label} uncertain`);
     return tr;
@@ -259,26 +321,67 @@ function nextImage() {
   selectImage(images[(at + 1) % images.length]);
 }
 
-async function loadImage() {
+function imageBase() {
   const s = state.study;
-  const finding = $("#heatmap-finding").value;
-  const base = state.image
+  return state.image
     ? `/studies/${encodeURIComponent(s.study_id)}/images/${encodeURIComponent(state.image.image_id)}`
     : `/studies/${encodeURIComponent(s.study_id)}`;
-  const path = $("#heatmap-toggle").checked
-    ? `${base}/heatmap?finding=${encodeURIComponent(finding)}`
-    : `${base}/image`;
+}
+
+// The image at its full stored resolution (the server renders it once and caches it), then its heatmap layer.
+async function loadImage() {
+  const studyId = state.study.study_id;
+  viewer.clear();
+  $("#heatmap-layer").hidden = true; // the last image's map must never lie over this one
   try {
-    const blob = await (await api(path)).blob();
-    const img = $("#study-image");
-    if (img.src) URL.revokeObjectURL(img.src);
-    img.src = URL.createObjectURL(blob);
+    const blob = await (await api(`${imageBase()}/full`)).blob();
+    if (state.study?.study_id !== studyId) return;
+    await viewer.load(URL.createObjectURL(blob));
   } catch (error) {
     if (error.message !== "unauthorized") $("#image-note").textContent = `Image unavailable: ${error.message}`;
   }
+  await loadHeatmap();
 }
 
-async function submitVerdict(agreed) {
+// The class-activation map alone (transparent where the model saw nothing), laid over the image by the page.
+async function loadHeatmap() {
+  const layer = $("#heatmap-layer");
+  if (!$("#heatmap-toggle").checked) { layer.hidden = true; return; }
+  const finding = $("#heatmap-finding").value;
+  try {
+    const blob = await (await api(`${imageBase()}/cam?finding=${encodeURIComponent(finding)}`)).blob();
+    if (layer.src.startsWith("blob:")) URL.revokeObjectURL(layer.src);
+    layer.src = URL.createObjectURL(blob);
+    await layer.decode();
+    viewer.layerSize();
+    layer.hidden = !$("#heatmap-toggle").checked;
+  } catch (error) {
+    if (error.message !== "unauthorized") $("#image-note").textContent = `Heatmap unavailable: ${error.message}`;
+  }
+}
+
+function setOpacity(percent) {
+  const value = Math.min(100, Math.max(0, percent));
+  $("#heatmap-opacity").value = String(value);
+  $("#heatmap-layer").style.opacity = String(value / 100);
+  $("#heatmap-opacity-value").textContent = `${value} %`;
+}
+
+function toggleHeatmap() {
+  if ($("#heatmap-toggle").disabled) return;
+  $("#heatmap-toggle").checked = !$("#heatmap-toggle").checked;
+  loadHeatmap();
+}
+
+// Whether the reader changed the pre-filled findings (a mark, an uncertain box or a note).
+function formEdited() {
+  return [...document.querySelectorAll("#labels .present")].some((box) => String(box.checked) !== box.dataset.model)
+    || [...document.querySelectorAll("#labels .uncertain")].some((box) => box.checked)
+    || Boolean($("#note").value);
+}
+
+// ``next``: claim and open the next study once this verdict is saved, instead of going back to the list.
+async function submitVerdict(agreed, next = false) {
   const s = state.study;
   const rows = [...$("#labels tbody").children];
   const labels = {};
@@ -302,8 +405,9 @@ async function submitVerdict(agreed) {
   try {
     const verdict = await (await postVerdict(s.study_id, text, key)).json();
     state.pendingVerdict = null;
-    say(`Verdict saved (${verdict.kind}${verdict.replayed ? ", already recorded" : ""}).`);
-    await showList();
+    const saved = `Verdict saved (${verdict.kind}${verdict.replayed ? ", already recorded" : ""}).`;
+    say(saved);
+    if (next) await claimNext(`${saved} `); else await showList();
   } catch (error) {
     if (error.message !== "unauthorized") say(`Verdict not saved: ${error.message}`, true);
   }
@@ -432,14 +536,65 @@ async function showSystem() {
   state.timer = setInterval(refreshSystem, REFRESH_MS);
 }
 
+// Save (agree, or the reader's findings once edited) and go on to the next study.
+function saveAndNext() {
+  if ($("#verdict-form").hidden) return;
+  submitVerdict(!formEdited(), true);
+}
+
+// In the findings table: up and down move between findings (same column), u marks the row uncertain, Enter
+// submits the findings as edited. True when the key was one of these.
+function onFindingsKey(event) {
+  const box = event.target;
+  const tr = box.closest("#labels tbody tr");
+  if (!tr) return false;
+  const column = box.classList.contains("uncertain") ? ".uncertain" : ".present";
+  if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+    const other = event.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling;
+    if (other) other.querySelector(column).focus();
+  } else if (event.key === "u") {
+    tr.querySelector(".uncertain").click();
+  } else if (event.key === "Enter") {
+    submitVerdict(false);
+  } else return false;
+  event.preventDefault();
+  return true;
+}
+
+function editFindings() {
+  if ($("#verdict-form").hidden) return;
+  $("#labels .present").focus();
+}
+
+// The viewer's keys, anywhere in the study view (arrows only when the image has the focus).
+function onViewerKey(event) {
+  const key = event.key;
+  if (key === "+" || key === "=") viewer.zoomCentre(1.25);
+  else if (key === "-" || key === "_") viewer.zoomCentre(0.8);
+  else if (key === "0") viewer.reset();
+  else if (key === "v") viewer.toggleInvert();
+  else if (key === "w") viewer.toggleWlMode();
+  else if (key === "f") viewer.toggleFullscreen();
+  else if (key >= "1" && key <= "9" && key.length === 1) viewer.presetByNumber(Number(key));
+  else if (key === "[" || key === "]") setOpacity(Number($("#heatmap-opacity").value) + (key === "]" ? 10 : -10));
+  else if (key.startsWith("Arrow") && event.target.id === "viewer") viewer.onArrow(key);
+  else return false;
+  event.preventDefault();
+  return true;
+}
+
 function onKey(event) {
   if (!state.me || event.altKey || event.ctrlKey || event.metaKey) return;
-  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName) && event.target.type !== "checkbox";
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(event.target.tagName)
+    && !["checkbox", "range"].includes(event.target.type);
   if (typing) return;
   const inList = !$("#list-view").hidden;
   const inStudy = !$("#study-view").hidden;
+  if (inStudy && event.target.closest && event.target.closest("#labels") && onFindingsKey(event)) return;
+  if (inStudy && event.target.type === "range" && event.key.startsWith("Arrow")) return; // the slider's own
+  if (inStudy && onViewerKey(event)) return;
   const row = event.target.closest && event.target.closest("#worklist tbody tr");
-  if (inList && event.key === "c" && !$("#claim").hidden) { event.preventDefault(); claimNext(); }
+  if (inList && (event.key === "c" || event.key === "n") && !$("#claim").hidden) { event.preventDefault(); claimNext(); }
   else if (inList && row && event.key === "Enter") { event.preventDefault(); openStudy(row.dataset.study); }
   else if (inList && row && (event.key === "ArrowDown" || event.key === "ArrowUp")) {
     event.preventDefault();
@@ -449,17 +604,29 @@ function onKey(event) {
   else if (inStudy && event.key === "Escape") { event.preventDefault(); showList(); }
   else if (!$("#system-view").hidden && event.key === "Escape") { event.preventDefault(); showList(); }
   else if (inStudy && event.key === "a" && !$("#verdict-form").hidden) { event.preventDefault(); submitVerdict(true); }
+  else if (inStudy && event.key === "n") { event.preventDefault(); saveAndNext(); }
+  else if (inStudy && event.key === "e") { event.preventDefault(); editFindings(); }
   else if (inStudy && event.key === "r" && !$("#release").hidden) { event.preventDefault(); release(); }
   else if (inStudy && event.key === "p") showPatient();
   else if (inStudy && event.key === "i") { event.preventDefault(); nextImage(); }
-  else if (inStudy && event.key === "h" && !$("#heatmap-toggle").disabled) {
-    event.preventDefault();
-    $("#heatmap-toggle").checked = !$("#heatmap-toggle").checked;
-    loadImage();
-  }
+  else if (inStudy && event.key === "h") { event.preventDefault(); toggleHeatmap(); }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
+  viewer.init();
+  $("#finding-filter").append(...FINDINGS.map((label) => new Option(label, label)));
+  $("#finding-filter").addEventListener("change", refreshList);
+  $("#finding-min").addEventListener("change", refreshList);
+  setInterval(tickClocks, 1000);
+  $("#zoom-in").addEventListener("click", () => viewer.zoomCentre(1.25));
+  $("#zoom-out").addEventListener("click", () => viewer.zoomCentre(0.8));
+  $("#reset-view").addEventListener("click", () => viewer.reset());
+  $("#wl-mode").addEventListener("click", () => viewer.toggleWlMode());
+  $("#invert").addEventListener("click", () => viewer.toggleInvert());
+  $("#fullscreen").addEventListener("click", () => viewer.toggleFullscreen());
+  $("#heatmap-opacity").addEventListener("input", () => setOpacity(Number($("#heatmap-opacity").value)));
+  $("#save-next").addEventListener("click", saveAndNext);
+  setOpacity(50);
   $("#signin-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("#token").value.trim()); });
   $("#signout").addEventListener("click", () => signOut());
   $("#claim").addEventListener("click", claimNext);
@@ -471,8 +638,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#agree").addEventListener("click", () => submitVerdict(true));
   $("#verdict-form").addEventListener("submit", (e) => { e.preventDefault(); submitVerdict(false); });
   $("#show-patient").addEventListener("click", showPatient);
-  $("#heatmap-toggle").addEventListener("change", loadImage);
-  $("#heatmap-finding").addEventListener("change", () => { if ($("#heatmap-toggle").checked) loadImage(); });
+  $("#heatmap-toggle").addEventListener("change", loadHeatmap);
+  $("#heatmap-finding").addEventListener("change", loadHeatmap);
   $("#upload-form").addEventListener("submit", upload);
   document.addEventListener("keydown", onKey);
   if (state.token) signIn(state.token); else show("signin-view");

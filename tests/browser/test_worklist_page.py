@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import redis
 from playwright.sync_api import Browser, Page, Route, expect
 
 from cxr_triage import topics
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import LABELS
-from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
-from cxr_triage.worklist.keys import WorklistKeys
 from inference_worker.worklist import RedisWorklist
-from priority_queue_api.app import create_app
-from priority_queue_api.config import ApiPolicy
+from tests.browser.site_support import Site, running_site, verdict_of
 from tests.dicom_files import PLANTED, chest_pixels, radiograph, to_bytes
 from tests.factories import png_bytes
-from tests.integration.api_support import api_settings, make_users, put_study, serve
-from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, wait_for_port
-from tests.integration.kafka_support import KafkaBroker, shared_jars, start_kafka
+from tests.integration.api_support import put_study
 from tests.study_images import study_entry
 
 pytestmark = pytest.mark.integration
@@ -37,66 +29,38 @@ DICOM_STUDY = "2.25.424242"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 
-@dataclass
-class Site:
-    url: str
-    tokens: dict[str, str]
-    kafka: KafkaBroker
-    redis: redis.Redis
-    keys: WorklistKeys
-    settings: Settings
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    home = tmp_path_factory.mktemp("browser")
-    jars = shared_jars(tmp_path_factory.getbasetemp())
-    port = free_port()
-    redis_proc = _spawn_redis(port, home)
-    try:
-        wait_for_port(port)
-        with start_kafka(home / "kafka-home", jars) as kafka:
-            keys = WorklistKeys(f"web{uuid.uuid4().hex[:6]}")
-            settings = api_settings(
-                home / "api", port, keys.prefix, kafka_port=kafka.settings.kafka_address.port
-            )
-            tokens = make_users(settings.home)
-            r = redis.Redis(port=port, password=REDIS_PASSWORD, decode_responses=True)
-            store = LocalImageStore(settings.image_store_dir)
-            probabilities = {label: 0.1 for label in LABELS} | {"Pneumothorax": 0.92, "No Finding": 0.05}
-            put_study(
-                r,
-                keys,
-                "top-critical",
-                0.92,
-                age=timedelta(minutes=5),
-                probabilities=probabilities,
-                image_uri=store.put(png_bytes(seed=1, size=320), suffix=".png"),
-            )
-            put_study(
-                r, keys, "urgent-one", 0.6, image_uri=store.put(png_bytes(seed=2, size=320), suffix=".png")
-            )
-            put_study(
-                r, keys, "routine-one", 0.2, image_uri=store.put(png_bytes(seed=3, size=320), suffix=".png")
-            )
-            dicom = to_bytes(radiograph(chest_pixels(size=128)))
-            put_study(
-                r,
-                keys,
-                DICOM_STUDY,
-                0.05,
-                image_uri=store.put(dicom, suffix=".dcm"),
-                content_type="application/dicom",
-            )
-            cams = np.zeros((len(LABELS), 8, 8), dtype=np.float16)
-            cams[LABELS.index("Pneumothorax"), :3, :3] = 4.0
-            r.hset(keys.study("top-critical"), mapping={"cam_h": 8, "cam_w": 8})
-            r.set(keys.cam("top-critical"), cams.tobytes())
-            with serve(create_app(settings, policy=ApiPolicy(verdict_timeout_s=10.0))) as url:
-                yield Site(url, tokens, kafka, r, keys, settings)
-    finally:
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+    with running_site(tmp_path_factory, "browser") as site:
+        r, keys, store = site.redis, site.keys, site.store
+        probabilities = {label: 0.1 for label in LABELS} | {"Pneumothorax": 0.92, "No Finding": 0.05}
+        put_study(
+            r,
+            keys,
+            "top-critical",
+            0.92,
+            age=timedelta(minutes=5),
+            probabilities=probabilities,
+            image_uri=store.put(png_bytes(seed=1, size=320), suffix=".png"),
+        )
+        put_study(r, keys, "urgent-one", 0.6, image_uri=store.put(png_bytes(seed=2, size=320), suffix=".png"))
+        put_study(
+            r, keys, "routine-one", 0.2, image_uri=store.put(png_bytes(seed=3, size=320), suffix=".png")
+        )
+        dicom = to_bytes(radiograph(chest_pixels(size=128)))
+        put_study(
+            r,
+            keys,
+            DICOM_STUDY,
+            0.05,
+            image_uri=store.put(dicom, suffix=".dcm"),
+            content_type="application/dicom",
+        )
+        cams = np.zeros((len(LABELS), 8, 8), dtype=np.float16)
+        cams[LABELS.index("Pneumothorax"), :3, :3] = 4.0
+        r.hset(keys.study("top-critical"), mapping={"cam_h": 8, "cam_w": 8})
+        r.set(keys.cam("top-critical"), cams.tobytes())
+        yield site
 
 
 @pytest.fixture()
@@ -110,15 +74,6 @@ def page(browser: Browser, site: Site) -> Iterator[Page]:
 
 def _rows(page: Page) -> Any:
     return page.locator("#worklist tbody tr")
-
-
-def _verdict_of(site: Site, study_id: str) -> dict[str, Any]:
-    def mine(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [e for e in found if e["study_id"] == study_id]
-
-    events = mine(site.kafka.read(topics.VERDICTS, lambda found: bool(mine(found))))
-    assert len(events) == 1, events
-    return events[0]
 
 
 def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site, tmp_path: Path) -> None:
@@ -148,8 +103,10 @@ def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site
 
     page.locator("#heatmap-finding").select_option("Pneumothorax")
     page.locator("body").press("h")
-    page.wait_for_function(f"document.querySelector('#study-image').src !== {plain_src!r}")
-    page.wait_for_function("document.querySelector('#study-image').naturalWidth === 320")
+    # The map is a layer of its own, at the image's size, over the unchanged image.
+    expect(page.locator("#heatmap-layer")).to_be_visible()
+    page.wait_for_function("document.querySelector('#heatmap-layer').naturalWidth === 320")
+    assert page.get_attribute("#study-image", "src") == plain_src
     page.screenshot(path=str(tmp_path / "study.png"))
 
     page.click("#agree")
@@ -158,7 +115,7 @@ def test_sign_in_claim_agree_and_see_the_verdict_on_kafka(page: Page, site: Site
     expect(_rows(page)).to_have_count(3)
     expect(page.locator('#worklist tr[data-study="top-critical"]')).to_have_count(0)
 
-    event = _verdict_of(site, "top-critical")
+    event = verdict_of(site, "top-critical")
     assert event["radiologist"] == "rad" and event["agreed_with_model"] is True
     assert event["labels"]["Pneumothorax"] == 1 and sum(event["labels"].values()) == 1
     assert event["model_version"] == "1" and event["claimed_at"] is not None
@@ -186,7 +143,7 @@ def test_disagree_path_with_the_keyboard(page: Page, site: Site) -> None:
     expect(page.locator("#status")).to_contain_text("Verdict saved")
     expect(page.locator(f'#worklist tr[data-study="{second_id}"]')).to_have_count(0)
 
-    event = _verdict_of(site, second_id)
+    event = verdict_of(site, second_id)
     assert event["radiologist"] == "rad2" and event["agreed_with_model"] is False
     assert event["labels"]["Cardiomegaly"] == 1 and event["uncertain"] == ["Cardiomegaly"]
     assert event["note"] == "borderline heart size"
@@ -228,7 +185,7 @@ def test_a_lost_answer_is_retried_by_the_page_with_the_same_key(page: Page, site
 
     assert len(keys_sent) == 2 and keys_sent[0] == keys_sent[1]
     assert keys_sent[0] is not None and UUID_RE.fullmatch(keys_sent[0])
-    event = _verdict_of(site, "lost-answer")  # one event: the retry was answered from the record
+    event = verdict_of(site, "lost-answer")  # one event: the retry was answered from the record
     assert event["idempotency_key"] == keys_sent[0]
     assert event["_key"] == topics.verdict_key("lost-answer", "rad")
 
@@ -268,7 +225,9 @@ def test_a_radiologist_flips_between_the_images_of_a_study(page: Page, site: Sit
     views = {"lat-1": "LATERAL"}
     worklist.write([study_entry("multi-image", {"pa-1": 0.3, "lat-1": None}, views=views, uris=uris)])
     late = {"pa-1": 0.3, "lat-1": None, "pa-2": 0.5}
-    flagged = {"pa-2": ("body_part:ABDOMEN",)}  # its header says another body part: shown, flagged
+    flagged: dict[str, tuple[str, ...]] = {
+        "pa-2": ("body_part:ABDOMEN",)
+    }  # its header says another body part: shown, flagged
     worklist.write(
         [study_entry("multi-image", late, views=views, uris=uris, corners={"pa-2": 1}, flags=flagged)]
     )
