@@ -15,7 +15,6 @@ DATA ?= ../shared/datasets/cxr-public
 ifneq ($(wildcard $(DATA)/labels.csv),)
 up demo: export CXR_RETRAIN_PUBLIC_DATA ?= $(abspath $(DATA))
 endif
-DEMO_WAIT ?= 20
 # The demo trains the `demo` recipe (trainer/recipes.py, chosen by the cross-validated study in
 # docs/experiments.md); its input size travels in the model, so the stack needs no setting for it.
 DEMO_RECIPE ?= demo
@@ -84,38 +83,21 @@ lint: $(STAMP)
 test: setup lint
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=25 tests
 
-# The gateway as storescu's arguments: called AE title, host, port (from the settings, as the stack uses them).
-DICOM_PEER = $$($(BIN)/python -c "from cxr_triage.settings import load_settings as l; s = l(); \
-  print('-aec', s.dicom_ae_title, '127.0.0.1', s.dicom_port)")
-
 # The public sample set when present, else synthetic images (made by demo-data).
-DEMO_IMAGES := $(if $(wildcard $(DATA)/images),$(DATA)/images,$(CXR_HOME)/sample)
+DEMO_DATA := $(if $(wildcard $(DATA)/images),$(DATA),$(CXR_HOME)/sample)
 
-demo: setup $(if $(wildcard $(DATA)/images),,demo-data)
-	$(BIN)/cxr-triage up --detach --observability
-	$(BIN)/cxr-triage model init
-	$(if $(wildcard $(DATA)/labels.csv),$(BIN)/cxr-triage train --data $(DATA) --if-no-champion --promote \
-	  --recipe $(DEMO_RECIPE))
-	$(BIN)/cxr-triage produce --json $(DEMO_IMAGES) \
-	  || echo "some files were rejected (reasons above); the rest were published"
-	$(BIN)/python -m producers.sample_dicom $(DEMO_IMAGES) $(CXR_HOME)/demo-dicom --studies 3
-	@echo "sending 3 DICOM studies (PA + lateral, one association each) to the gateway with dcmtk's storescu"
-	@for study in $(CXR_HOME)/demo-dicom/first/*/; do storescu +sd +r $(DICOM_PEER) "$$study" || exit 1; done
-	@echo "waiting $(DEMO_WAIT) s for the worker to score the studies..."; sleep $(DEMO_WAIT)
-	@echo "sending each DICOM study's late repeat PA: it joins its study on the worklist (no second entry)"
-	@for study in $(CXR_HOME)/demo-dicom/late/*/; do storescu +sd +r $(DICOM_PEER) "$$study" || exit 1; done
-	@sleep 5
-	@token=$$($(BIN)/cxr-triage users add demo --role radiologist --json 2>/dev/null \
-	    || $(BIN)/cxr-triage users add demo --role radiologist --rotate --json); \
-	  token=$$(echo "$$token" | $(BIN)/python -c "import json,sys; print(json.load(sys.stdin)['token'])"); \
-	  CXR_API_TOKEN=$$token $(BIN)/cxr-triage worklist --limit 10; \
-	  echo "sign in at the web page with the demo radiologist's token: $$token"
-	@$(BIN)/python -c "from cxr_triage.settings import load_settings as l; s = l(); \
-	  print(f'worklist page: {s.api_url}/ (API docs: /docs; stop with: make down)')"
+# One line or progress bar per stage (`cxr-triage demo`); every command's log goes under $(CXR_HOME)/logs.
+demo:
+	@mkdir -p $(CXR_HOME)/logs
+	@echo "[set-up] system packages, .venv and Kafka jars (log: $(CXR_HOME)/logs/setup.log)"
+	@$(MAKE) --no-print-directory setup $(if $(wildcard $(DATA)/images),,demo-data) \
+	  > $(CXR_HOME)/logs/setup.log 2>&1 || { tail -n 15 $(CXR_HOME)/logs/setup.log; \
+	  echo "set-up failed: the whole log is $(CXR_HOME)/logs/setup.log"; exit 1; }
+	@$(BIN)/cxr-triage demo --data $(DEMO_DATA) --recipe $(DEMO_RECIPE)
 
-# Synthetic radiographs for machines without the public sample set.
+# Synthetic radiographs for machines without the public sample set (no labels: the demo trains nothing).
 demo-data: $(STAMP)
-	$(BIN)/python -m producers.sample_images $(CXR_HOME)/sample
+	$(BIN)/python -m producers.sample_images $(CXR_HOME)/sample/images
 
 # Inference benchmark: raw ONNX Runtime, Triton gRPC, full pipeline, FP32 vs INT8 (docs/bench/).
 bench: setup

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -28,9 +29,18 @@ class JsonFormatter(logging.Formatter):
 _REQUEST_LOGGERS = ("httpx", "httpcore", "urllib3")
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send JSON lines to stderr; called once by the CLI, never at import."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str = "INFO", *, file: str | None = None) -> None:
+    """Send JSON lines to stderr, or append them to ``file``; called once by the CLI, never at import.
+
+    A file keeps a terminal for what a person reads (progress bars, the result): ``make demo`` runs each
+    step with ``CXR_LOG_FILE`` under the state folder's logs.
+    """
+    handler: logging.Handler
+    if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -45,14 +45,7 @@ def _summary(stack: Stack, results: list[StartResult]) -> None:
     "(CXR_OBSERVABILITY_ENABLED=true does the same).",
 )
 def up(detach: bool, only: str, observability: bool) -> None:
-    """Start the local stack; without --detach, supervise it until Ctrl-C, then stop it.
-
-    \b
-    Examples:
-      cxr-triage up --detach                   # everything, in the background
-      cxr-triage up --detach --observability   # and Prometheus with the alert rules
-      cxr-triage up --only kafka,redis         # just the peers
-    """
+    """Start the local stack; without --detach, supervise it until Ctrl-C, then stop it."""
     settings = load_settings()
     if observability:
         settings = settings.model_copy(update={"observability_enabled": True})

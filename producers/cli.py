@@ -9,26 +9,20 @@ import time
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
 from cxr_triage.image_store import open_image_store
 from cxr_triage.ingest.pseudonym import pseudonymiser
 from cxr_triage.ingest.publisher import DeliveryFailed, EventPublisher
+from cxr_triage.ingest.validate import iter_candidate_files
 from cxr_triage.settings import Settings, load_settings
 from producers.files import produce_paths
 from producers.stopping import stop_on_signals
 from producers.study_buffer import StudyBuffer
 from producers.traffic import RateParam, TokenBucket
 
-EPILOG = """\b
-Examples:
-  cxr-triage produce scans/                      every image under scans/, DICOM studies grouped
-  cxr-triage produce --json a.dcm b.dcm          a summary as JSON (files named by SHA-256)
-  cxr-triage produce --rate 2/s --burst 10 scans/  at most 10 at once, then 2 studies a second
-  cxr-triage produce --watch /srv/pacs-export    take files as a PACS finishes writing them
-"""
 
-
-@click.command(epilog=EPILOG)
+@click.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--json", "as_json", is_flag=True, help="Print a JSON summary (published, rejected with reasons)."
@@ -72,6 +66,9 @@ Examples:
     help="A DICOM study is published once no image of it came for this long (default CXR_DICOM_QUIET_S); "
     "without --watch, for studies an interrupted run left behind.",
 )
+@click.option(
+    "--progress/--no-progress", default=None, help="A progress bar over the files (default: on a terminal)."
+)
 def produce(
     paths: tuple[Path, ...],
     as_json: bool,
@@ -82,6 +79,7 @@ def produce(
     settle_s: float,
     give_up_s: float,
     quiet_s: float | None,
+    progress: bool | None,
 ) -> None:
     """Publish PNG, JPEG and DICOM files (or folders of them) as studies; exit 1 if any was rejected.
 
@@ -101,8 +99,11 @@ def produce(
             _watch(settings, watch_dir, bucket, settle_s=settle_s, give_up_s=give_up_s, quiet_s=quiet)
             return
         buffer = StudyBuffer(settings.home / "producer" / "studies.sqlite3")
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=len(list(iter_candidate_files(paths))) if show else None, desc="reading files",
+                   unit="file", file=sys.stderr, disable=not show, leave=False)  # fmt: skip
         try:
-            with EventPublisher(settings, client_id="cxr-producer") as publisher:
+            with bar, EventPublisher(settings, client_id="cxr-producer") as publisher:
                 summary = produce_paths(
                     paths=paths,
                     store=open_image_store(settings),
@@ -112,6 +113,7 @@ def produce(
                     source=source,
                     quiet_s=quiet_s or settings.dicom_quiet_s,
                     before_each=bucket.take,
+                    after_file=bar.update,
                 )
         finally:
             buffer.close_db()

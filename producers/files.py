@@ -50,15 +50,19 @@ def produce_paths(
     source: str,
     quiet_s: float,
     before_each: Callable[[], None] | None = None,
+    after_file: Callable[[], None] | None = None,
 ) -> ProduceSummary:
     """Publish the studies of ``paths``; ``DeliveryFailed`` if Kafka does not confirm them (they stay due).
 
     Studies a run before this one left unpublished (a crash, Kafka down) and quiet for ``quiet_s`` go too.
+    ``after_file`` is called once per file read (a progress bar).
     """
     summary = ProduceSummary()
     studies: set[str] = set()
     for path in iter_candidate_files(paths):
         outcome = prepare(path, pseudonyms)
+        if after_file is not None:
+            after_file()
         if isinstance(outcome, Rejection):
             reject(rejection=outcome, publisher=publisher, source=source)
             summary.rejected.append({"sha256": outcome.sha256, "reason": outcome.reason})
