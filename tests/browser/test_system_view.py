@@ -4,16 +4,13 @@ and a clear message when Prometheus is down."""
 from __future__ import annotations
 
 import re
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis
-import yaml
 from playwright.sync_api import Browser, Page, expect
 
 from cxr_triage.settings import Settings
@@ -21,7 +18,14 @@ from cxr_triage.worklist.keys import WorklistKeys
 from deploy.prometheus_server import rules_dir
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
-from tests.integration.api_support import api_settings, make_users, put_study, serve
+from tests.integration.api_support import (
+    PrometheusPeer,
+    api_settings,
+    make_users,
+    prometheus_on,
+    put_study,
+    serve,
+)
 from tests.integration.conftest import REDIS_PASSWORD, _spawn_redis, free_port, wait_for_port
 from tests.integration.kafka_support import shared_jars, start_kafka
 
@@ -32,31 +36,7 @@ pytestmark = pytest.mark.integration
 class Watched:
     url: str
     tokens: dict[str, str]
-    prometheus: subprocess.Popen[bytes]
-
-
-def start_prometheus(home: Path, port: int, api_url: str) -> subprocess.Popen[bytes]:
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules_dir() / "*.yml")],
-        "scrape_configs": [
-            {"job_name": "cxr-api", "static_configs": [{"targets": [api_url.split("//", 1)[1]]}]}
-        ],
-    }
-    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (home / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={home / 'prometheus.yml'}",
-            f"--storage.tsdb.path={home / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port(port)
-    return process
+    prometheus: PrometheusPeer
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +51,22 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
             settings: Settings = api_settings(
                 home / "api", redis_port, keys.prefix, kafka_port=kafka.settings.kafka_address.port
             )
-            prometheus_port = free_port()
-            settings = settings.model_copy(update={"prometheus_url": f"http://127.0.0.1:{prometheus_port}"})
             tokens = make_users(settings.home)
             r = redis.Redis(port=redis_port, password=REDIS_PASSWORD, decode_responses=True)
             put_study(r, keys, "old-critical", 0.95, age=timedelta(minutes=12))
             put_study(r, keys, "new-critical", 0.9)
             put_study(r, keys, "routine", 0.1, age=timedelta(minutes=3))
-            policy = ApiPolicy(monitor_interval_s=1.0)
-            with serve(create_app(settings, policy=policy)) as url:
-                prometheus = start_prometheus(home, prometheus_port, url)
-                try:
-                    yield Watched(url, tokens, prometheus)
-                finally:
-                    prometheus.terminate()
-                    prometheus.wait(timeout=30)
+            # Each must know the other: the API's port is chosen first, Prometheus starts scraping it, and
+            # the API starts knowing Prometheus's URL.
+            api_port = free_port()
+            rules = (str(rules_dir() / "*.yml"),)
+            with prometheus_on(
+                home / "prometheus", targets=(f"127.0.0.1:{api_port}",), rule_files=rules
+            ) as prom:
+                settings = settings.model_copy(update={"prometheus_url": prom.url})
+                app = create_app(settings, policy=ApiPolicy(monitor_interval_s=1.0))
+                with serve(app, port=api_port) as url:
+                    yield Watched(url, tokens, prom)
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
@@ -144,8 +125,7 @@ def test_a_radiologist_sees_why_when_prometheus_is_down(page: Page, watched: Wat
     sign_in(page, watched, "rad")
     page.get_by_role("button", name="System").click()
     expect(page.locator("#system-view table.panel").first).to_be_visible(timeout=60_000)
-    watched.prometheus.terminate()
-    watched.prometheus.wait(timeout=30)
+    watched.prometheus.stop()
     expect(page.locator("#status")).to_contain_text("System figures unavailable: Prometheus did not answer")
     expect(page.locator("#status")).to_contain_text("cxr-triage up --observability")
 

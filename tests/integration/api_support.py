@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import redis
 import uvicorn
+import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -119,9 +121,9 @@ def api_on(redis_url: str, redis_port: int, home: Path) -> Iterator[Api]:
 
 
 @contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port in a thread; yields its base URL."""
-    port = free_port()
+def serve(app: FastAPI, *, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` under uvicorn on ``port`` (default: a free one) on loopback in a thread; yields its base URL."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -131,3 +133,48 @@ def serve(app: FastAPI) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@dataclass
+class PrometheusPeer:
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def prometheus_on(
+    home: Path, *, targets: tuple[str, ...] = (), rule_files: tuple[str, ...] = ()
+) -> Iterator[PrometheusPeer]:
+    """A real Prometheus (Debian's) on a free loopback port, scraping ``targets`` (host:port) every second and
+    evaluating ``rule_files``. The API's ``/system`` needs one to answer 200."""
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    jobs = [{"job_name": "cxr-api", "static_configs": [{"targets": list(targets)}]}] if targets else []
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": list(rule_files),
+        "scrape_configs": jobs,
+    }
+    (home / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with (home / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={home / 'prometheus.yml'}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    peer = PrometheusPeer(f"http://127.0.0.1:{port}", process)
+    try:
+        wait_for_port(port)
+        yield peer
+    finally:
+        if process.poll() is None:
+            peer.stop()

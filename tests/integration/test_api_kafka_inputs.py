@@ -28,7 +28,7 @@ from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.app import create_app
 from priority_queue_api.config import ApiPolicy
 from tests.factories import dicom_bytes, jpeg_bytes, png_bytes
-from tests.integration.api_support import Api, api_settings, make_users, put_study, serve
+from tests.integration.api_support import Api, api_settings, make_users, prometheus_on, put_study, serve
 from tests.integration.conftest import (
     REDIS_PASSWORD,
     RedisServer,
@@ -140,8 +140,11 @@ def fuzz_target(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) ->
             put_study(r, keys, f"study-{i}", priority)
         settings = api_settings(home, port, keys.prefix, kafka_port=kafka.settings.kafka_address.port)
         tokens = make_users(home)
-        with serve(create_app(settings, policy=ApiPolicy(verdict_timeout_s=10.0))) as base:
-            yield FuzzTarget(base, tokens)
+        # Every peer up (Kafka, Redis, and Prometheus for /system): whatever a client sends, never a 5xx.
+        with prometheus_on(home / "prometheus") as prometheus:
+            settings = settings.model_copy(update={"prometheus_url": prometheus.url})
+            with serve(create_app(settings, policy=ApiPolicy(verdict_timeout_s=10.0))) as base:
+                yield FuzzTarget(base, tokens)
     finally:
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
