@@ -78,7 +78,9 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     "model list": ("cxr-triage model list --json",),
     "model add": ("cxr-triage model add exported.onnx --serve    # a model with its cxr.* metadata",),
     "model serve": ("cxr-triage model serve 3",),
-    "model shadow": ("cxr-triage model shadow 4 --fraction 1.0     # recorded beside the champion, orders nothing",),
+    "model shadow": (
+        "cxr-triage model shadow 4 --fraction 1.0     # recorded beside the champion, orders nothing",
+    ),
     "model canary": ("cxr-triage model canary 4 --fraction 0.1     # 10% of studies ordered by version 4",),
     "model status": ("cxr-triage model status --json",),
     "model rollout": ("cxr-triage model rollout stop                 # back to the champion alone",),
@@ -92,7 +94,9 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
         "cxr-triage evaluate --data DIR --json           # the champion on DIR",
         "cxr-triage evaluate --data DIR --model models:/cxr_classifier/3 --predictions-out p.csv",
     ),
-    "promote": ("cxr-triage promote --json                     # gate the challenger; serve it if it passes",),
+    "promote": (
+        "cxr-triage promote --json                     # gate the challenger; serve it if it passes",
+    ),
     "rollback": ("cxr-triage rollback                           # serve the previous champion",),
     "retrain-worker": (
         "cxr-triage retrain-worker                     # `up` starts it",
@@ -100,7 +104,9 @@ EXAMPLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "rollout-worker": ("cxr-triage rollout-worker                     # `up` starts it",),
     "processors": ("cxr-triage processors run                     # `up` starts them",),
-    "processors run": ("cxr-triage processors run                     # web and /metrics on CXR_PROCESSORS_PORT",),
+    "processors run": (
+        "cxr-triage processors run                     # web and /metrics on CXR_PROCESSORS_PORT",
+    ),
     "feedback": ("cxr-triage feedback stats",),
     "feedback stats": (
         "cxr-triage feedback stats                     # examples, unmatched verdicts, requests, drift",

@@ -36,7 +36,9 @@ def test_the_demo_output_fits_a_screen_and_ends_with_what_to_do_next(tmp_path: P
             check=False,
         )
     finally:
-        subprocess.run([sys.executable, "-m", "cxr_triage", "down"], env=env, capture_output=True, timeout=180)
+        subprocess.run(
+            [sys.executable, "-m", "cxr_triage", "down"], env=env, capture_output=True, timeout=180
+        )
     console = done.stdout + done.stderr
     assert done.returncode == 0, console
     lines = console.strip().splitlines()
@@ -54,7 +56,10 @@ def test_the_demo_output_fits_a_screen_and_ends_with_what_to_do_next(tmp_path: P
         assert "joined their studies (no second entry)" in stages[5]
 
     summary = console.split("Summary", 1)[1]
-    assert re.search(rf"studies scored\s+{6 + dicom} on the worklist; unread by tier: \d+ critical, \d+ urgent, \d+ routine", summary)
+    assert re.search(
+        rf"studies scored\s+{6 + dicom} on the worklist; unread by tier: \d+ critical, \d+ urgent, \d+ routine",
+        summary,
+    )
     assert f"http://127.0.0.1:{env['CXR_API_PORT']}/" in summary
     token = re.search(r"^\s+token\s+(\S+)$", summary, re.MULTILINE)
     assert token and len(token.group(1)) >= 20
