@@ -129,7 +129,11 @@ async def fetch_worklist(
     tiers: tuple[Tier, ...] = TIERS,
     status: str | None = None,
     min_priority: float = 0.0,
+    finding: str | None = None,
+    min_probability: float = 0.5,
 ) -> WorklistPublic:
+    """One page; ``finding`` keeps studies whose model probability of it is at least ``min_probability``
+    (page.lua filters, so paging and ``total`` stay exact)."""
     now = time.time()
     page = await read_page(
         redis,
@@ -141,6 +145,8 @@ async def fetch_worklist(
         waiting=status in (None, "unclaimed"),
         leased=status in (None, "claimed"),
         min_priority=min_priority,
+        finding=finding,
+        min_probability=min_probability,
         now=now,
     )
     # A study whose hash vanished (removed by hand) is skipped rather than failing the whole page.

@@ -1,15 +1,11 @@
 from __future__ import annotations
 
-import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Response
-from redis.asyncio import Redis
 
 from cxr_triage.labels import LABELS
-from cxr_triage.sla import TIERS, SlaPolicy, Tier
-from cxr_triage.worklist.keys import WorklistKeys
-from cxr_triage.worklist.page import read_page
+from cxr_triage.sla import TIERS, Tier
 from priority_queue_api.deps import (
     AuditorDep,
     PolicyDep,
@@ -21,7 +17,7 @@ from priority_queue_api.deps import (
 )
 from priority_queue_api.errors import Unprocessable, error_responses
 from priority_queue_api.models import ClaimCreate, StudyDetail, WorklistPublic
-from priority_queue_api.service import _item, _ts, claim, fetch_worklist
+from priority_queue_api.service import claim, fetch_worklist
 
 router = APIRouter(tags=["worklist"])
 
@@ -56,33 +52,21 @@ async def get_worklist(
     """Unread studies by effective priority (model priority aged by waiting time against the SLA tier),
     each with time waited, time left, lease state and its 14 probabilities."""
     tiers = tuple(t for t in TIERS if t in tier) if tier else TIERS
+    if finding is not None and finding not in LABELS:
+        raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
     with auditor.recording(user, "view", "worklist"):
-        if finding is None:
-            page = await fetch_worklist(
-                redis=redis,
-                keys=keys,
-                sla=sla,
-                limit=limit,
-                offset=offset,
-                tiers=tiers,
-                status=status,
-                min_priority=min_priority,
-            )
-        else:
-            if finding not in LABELS:
-                raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
-            page = await _by_finding(
-                redis,
-                keys,
-                sla,
-                limit=limit,
-                offset=offset,
-                tiers=tiers,
-                status=status,
-                min_priority=min_priority,
-                finding=finding,
-                min_probability=min_probability,
-            )
+        page = await fetch_worklist(
+            redis=redis,
+            keys=keys,
+            sla=sla,
+            limit=limit,
+            offset=offset,
+            tiers=tiers,
+            status=status,
+            min_priority=min_priority,
+            finding=finding,
+            min_probability=min_probability,
+        )
     # Already validated: serialise once instead of letting FastAPI validate the page a second time.
     return Response(page.model_dump_json(), media_type="application/json")
 
@@ -111,41 +95,3 @@ async def claim_next_study(
     if study is None:
         return Response(status_code=204)
     return study
-
-
-async def _by_finding(
-    redis: Redis,
-    keys: WorklistKeys,
-    sla: SlaPolicy,
-    *,
-    limit: int,
-    offset: int,
-    tiers: tuple[Tier, ...],
-    status: str | None,
-    min_priority: float,
-    finding: str,
-    min_probability: float,
-) -> WorklistPublic:
-    """``fetch_worklist`` with the finding filter (page.lua applies it, so paging and ``total`` stay exact).
-
-    Kept here, beside the route, while ``priority_queue_api.service`` (another team's file) has no such
-    parameter; it builds each item with the service's own ``_item``."""
-    now = time.time()
-    page = await read_page(
-        redis,
-        keys=keys,
-        policy=sla,
-        offset=offset,
-        limit=limit,
-        tiers=tiers,
-        waiting=status in (None, "unclaimed"),
-        leased=status in (None, "claimed"),
-        min_priority=min_priority,
-        finding=finding,
-        min_probability=min_probability,
-        now=now,
-    )
-    items = [_item(row, sla, now) for row in page.rows if row.study]
-    return WorklistPublic.model_validate(
-        {"items": items, "total": page.total, "limit": limit, "offset": offset, "generated_at": _ts(now)}
-    )
