@@ -33,7 +33,14 @@ class KafkaLagReader:
 
     def __init__(self, settings: Settings, *, watched: Iterable[str] = topics.ALL) -> None:
         self._admin = AdminClient(
-            {"bootstrap.servers": settings.kafka_bootstrap_servers, "client.id": "cxr-api-lag"}
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "client.id": "cxr-api-lag",
+                # Kafka down: the monitor counts and logs each failed refresh once; librdkafka's own line per
+                # reconnect attempt would only repeat it.
+                "log_level": 2,
+                "reconnect.backoff.max.ms": 10_000,
+            }
         )
         self._watched = tuple(watched)
 
