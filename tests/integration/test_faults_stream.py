@@ -84,7 +84,9 @@ def hold_a_batch_of_worker_1(
     for _ in range(attempts):
         wait_for("worker-1 to take a batch", lambda: target.worker_metric("cxr_worker_in_flight", 1) > 0)
         target.freeze(component, frozen=True)
-        deadline = time.monotonic() + 8.0
+        # A batch in flight can only stop at the frozen call; on a loaded machine it may take a while to get
+        # there (Triton shared with another stack), and each retry spends studies of the stream.
+        deadline = time.monotonic() + 30.0
         while not at_stage() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(hold_s)
@@ -112,11 +114,16 @@ def kill_worker_1_mid_batch(
         lambda: target.worker_metric("cxr_worker_assigned_partitions", 1) > 0,
         timeout_s=90,
     )
-    stream = Stream(target, make_studies(target.folder, first=first, count=40), per_s=5).start()
+    stream = Stream(target, make_studies(target.folder, first=first, count=60), per_s=5).start()
     stream.wait_for(8)
     try:
         hold_a_batch_of_worker_1(target, holding, stage=stage, hold_s=hold_s)
         target.kill("worker-1")
+    except BaseException:
+        target.freeze(holding, frozen=False)
+        stream.join()  # ended, so that the next test counts every study this one produced
+        target.up()
+        raise
     finally:
         target.freeze(holding, frozen=False)
     try:
