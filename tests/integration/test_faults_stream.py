@@ -14,6 +14,7 @@ workers' group has committed every study, and then checks Redis and ``cxr.predic
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
@@ -82,11 +83,15 @@ def hold_a_batch_of_worker_1(
         return target.worker_metric("cxr_worker_stage", 1, cxr_worker_stage=stage) > 0
 
     for _ in range(attempts):
-        wait_for("worker-1 to take a batch", lambda: target.worker_metric("cxr_worker_in_flight", 1) > 0)
+        wait_for(
+            "worker-1 to take a batch",
+            lambda: target.worker_metric("cxr_worker_in_flight", 1) > 0,
+            timeout_s=60,  # after a thaw, worker-1 may have to rejoin the group first
+        )
         target.freeze(component, frozen=True)
-        # A batch in flight can only stop at the frozen call; on a loaded machine it may take a while to get
-        # there (Triton shared with another stack), and each retry spends studies of the stream.
-        deadline = time.monotonic() + 30.0
+        # At most ~10 s frozen per try: longer, and the worker's 10 s session and the stream's 30 s delivery
+        # timeout expire under a frozen Kafka; a batch that is slower than that is let go, and the next one tried.
+        deadline = time.monotonic() + 8.0
         while not at_stage() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(hold_s)
@@ -114,14 +119,16 @@ def kill_worker_1_mid_batch(
         lambda: target.worker_metric("cxr_worker_assigned_partitions", 1) > 0,
         timeout_s=90,
     )
-    stream = Stream(target, make_studies(target.folder, first=first, count=60), per_s=5).start()
+    stream = Stream(target, make_studies(target.folder, first=first, count=100), per_s=5).start()
     stream.wait_for(8)
     try:
         hold_a_batch_of_worker_1(target, holding, stage=stage, hold_s=hold_s)
         target.kill("worker-1")
     except BaseException:
         target.freeze(holding, frozen=False)
-        stream.join()  # ended, so that the next test counts every study this one produced
+        with contextlib.suppress(AssertionError):
+            stream.join()
+        target.produced.update(stream.published)  # the next test counts every study this one produced
         target.up()
         raise
     finally:
