@@ -35,15 +35,14 @@ from cxr_triage.settings import Settings, load_settings
 from cxr_triage.sla import SlaPolicy
 from cxr_triage.worklist.index import index_scored_study
 from cxr_triage.worklist.keys import WorklistKeys
+from deploy.testing import free_ports
 from priority_queue_api.users import Role, add_user, users_file
 
 WARMUP_S = 2.0
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _wait_http(url: str, timeout_s: float) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -31,11 +32,71 @@ ADDRESS_SETTINGS: dict[str, str] = {
 }
 
 
+# Ports a test hands to a server come from below the kernel's ephemeral range: a port taken by bind-to-0 is
+# free only until some client's outgoing connection is given it as its local port, and a suite that runs
+# Kafka, Ray and many clients at once makes thousands of those (CI once lost Triton's start to one). Ray's
+# worker ports sit below 20000, so the range starts above them.
+_PORT_FLOOR = 20000
+_FALLBACK_EPHEMERAL_LOW = 32768
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_EPHEMERAL_LOW
+
+
+def _worker_block() -> range:
+    """This process's share of the test port range: one block per pytest-xdist worker, so they never race."""
+    low, high = _PORT_FLOOR, _ephemeral_low()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = (high - low) // max(count, 1)
+    return range(low + index * size, low + (index + 1) * size)
+
+
+class _PortCursor:
+    """Walks this process's block from a random start, so back-to-back stacks never reuse a port at once."""
+
+    def __init__(self) -> None:
+        self._block: range | None = None
+        self._next = 0
+
+    def candidates(self) -> Iterator[int]:
+        if self._block is None:
+            self._block = _worker_block()
+            self._next = random.randrange(len(self._block)) if len(self._block) else 0
+        for _ in range(len(self._block)):
+            port = self._block[self._next]
+            self._next = (self._next + 1) % len(self._block)
+            yield port
+
+
+_cursor = _PortCursor()
+
+
+def _bound(stack: ExitStack, port: int) -> bool:
+    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free on 127.0.0.1 a moment ago (held open together, then freed)."""
+    """``count`` distinct ports free on 127.0.0.1 a moment ago and outside the ephemeral range."""
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        if _ephemeral_low() - _PORT_FLOOR >= 1000:
+            for port in _cursor.candidates():
+                if len(ports) == count:
+                    break
+                if _bound(stack, port):  # held open together so one call never returns a port twice
+                    ports.append(port)
+        while len(ports) < count:  # an unusual kernel range: the kernel's own choice, as before
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind(("127.0.0.1", 0))
             ports.append(int(sock.getsockname()[1]))

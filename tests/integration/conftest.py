@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from deploy.testing import stack_env
+from deploy.testing import free_ports, stack_env
 
 if TYPE_CHECKING:
     from tests.integration.kafka_support import KafkaBroker
@@ -27,9 +27,7 @@ REDIS_PASSWORD = "integration-test-password"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def wait_for_port(port: int, timeout_s: float = 20.0) -> None:

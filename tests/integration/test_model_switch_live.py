@@ -77,7 +77,9 @@ def test_promoting_a_128_px_model_while_224_is_served_mid_stream(plain_stack: St
         90,
     )
     ids = stream.join()
-    late = Stream(plain_stack, make_studies(plain_stack.folder, first=100, count=6), per_s=3).start()
+    # Published after the switch, so version 2's check below never depends on how late the switch fell.
+    late_studies = make_studies(plain_stack.folder, first=100, count=6)
+    late = Stream(plain_stack, late_studies, per_s=3).start()
     ids += late.join()
 
     predictions = assert_each_once_on_the_worklist(
@@ -88,7 +90,7 @@ def test_promoting_a_128_px_model_while_224_is_served_mid_stream(plain_stack: St
     assert versions == sorted(versions)  # one worker, in order: once switched, never back
 
     # Nothing mis-scored: each stored prediction is what its own version computes from that image.
-    images = {study.study_id: study.data for study in studies}
+    images = {study.study_id: study.data for study in studies + late_studies}
     checked = {"1": 0, "2": 0}
     for study_id in ids:
         version_of = predictions[study_id][0].model_version

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -24,6 +23,7 @@ from cxr_triage.redis_keys import RedisKeys
 from cxr_triage.sla import SlaPolicy, Tier
 from cxr_triage.worklist.claims import complete
 from cxr_triage.worklist.keys import WorklistKeys
+from deploy.testing import free_ports
 from inference_worker.errors import StageUnavailable
 from inference_worker.worklist import RedisWorklist, WorklistEntry
 from tests.integration.async_redis import async_redis
@@ -35,18 +35,12 @@ RECEIVED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 POLICY = SlaPolicy()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(binary).exists():
         pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
-    port = _free_port()
+    (port,) = free_ports(1)
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [
@@ -247,7 +241,7 @@ def test_activation_maps_are_stored_with_the_prediction_once(redis_url: str, key
 
 
 def test_redis_down_is_stage_unavailable(keys: RedisKeys) -> None:
-    dead = redis.Redis(host="127.0.0.1", port=_free_port(), socket_connect_timeout=0.5)
+    dead = redis.Redis(host="127.0.0.1", port=free_ports(1)[0], socket_connect_timeout=0.5)
     with pytest.raises(StageUnavailable) as info:
         writer(dead, keys).write([entry("S-1")])
     assert info.value.stage == "redis"

@@ -272,14 +272,12 @@ def test_a_result_is_not_recorded_as_answered_when_publishing_fails(tmp_path: Pa
 
 
 def test_metrics_endpoint_shows_outcomes_duration_and_busy() -> None:
-    import socket
     import urllib.request
 
+    from deploy.testing import free_ports
     from trainer.retrain_metrics import RetrainMetrics
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    (port,) = free_ports(1)
     metrics = RetrainMetrics()
     metrics.serve(host="127.0.0.1", port=port)
     metrics.requests.labels(outcome="duplicate").inc()
