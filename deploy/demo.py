@@ -139,13 +139,13 @@ def _latest_run(client: Any, since_ms: int) -> Any:
     return runs[0] if runs else None
 
 
-def _watch_training(demo: Demo, process: subprocess.Popen[str], head: str, epochs: int) -> None:
-    """An epoch bar from the MLflow run's metrics while ``process`` trains (the run logs every epoch)."""
+def _watch_training(demo: Demo, process: subprocess.Popen[str], head: str) -> None:
+    """An epoch bar from the MLflow run while ``process`` trains: its ``epochs`` parameter, then one metric an epoch."""
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=demo.settings.mlflow_tracking_uri)
     since_ms = int(time.time() * 1000) - 1000
-    with demo.bar(epochs, f"{head} training") as bar:
+    with demo.bar(None, f"{head} training") as bar:
         while process.poll() is None:
             time.sleep(TRAIN_POLL_S)
             try:
@@ -154,9 +154,11 @@ def _watch_training(demo: Demo, process: subprocess.Popen[str], head: str, epoch
                     continue
                 done = len(client.get_metric_history(run.info.run_id, "val_auroc_abnormal"))
                 metrics = run.data.metrics
+                epochs = int(run.data.params.get("epochs", 0)) or None
             except Exception:  # MLflow busy or restarting: the bar waits, the training goes on
                 continue
-            bar.n = min(done, epochs)
+            bar.total = epochs
+            bar.n = min(done, epochs or done)
             if "train_loss" in metrics:
                 bar.set_postfix_str(
                     f"loss {metrics['train_loss']:.3f} val AUROC {metrics.get('val_auroc_abnormal', float('nan')):.3f}"
@@ -178,7 +180,7 @@ def train_model(demo: Demo, data: Path, recipe: str) -> None:
         process = subprocess.Popen(
             argv, env=demo.env | {"CXR_LOG_FILE": str(log)}, stdout=subprocess.PIPE, stderr=out, text=True
         )
-        _watch_training(demo, process, head, epochs=int(_recipe_epochs(recipe)))
+        _watch_training(demo, process, head)
         stdout, _ = process.communicate()
         out.write(stdout)
     if process.returncode != 0:
@@ -201,15 +203,6 @@ def train_model(demo: Demo, data: Path, recipe: str) -> None:
         what = f"{registered} registered; the gate kept the champion"
         demo.notes["model"] = f"the champion (the gate refused {registered}: {figures})"
     demo.say(f"{head} ✓ {what} in {_seconds(time.monotonic() - started)}: {figures}")
-
-
-def _recipe_epochs(recipe: str) -> float:
-    # The recipe lives in the trainer; a process boundary keeps this service from importing it.
-    out = subprocess.run(
-        [sys.executable, "-c", f"from trainer.recipes import recipe; print(recipe({recipe!r}).get('epochs', 1))"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
-    return float(out.stdout.strip() or 1)
 
 
 def _champion_note(demo: Demo) -> str:
