@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 
 from cxr_triage.events import STUDY_ID_PATTERN
 from cxr_triage.labels import LABELS
@@ -56,10 +57,6 @@ _CACHED_PNG = _PNG | {
 _NO_STORE = {"Cache-Control": "private, no-store"}
 
 
-def _derived(settings: SettingsDep) -> DerivedCache:
-    return DerivedCache(settings.home / "derived")
-
-
 def _png_response(rendered: Rendered) -> Response:
     return Response(
         rendered.png, media_type="image/png", headers=_NO_STORE | {"X-Render-Cache": rendered.cache}
@@ -86,25 +83,98 @@ ImageId = Annotated[
 ]
 
 
-@router.get(
-    "/studies/{study_id}/image",
-    response_class=Response,
-    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
-)
-async def get_image(
+@dataclass(frozen=True)
+class Rendering:
+    """What every image route needs: who asks (audited), where the study's pixels and maps are, and the
+    server's rendering cache."""
+
+    user: Viewer
+    redis: RedisDep
+    redis_bytes: RedisBytesDep
+    keys: WorklistKeysDep
+    store: StoreDep
+    policy: PolicyDep
+    auditor: AuditorDep
+    cache: DerivedCache
+
+    async def image(self, study_id: str, image_id: str | None, max_side: int | None) -> Response:
+        """``max_side`` None: the full stored resolution."""
+        with self.auditor.recording(self.user, "view", "image", study_id):
+            rendered = await image_png(
+                redis=self.redis,
+                keys=self.keys,
+                store=self.store,
+                cache=self.cache,
+                study_id=study_id,
+                image_id=image_id,
+                max_side=max_side,
+            )
+        return _png_response(rendered)
+
+    async def cam_layer(self, study_id: str, image_id: str | None, finding: str) -> Response:
+        with self.auditor.recording(self.user, "view", "heatmap", study_id):
+            _check_finding(finding)
+            rendered = await cam_png(
+                redis=self.redis,
+                redis_bytes=self.redis_bytes,
+                keys=self.keys,
+                store=self.store,
+                cache=self.cache,
+                study_id=study_id,
+                image_id=image_id,
+                finding=finding,
+            )
+        return _png_response(rendered)
+
+    async def heatmap(
+        self, study_id: str, image_id: str | None, finding: str, max_side: int | None
+    ) -> Response:
+        with self.auditor.recording(self.user, "view", "heatmap", study_id):
+            _check_finding(finding)
+            png = await heatmap_png(
+                redis=self.redis,
+                redis_bytes=self.redis_bytes,
+                keys=self.keys,
+                store=self.store,
+                study_id=study_id,
+                image_id=image_id,
+                finding=finding,
+                max_side=max_side or self.policy.image_max_side,
+            )
+        return Response(png, media_type="image/png", headers=_NO_STORE)
+
+
+def _check_finding(finding: str) -> None:
+    if finding not in LABELS:
+        raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
+
+
+async def rendering(
     user: Viewer,
     redis: RedisDep,
+    redis_bytes: RedisBytesDep,
     keys: WorklistKeysDep,
     store: StoreDep,
     settings: SettingsDep,
     policy: PolicyDep,
     auditor: AuditorDep,
-    study_id: StudyId,
-    max_side: MaxSide = None,
-) -> Response:
+) -> Rendering:
+    return Rendering(
+        user, redis, redis_bytes, keys, store, policy, auditor, DerivedCache(settings.home / "derived")
+    )
+
+
+RenderingDep = Annotated[Rendering, Depends(rendering)]
+
+
+@router.get(
+    "/studies/{study_id}/image",
+    response_class=Response,
+    responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
+)
+async def get_image(rendering: RenderingDep, study_id: StudyId, max_side: MaxSide = None) -> Response:
     """The study's radiograph (its most urgent image) as a greyscale PNG."""
-    size = max_side or policy.image_max_side
-    return await _image(redis, keys, store, settings, auditor, user, study_id, None, size)
+    return await rendering.image(study_id, None, max_side or rendering.policy.image_max_side)
 
 
 @router.get(
@@ -112,18 +182,10 @@ async def get_image(
     response_class=Response,
     responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
-async def get_full_image(
-    user: Viewer,
-    redis: RedisDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-) -> Response:
+async def get_full_image(rendering: RenderingDep, study_id: StudyId) -> Response:
     """The study's radiograph at its full stored resolution, as a greyscale PNG (rendered once, then cached
     on the server; never upscaled)."""
-    return await _image(redis, keys, store, settings, auditor, user, study_id, None, None)
+    return await rendering.image(study_id, None, None)
 
 
 @router.get(
@@ -131,20 +193,10 @@ async def get_full_image(
     response_class=Response,
     responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
-async def get_cam(
-    user: Viewer,
-    redis: RedisDep,
-    redis_bytes: RedisBytesDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-    finding: Finding,
-) -> Response:
+async def get_cam(rendering: RenderingDep, study_id: StudyId, finding: Finding) -> Response:
     """The model's class-activation map for ``finding`` alone: an RGBA PNG at the full size of the study's
     image (colour = strength, alpha = strength), for the page to lay over the image at an opacity of its own."""
-    return await _cam_layer(redis, redis_bytes, keys, store, settings, auditor, user, study_id, None, finding)
+    return await rendering.cam_layer(study_id, None, finding)
 
 
 @router.get(
@@ -153,21 +205,10 @@ async def get_cam(
     responses={200: _PNG, **error_responses(401, 403, 404)},
 )
 async def get_heatmap(
-    user: Viewer,
-    redis: RedisDep,
-    redis_bytes: RedisBytesDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    policy: PolicyDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-    finding: Finding,
-    max_side: MaxSide = None,
+    rendering: RenderingDep, study_id: StudyId, finding: Finding, max_side: MaxSide = None
 ) -> Response:
     """The radiograph with the model's class-activation map for ``finding`` blended over it (PNG)."""
-    return await _heatmap(
-        redis, redis_bytes, keys, store, policy, auditor, user, study_id, None, finding, max_side
-    )
+    return await rendering.heatmap(study_id, None, finding, max_side)
 
 
 @router.get(
@@ -176,20 +217,10 @@ async def get_heatmap(
     responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
 async def get_study_image(
-    user: Viewer,
-    redis: RedisDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    policy: PolicyDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-    image_id: ImageId,
-    max_side: MaxSide = None,
+    rendering: RenderingDep, study_id: StudyId, image_id: ImageId, max_side: MaxSide = None
 ) -> Response:
     """One image of the study (``images[]`` of ``GET /studies/{id}``) as a greyscale PNG."""
-    size = max_side or policy.image_max_side
-    return await _image(redis, keys, store, settings, auditor, user, study_id, image_id, size)
+    return await rendering.image(study_id, image_id, max_side or rendering.policy.image_max_side)
 
 
 @router.get(
@@ -197,18 +228,9 @@ async def get_study_image(
     response_class=Response,
     responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
-async def get_study_image_full(
-    user: Viewer,
-    redis: RedisDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-    image_id: ImageId,
-) -> Response:
+async def get_study_image_full(rendering: RenderingDep, study_id: StudyId, image_id: ImageId) -> Response:
     """One image of the study at its full stored resolution, as a greyscale PNG (cached on the server)."""
-    return await _image(redis, keys, store, settings, auditor, user, study_id, image_id, None)
+    return await rendering.image(study_id, image_id, None)
 
 
 @router.get(
@@ -217,21 +239,10 @@ async def get_study_image_full(
     responses={200: _CACHED_PNG, **error_responses(401, 403, 404)},
 )
 async def get_study_image_cam(
-    user: Viewer,
-    redis: RedisDep,
-    redis_bytes: RedisBytesDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-    image_id: ImageId,
-    finding: Finding,
+    rendering: RenderingDep, study_id: StudyId, image_id: ImageId, finding: Finding
 ) -> Response:
     """One image's own class-activation map for ``finding`` alone, as an RGBA layer at the image's full size."""
-    return await _cam_layer(
-        redis, redis_bytes, keys, store, settings, auditor, user, study_id, image_id, finding
-    )
+    return await rendering.cam_layer(study_id, image_id, finding)
 
 
 @router.get(
@@ -240,104 +251,10 @@ async def get_study_image_cam(
     responses={200: _PNG, **error_responses(401, 403, 404)},
 )
 async def get_study_image_heatmap(
-    user: Viewer,
-    redis: RedisDep,
-    redis_bytes: RedisBytesDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    policy: PolicyDep,
-    auditor: AuditorDep,
-    study_id: StudyId,
-    image_id: ImageId,
-    finding: Finding,
-    max_side: MaxSide = None,
+    rendering: RenderingDep, study_id: StudyId, image_id: ImageId, finding: Finding, max_side: MaxSide = None
 ) -> Response:
     """One image of the study with its own class-activation map for ``finding`` blended over it (PNG)."""
-    return await _heatmap(
-        redis, redis_bytes, keys, store, policy, auditor, user, study_id, image_id, finding, max_side
-    )
-
-
-async def _image(  # the routes' dependencies, passed on
-    redis: RedisDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    auditor: AuditorDep,
-    user: Viewer,
-    study_id: str,
-    image_id: str | None,
-    max_side: int | None,
-) -> Response:
-    """``max_side`` None: the full stored resolution."""
-    with auditor.recording(user, "view", "image", study_id):
-        rendered = await image_png(
-            redis=redis,
-            keys=keys,
-            store=store,
-            cache=_derived(settings),
-            study_id=study_id,
-            image_id=image_id,
-            max_side=max_side,
-        )
-    return _png_response(rendered)
-
-
-async def _cam_layer(  # the routes' dependencies, passed on
-    redis: RedisDep,
-    redis_bytes: RedisBytesDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    auditor: AuditorDep,
-    user: Viewer,
-    study_id: str,
-    image_id: str | None,
-    finding: str,
-) -> Response:
-    with auditor.recording(user, "view", "heatmap", study_id):
-        if finding not in LABELS:
-            raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
-        rendered = await cam_png(
-            redis=redis,
-            redis_bytes=redis_bytes,
-            keys=keys,
-            store=store,
-            cache=_derived(settings),
-            study_id=study_id,
-            image_id=image_id,
-            finding=finding,
-        )
-    return _png_response(rendered)
-
-
-async def _heatmap(  # the routes' dependencies, passed on
-    redis: RedisDep,
-    redis_bytes: RedisBytesDep,
-    keys: WorklistKeysDep,
-    store: StoreDep,
-    policy: PolicyDep,
-    auditor: AuditorDep,
-    user: Viewer,
-    study_id: str,
-    image_id: str | None,
-    finding: str,
-    max_side: int | None,
-) -> Response:
-    with auditor.recording(user, "view", "heatmap", study_id):
-        if finding not in LABELS:
-            raise Unprocessable(f"finding must be one of the 14 labels, not {finding!r}")
-        png = await heatmap_png(
-            redis=redis,
-            redis_bytes=redis_bytes,
-            keys=keys,
-            store=store,
-            study_id=study_id,
-            image_id=image_id,
-            finding=finding,
-            max_side=max_side or policy.image_max_side,
-        )
-    return Response(png, media_type="image/png", headers=_NO_STORE)
+    return await rendering.heatmap(study_id, image_id, finding, max_side)
 
 
 @router.get(
