@@ -17,9 +17,11 @@ from cxr_triage.redis_client import open_async_redis
 from cxr_triage.settings import Settings
 from cxr_triage.sla import SlaPolicy
 from cxr_triage.worklist.keys import WorklistKeys
+from priority_queue_api.cache_trim import trim_periodically
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.errors import install_error_handlers
 from priority_queue_api.events_out import Auditor, EventSink
+from priority_queue_api.images import DerivedCache
 from priority_queue_api.kafka_lag import KafkaLagReader
 from priority_queue_api.metrics import ApiMetrics, MetricsMiddleware
 from priority_queue_api.routes import health, me, page, studies, system, uploads, worklist
@@ -70,6 +72,15 @@ def create_app(
             interval_s=policy.monitor_interval_s,
         )
         monitoring = asyncio.create_task(monitor.run(), name="system-monitor")
+        trimming = asyncio.create_task(
+            trim_periodically(
+                app.state.render_cache,
+                max_bytes=policy.render_cache_max_mb * 1024 * 1024,
+                interval_s=policy.render_cache_trim_interval_s,
+                metrics=app.state.metrics,
+            ),
+            name="render-cache-trim",
+        )
         # ~100k long-lived objects (FastAPI, pydantic, clients) make a full collection take tens of ms: move
         # them out of the collector's way so a gen-2 pass during a request scans only request garbage.
         gc.collect()
@@ -78,6 +89,7 @@ def create_app(
             yield
         finally:
             monitoring.cancel()
+            trimming.cancel()
             await asyncio.to_thread(app.state.uploads.close, policy.shutdown_flush_s)
             await asyncio.to_thread(app.state.verdict_sink.close, policy.shutdown_flush_s)
             await asyncio.to_thread(audit_sink.close, policy.shutdown_flush_s)
@@ -97,6 +109,7 @@ def create_app(
     app.state.wkeys = WorklistKeys(settings.redis_key_prefix)
     app.state.users = UserDirectory(users_file(settings.home))
     app.state.metrics = ApiMetrics()
+    app.state.render_cache = DerivedCache(settings.home / "derived")
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     install_error_handlers(app)
     for module in (health, me, worklist, studies, uploads, page, system):

@@ -32,6 +32,14 @@ class ApiPolicy(BaseSettings):
     monitor_interval_s: float = Field(
         default=10.0, gt=0.0, description="How often the worklist and Kafka lag gauges of /metrics refresh"
     )
+    render_cache_max_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="Cap on the rendered PNGs kept under <home>/derived (least recently used go)",
+    )
+    render_cache_trim_interval_s: float = Field(
+        default=300.0, gt=0.0, description="How often the rendering cache is checked against its cap"
+    )
 
     @model_validator(mode="after")
     def _lease_bounds(self) -> Self:

@@ -16,6 +16,7 @@ from cxr_triage.sla import SlaPolicy
 from cxr_triage.worklist.keys import WorklistKeys
 from priority_queue_api.config import ApiPolicy
 from priority_queue_api.events_out import Auditor, EventSink
+from priority_queue_api.images import DerivedCache
 from priority_queue_api.uploads import UploadPublisher
 from priority_queue_api.users import Role, User
 from priority_queue_api.verdict_lookup import VerdictLookup
@@ -24,6 +25,11 @@ from priority_queue_api.verdict_lookup import VerdictLookup
 async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_render_cache(request: Request) -> DerivedCache:
+    cache: DerivedCache = request.app.state.render_cache
+    return cache
 
 
 async def get_redis(request: Request) -> Redis:
@@ -87,6 +93,7 @@ VerdictSinkDep = Annotated[EventSink, Depends(get_verdict_sink)]
 VerdictLookupDep = Annotated[VerdictLookup, Depends(get_verdict_lookup)]
 UploadsDep = Annotated[UploadPublisher, Depends(get_uploads)]
 StoreDep = Annotated[ImageStore, Depends(get_store)]
+RenderCacheDep = Annotated[DerivedCache, Depends(get_render_cache)]
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `cxr-triage users add NAME --role ROLE`")
 

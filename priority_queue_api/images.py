@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,12 +89,19 @@ RENDERING_VERSION = "1"
 CacheOutcome = Literal["hit", "miss"]
 
 
+@dataclass(frozen=True)
+class Trimmed:
+    kept_bytes: int
+    kept_files: int
+    removed_files: int
+
+
 class DerivedCache:
     """Rendered PNGs under ``root`` (``<home>/derived``), each named by the SHA-256 of its key: the original's
     content hash and the rendering's parameters. A path names no study and no patient; the same original
     under two studies shares its files. Files are written atomically; a cache that cannot be written (disk
-    full, permissions) is logged and the rendering served all the same. Nothing evicts: the files are derived
-    and may be deleted at any time."""
+    full, permissions) is logged and the rendering served all the same. A hit refreshes the file's mtime, so
+    ``trim`` drops the least recently used renderings first; any file may be deleted at any time."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -104,12 +112,14 @@ class DerivedCache:
 
     def read(self, path: Path) -> bytes | None:
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
+            data = path.read_bytes()
+            os.utime(path)
+        except FileNotFoundError:  # never rendered, or trimmed a moment ago
             return None
         except OSError as exc:
             log.warning("derived image cache unreadable", extra={"error": type(exc).__name__})
             return None
+        return data
 
     def write(self, path: Path, data: bytes) -> None:
         try:
@@ -117,6 +127,28 @@ class DerivedCache:
             atomic_write(path, data)
         except OSError as exc:
             log.warning("derived image cache not written", extra={"error": type(exc).__name__})
+
+    def trim(self, max_bytes: int) -> Trimmed:
+        """Delete the least recently used renderings until at most ``max_bytes`` remain; once over, down to
+        90 % of it, so a busy reading room does not trim on every pass."""
+        files: list[tuple[float, int, Path]] = []
+        for path in self.root.glob("??/*.png"):
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        removed = 0
+        if total > max_bytes:
+            target = int(max_bytes * 0.9)
+            for _, size, path in sorted(files, key=lambda f: f[0]):
+                if total <= target:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+                removed += 1
+        return Trimmed(kept_bytes=total, kept_files=len(files) - removed, removed_files=removed)
 
 
 @dataclass(frozen=True)

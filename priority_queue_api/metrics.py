@@ -65,6 +65,14 @@ class ApiMetrics:
         )
         for source in ("redis", "kafka"):
             self.monitor_failures.labels(source)
+        self.render_cache_bytes = Gauge(
+            "cxr_api_render_cache_bytes", "Bytes of rendered PNGs kept under <home>/derived", registry=r
+        )
+        self.render_cache_evicted = Counter(
+            "cxr_api_render_cache_evicted",
+            "Rendered PNGs deleted to keep the cache under its cap",
+            registry=r,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.latency.labels(method, route).observe(seconds)

@@ -16,7 +16,7 @@ from priority_queue_api.deps import (
     RedisBytesDep,
     RedisDep,
     Releaser,
-    SettingsDep,
+    RenderCacheDep,
     SlaDep,
     StoreDep,
     VerdictLookupDep,
@@ -155,13 +155,11 @@ async def rendering(
     redis_bytes: RedisBytesDep,
     keys: WorklistKeysDep,
     store: StoreDep,
-    settings: SettingsDep,
     policy: PolicyDep,
     auditor: AuditorDep,
+    cache: RenderCacheDep,
 ) -> Rendering:
-    return Rendering(
-        user, redis, redis_bytes, keys, store, policy, auditor, DerivedCache(settings.home / "derived")
-    )
+    return Rendering(user, redis, redis_bytes, keys, store, policy, auditor, cache)
 
 
 RenderingDep = Annotated[Rendering, Depends(rendering)]

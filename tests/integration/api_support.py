@@ -111,12 +111,12 @@ FAST = ApiPolicy(verdict_timeout_s=1.0, upload_timeout_s=1.0, shutdown_flush_s=0
 
 
 @contextlib.contextmanager
-def api_on(redis_url: str, redis_port: int, home: Path) -> Iterator[Api]:
-    """The API app in-process (TestClient) on this Redis, with the usual users, keys and FAST policy."""
+def api_on(redis_url: str, redis_port: int, home: Path, policy: ApiPolicy = FAST) -> Iterator[Api]:
+    """The API app in-process (TestClient) on this Redis, with the usual users, keys and (FAST) policy."""
     settings = api_settings(home, redis_port, KEYS.prefix)
     tokens = make_users(home)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    with TestClient(create_app(settings, policy=FAST)) as client:
+    with TestClient(create_app(settings, policy=policy)) as client:
         yield Api(client, tokens, r, settings)
 
 

@@ -5,6 +5,7 @@ map alone as a transparent layer of the image's size, and the worklist filtered 
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from PIL import Image
 from cxr_triage.image_store import LocalImageStore
 from cxr_triage.labels import LABELS
 from tests.dicom_files import chest_pixels, radiograph, to_bytes
-from tests.integration.api_support import KEYS, Api, api_on, put_study
+from tests.integration.api_support import FAST, KEYS, Api, api_on, put_study
 from tests.integration.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -181,3 +182,50 @@ def test_the_worklist_filters_by_a_finding_s_probability(api: Api) -> None:
     bad = api.get("/worklist", params={"finding": "Oedema"})
     assert bad.status_code == 422 and "14 labels" in bad.json()["detail"]
     assert api.get("/worklist", params={"finding": "Edema", "min_probability": 1.5}).status_code == 422
+
+
+def test_the_rendering_cache_stays_under_its_cap_least_recently_used_first(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    policy = FAST.model_copy(update={"render_cache_max_mb": 1, "render_cache_trim_interval_s": 0.2})
+    with api_on(redis_server.url, redis_server.port, tmp_path, policy=policy) as api:
+        store = LocalImageStore(api.settings.image_store_dir)
+        for n in range(3):  # about 0.36 MB each: two fit under the trim's 0.9 MB, three are over 1 MB
+            put_study(
+                api.redis, KEYS, f"cap-{n}", 0.5, image_uri=store.put(_png(600, 600, seed=n), suffix=".png")
+            )
+        sizes = []
+        for n in range(3):
+            shown = api.get(f"/studies/cap-{n}/full")
+            assert shown.headers["x-render-cache"] == "miss"
+            sizes.append(len(shown.content))
+            time.sleep(0.05)  # distinct mtimes
+        assert 2 * max(sizes) <= 0.9 * MB and sum(sizes) > MB
+
+        metrics = _wait_for_eviction(api)
+        assert 0 < _metric(metrics, "cxr_api_render_cache_bytes") <= MB
+        assert sum(p.stat().st_size for p in _cached_files(api)) <= MB
+        # The oldest went; the two newer ones are still served from the cache.
+        assert api.get("/studies/cap-1/full").headers["x-render-cache"] == "hit"
+        assert api.get("/studies/cap-2/full").headers["x-render-cache"] == "hit"
+        again = api.get("/studies/cap-0/full")
+        assert again.headers["x-render-cache"] == "miss" and len(again.content) == sizes[0]
+
+
+MB = 1024 * 1024
+
+
+def _metric(text: str, name: str) -> float:
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(f"{name} ")]
+    assert values, f"{name} not in /metrics"
+    return values[0]
+
+
+def _wait_for_eviction(api: Api) -> str:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = api.client.get("/metrics").text
+        if _metric(text, "cxr_api_render_cache_evicted_total") >= 1:
+            return text
+        time.sleep(0.1)
+    raise AssertionError("the rendering cache was never trimmed")
