@@ -47,13 +47,9 @@ def seed_everything(seed: int) -> None:
 
 
 def _progress(total: int, desc: str, *, enabled: bool, position: int) -> Any:
-    """A progress bar: Ray's (drawn by the driver) inside a Ray worker, plain tqdm in local mode."""
+    """A progress bar in Ray Train's local mode (in this process); with Ray workers the driver draws one."""
     if not enabled:
         return None
-    if ray.is_initialized():
-        from ray.experimental import tqdm_ray
-
-        return tqdm_ray.tqdm(total=total, desc=desc, position=position)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, position=position, file=sys.stderr, leave=position == 0)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from cxr_triage.labels import LABELS, NO_FINDING
@@ -33,6 +33,7 @@ from trainer.data.open import open_sources
 from trainer.data.policies import UncertaintyPolicy
 from trainer.data.sources import ExampleSource
 from trainer.data.splits import Split, select
+from trainer.epoch_progress import epoch_bar
 from trainer.errors import TrainerError
 from trainer.export_model import export_trained, onnx_probabilities, parity, session
 from trainer.loop import train_loop_per_worker
@@ -120,8 +121,10 @@ def fit(
     """Run the Ray Train job; return (last checkpoint folder, per-epoch history)."""
     storage = settings.checkpoints_dir
     storage.mkdir(parents=True, exist_ok=True)
+    # With Ray workers the driver draws the epoch bar (``epoch_progress``): their own could not reach it.
+    worker_cfg = cfg.model_copy(update={"progress": False}) if cfg.num_workers else cfg
     loop_config: dict[str, Any] = {
-        "train": cfg.model_dump(mode="json"),
+        "train": worker_cfg.model_dump(mode="json"),
         "train_data": train,
         "val_data": val,
         "tracking": tracking_info,
@@ -143,14 +146,23 @@ def fit(
             storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=0),
+            # Train V2's RunConfig (the one used at run time); the stubs still describe V1's.
+            logging_config=LoggingConfig(log_level=_ray_train_log_level()),  # type: ignore[call-arg]
         ),
     )
-    result = trainer.fit()
+    with epoch_bar(tracking_info, epochs=cfg.epochs, enabled=cfg.progress and cfg.num_workers > 0):
+        result = trainer.fit()
     if result.error is not None:
         raise TrainingFailed(f"training failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise TrainingFailed("training reported no checkpoint")
     return Path(result.checkpoint.path), list(getattr(result, "return_value", None) or [])
+
+
+def _ray_train_log_level() -> str:
+    """Ray Train logs each checkpoint and worker group at INFO: for ``--log-level DEBUG``; the epoch bar, MLflow
+    and this command's output say the same. Ray's own files keep every level."""
+    return "DEBUG" if logger.isEnabledFor(logging.DEBUG) else "WARNING"
 
 
 def run_training(

@@ -129,16 +129,36 @@ def train_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(services: Services, train_tmp: Path) -> dict[str, Any]:
+def training(services: Services, train_tmp: Path) -> subprocess.CompletedProcess[str]:
     # Tiny and bounded: 64 px, 2 epochs of 3 steps of 4 images on each of 2 workers; INT8 variant included.
-    args = "--model densenet121 --input-size 64 --epochs 2 --max-steps 3 --batch-size 4 --workers 2 --int8 --json"
+    args = (
+        "--model densenet121 --input-size 64 --epochs 2 --max-steps 3 --batch-size 4 --workers 2 --int8 --json"
+        " --progress"
+    )
     result = services.trainer(
         "train", "--data", str(PUBLIC), "--experiment", "test-trainer-lifecycle", *args.split(),
         env={"TMPDIR": str(train_tmp)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    payload: dict[str, Any] = json.loads(result.stdout)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(training: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads(training.stdout)
     return payload
+
+
+def test_training_on_ray_workers_shows_an_epoch_bar_and_no_framework_lines(
+    training: subprocess.CompletedProcess[str],
+) -> None:
+    err = training.stderr
+    # The driver's bar, from the run's metrics: both epochs, with the loss and the validation AUROC.
+    assert "epochs:" in err and "2/2" in err and "val AUROC" in err, err[-3000:]
+    # Nothing Ray's workers or controller wrote reaches the terminal at the default log level.
+    for line in err.replace("\r", "\n").splitlines():
+        assert "TrainingReport" not in line and "core_worker.cc" not in line, line
+        assert not line.lstrip().startswith(("(RayTrainWorker", "(TrainController", "\x1b[36m(")), line
 
 
 def test_training_run_is_tracked_and_registered_as_challenger(
