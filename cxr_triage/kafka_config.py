@@ -15,7 +15,7 @@ def producer_config(settings: Settings, *, client_id: str) -> dict[str, Any]:
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
-        "message.timeout.ms": 30_000,
+        "message.timeout.ms": int(settings.kafka_message_timeout_s * 1000),
         "message.max.bytes": 1_000_000,
         # The Java client's partitioner (librdkafka's default hashes with CRC32): the stream processors
         # (aiokafka) and Kafka Streams-style joins need a study id on the same partition number in every topic.

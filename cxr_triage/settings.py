@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str = Field(
         default="127.0.0.1:19092", description="Comma-separated host:port; the first is the local broker's"
     )
+    # How long a producer keeps a message it cannot deliver (broker down or restarting) before that send
+    # fails and is reported; a producer's flush waits as long. Raise it to ride out longer broker restarts.
+    kafka_message_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     redis_url: str = "redis://127.0.0.1:16379/0"
     # Unset: the password `cxr-triage up` generated into <home>/secrets/redis.password, if there is one.
     redis_password: SecretStr | None = None

@@ -23,6 +23,8 @@ class DeliveryFailed(RuntimeError):
 class EventPublisher:
     def __init__(self, settings: Settings, *, client_id: str) -> None:
         self._producer = Producer(producer_config(settings, client_id=client_id))
+        # Never give up before librdkafka does: a message it still retries is neither sent nor failed yet.
+        self._flush_s = settings.kafka_message_timeout_s + 5.0
         self._failures: list[str] = []
 
     def publish(self, topic: str, key: str, event: Event) -> None:
@@ -32,8 +34,8 @@ class EventPublisher:
     def dead_letter(self, event: DeadLetterEventV1) -> None:
         self.publish(topics.DLQ, event.sha256 or event.study_id or "unknown", event)
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        remaining = self._producer.flush(timeout_s)
+    def flush(self, timeout_s: float | None = None) -> None:
+        remaining = self._producer.flush(self._flush_s if timeout_s is None else timeout_s)
         if remaining or self._failures:
             failures, self._failures = self._failures, []
             raise DeliveryFailed(f"{remaining} undelivered, {len(failures)} failed: {failures[:3]}")

@@ -156,7 +156,7 @@ class Stream:
             with EventPublisher(self.target.settings, client_id=f"test-stream-{uuid.uuid4().hex[:6]}") as pub:
                 for study in self.studies:
                     publish_images([study], store=store, publisher=pub, source="test-stream")
-                    pub.flush(30)
+                    pub.flush()
                     self.published.append(study.study_id)
                     time.sleep(self.interval_s)
         except BaseException as exc:  # reported by join()
