@@ -28,11 +28,11 @@ def quiet_worker_logs() -> None:
     logging.getLogger(_STATE_API_LOGGER).addFilter(_DropStateApiWarnings())
 
 
-def _forward_worker_output() -> bool:
-    """Ray copies everything its workers write to this process's terminal: every ``TrainingReport(...)`` (Ray
-    Train logs them through a logger outside ``ray.train``, which its LoggingConfig cannot quiet), C++ core
-    worker errors about its own actors, blank lines of its bar manager. That is for ``--log-level DEBUG``;
-    otherwise it stays in the cluster's log files and the driver draws its own epoch bar."""
+def framework_output() -> bool:
+    """Whether Ray's own output reaches this process (``log_to_driver``, Ray Train's INFO lines): at ``--log-level
+    DEBUG`` only. Forwarded, every ``TrainingReport(...)`` (logged outside ``ray.train``, which its LoggingConfig
+    cannot quiet), C++ core worker errors about Ray's own actors and its bar manager's blank lines reach the
+    terminal; otherwise they stay in the cluster's log files and the driver draws its own epoch bar."""
     return logger.isEnabledFor(logging.DEBUG)
 
 
@@ -43,7 +43,7 @@ def ray_session(settings: TrainerSettings, *, num_cpus: int | None = None) -> It
         yield
         return
     if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=_forward_worker_output())
+        ray.init(address=settings.ray_address, log_to_driver=framework_output())
     else:
         # Ray 2.60 turns token auth on by default; a private loopback cluster has nobody to keep out.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -53,7 +53,7 @@ def ray_session(settings: TrainerSettings, *, num_cpus: int | None = None) -> It
         ray.init(
             num_cpus=num_cpus or settings.ray_num_cpus,
             include_dashboard=False,
-            log_to_driver=_forward_worker_output(),
+            log_to_driver=framework_output(),
             configure_logging=False,
             runtime_env={"worker_process_setup_hook": "trainer.ray_cluster.quiet_worker_logs"},
         )

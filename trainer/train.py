@@ -39,7 +39,7 @@ from trainer.export_model import export_trained, onnx_probabilities, parity, ses
 from trainer.loop import train_loop_per_worker
 from trainer.models import servable
 from trainer.predict import predict
-from trainer.ray_cluster import ray_session
+from trainer.ray_cluster import framework_output, ray_session
 from trainer.settings import TrainerSettings
 from trainer.tiers import choose_tiers
 
@@ -160,9 +160,9 @@ def fit(
 
 
 def _ray_train_log_level() -> str:
-    """Ray Train logs each checkpoint and worker group at INFO: for ``--log-level DEBUG``; the epoch bar, MLflow
-    and this command's output say the same. Ray's own files keep every level."""
-    return "DEBUG" if logger.isEnabledFor(logging.DEBUG) else "WARNING"
+    """Ray Train logs each checkpoint and worker group at INFO: shown with the rest of Ray's output, else only
+    in Ray's own files (which keep every level)."""
+    return "DEBUG" if framework_output() else "WARNING"
 
 
 def run_training(
